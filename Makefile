@@ -1,0 +1,54 @@
+# Quick start: `make demo` (train -> evaluate -> export on the embedded synthetic corpus, offline)
+# and `make test`. Both create the Python 3.10 virtualenv in .venv on first use.
+SHELL := /bin/bash
+# Python 3.10: fastdeploy-python 1.0.7 has wheels for CPython 3.8-3.10 only. pyenv's shim for an
+# inactive version fails, so installed pyenv versions are tried too.
+PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && echo $$p && break; done)
+VENV := .venv
+PY := $(VENV)/bin/python
+
+# CORPUS empty: the synthetic corpus; a path; or "auto" to search data/nlpcc2018/ and ../shared/data/nlpcc2018/.
+CORPUS ?=
+DATA_DIR ?= data/prepared
+OUTPUT_DIR ?= output/demo
+# CPU math threads, 0 = one per core (the environment's OMP_NUM_THREADS=1 is overridden on purpose).
+CPU_THREADS ?= 0
+DEMO_EPOCHS ?= 10
+
+.PHONY: setup data demo test train-nlpcc clean
+
+$(VENV)/.installed: requirements.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	$(PY) data/prepare_data.py --output_dir $(DATA_DIR) \
+		$(if $(CORPUS),$(if $(filter auto,$(CORPUS)),,--corpus_file $(CORPUS)),--synthetic)
+
+demo: data
+	$(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh \
+		--data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) --do_train --do_eval --do_export \
+		--num_train_epochs $(DEMO_EPOCHS) --learning_rate 5e-4 --warmup_ratio 0.1 \
+		--cpu_threads $(CPU_THREADS) --seed 42
+
+# The measured from-scratch run of the README on the real NLPCC 2018 Task 4 corpus.
+train-nlpcc: CORPUS = auto
+train-nlpcc: DATA_DIR = data/prepared/nlpcc2018
+train-nlpcc: data
+	$(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh \
+		--data_dir $(DATA_DIR) --output_dir output/nlpcc2018-nano-scratch --do_train --do_eval --do_export \
+		--num_train_epochs 10 --learning_rate 5e-4 --warmup_ratio 0.1 --cpu_threads $(CPU_THREADS) --seed 42
+
+# pytest exits 5 when it collected no test: that is a broken suite, not a pass.
+test: setup
+	$(PY) -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+clean:
+	rm -rf output data/prepared

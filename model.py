@@ -1,0 +1,91 @@
+"""The joint intent + slot model on an ERNIE 3.0 Tiny encoder, and its loss."""
+import os
+from typing import Tuple
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddlenlp.transformers import ErnieConfig, ErnieModel, ErniePretrainedModel, ErnieTokenizer
+
+from utils import CharTokenizer, LabelMaps
+
+
+class JointErnie(ErniePretrainedModel):
+    """Shared ERNIE encoder; intent head on the pooled [CLS] output, slot head on every token.
+
+    `config.num_intents` and `config.num_slot_tags` size the heads; they are saved in
+    config.json, so `JointErnie.from_pretrained(output_dir)` restores the whole model."""
+
+    def __init__(self, config: ErnieConfig):
+        super().__init__(config)
+        self.ernie = ErnieModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob)
+        self.intent_classifier = nn.Linear(config.hidden_size, config.num_intents)
+        self.slot_classifier = nn.Linear(config.hidden_size, config.num_slot_tags)
+
+    def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor = None) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        sequence_output, pooled_output = self.ernie(input_ids, token_type_ids=token_type_ids)
+        intent_logits = self.intent_classifier(self.dropout(pooled_output))
+        slot_logits = self.slot_classifier(self.dropout(sequence_output))
+        return intent_logits, slot_logits
+
+
+class JointLoss(nn.Layer):
+    """Intent cross-entropy + `slot_weight` x slot cross-entropy over real tokens ([CLS], [SEP]
+    and padding carry the PAD tag and are ignored)."""
+
+    def __init__(self, pad_slot_id: int, slot_weight: float = 1.0):
+        super().__init__()
+        self.pad_slot_id, self.slot_weight = pad_slot_id, slot_weight
+
+    def forward(self, logits, labels):
+        intent_logits, slot_logits = logits
+        intent_label, slot_labels = labels
+        intent_loss = F.cross_entropy(intent_logits, intent_label)
+        slot_loss = F.cross_entropy(slot_logits, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id)
+        return intent_loss + self.slot_weight * slot_loss
+
+
+def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
+    """The character tokenizer over a pretrained model's vocabulary (local vocab.txt or hub)."""
+    vocab_file = os.path.join(name_or_dir, "vocab.txt")
+    if os.path.isfile(vocab_file):
+        return CharTokenizer.from_file(vocab_file)
+    try:
+        return CharTokenizer(ErnieTokenizer.from_pretrained(name_or_dir).vocab.idx_to_token)
+    except OSError as e:
+        raise OSError(offline_hint(name_or_dir)) from e
+
+
+def offline_hint(name: str) -> str:
+    return (
+        f"could not load {name!r}: it is neither a local directory with model files nor reachable "
+        "on the PaddleNLP model hub (no network?). Pass --model_name_or_path a local directory saved "
+        "with save_pretrained (config.json, model_state.pdparams, vocab.txt), or train from scratch "
+        "with --from_scratch (same architecture, vocabulary built from the training data)."
+    )
+
+
+def load_pretrained(name_or_dir: str, labels: LabelMaps, **config_overrides) -> JointErnie:
+    """ERNIE 3.0 Tiny weights by hub name or local directory; the two heads start fresh unless the
+    directory already holds a JointErnie."""
+    try:
+        return JointErnie.from_pretrained(
+            name_or_dir, num_intents=len(labels.intents), num_slot_tags=len(labels.slot_tags), **config_overrides
+        )
+    except OSError as e:
+        raise OSError(offline_hint(name_or_dir)) from e
+
+
+def build_from_scratch(architecture: str, tokenizer: CharTokenizer, labels: LabelMaps, **config_overrides) -> JointErnie:
+    """A randomly initialised JointErnie with the published architecture of `architecture`
+    (e.g. ernie-3.0-tiny-nano-v2-zh: 4 layers, hidden 312, 12 heads, FFN 1248) and the
+    vocabulary of `tokenizer`. No pretrained weight is involved."""
+    known = ErnieConfig.pretrained_init_configuration
+    if architecture not in known:
+        sizes = sorted(k for k in known if k.startswith("ernie-3.0-tiny"))
+        raise ValueError(f"unknown architecture {architecture!r}; ERNIE 3.0 Tiny sizes: {', '.join(sizes)}")
+    config = ErnieConfig(**{**known[architecture], **config_overrides})
+    config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_id
+    config.num_intents, config.num_slot_tags = len(labels.intents), len(labels.slot_tags)
+    return JointErnie(config)
