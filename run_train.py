@@ -10,6 +10,7 @@ built from the training data (no pretrained weights needed, e.g. offline).
 """
 import utils  # first: it configures the CPU math library before paddle loads it
 
+import json
 import logging
 import os
 import sys
@@ -123,7 +124,9 @@ def export_static(model: JointErnie, tokenizer: CharTokenizer, labels: LabelMaps
     """model.pdmodel/.pdiparams with dynamic batch and sequence length, plus everything
     inference needs (vocab, labels, max length, lenient-metric intents) beside them."""
     model.eval()
-    static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([None, None], "int64", "input_ids")])
+    static = paddle.jit.to_static(
+        model, input_spec=[paddle.static.InputSpec([None, None], "int64", "input_ids")], full_graph=True
+    )
     paddle.jit.save(static, os.path.join(export_dir, "model"))
     tokenizer.save(export_dir)
     labels.save(export_dir)
@@ -154,6 +157,9 @@ def main(argv=None):
         tokenizer = pretrained_tokenizer(model_args.model_name_or_path)
         model = load_pretrained(model_args.model_name_or_path, labels)
     logger.info(f"parameters: {sum(p.size for p in model.parameters()):,}")
+    if not 3 <= model_args.max_seq_length <= model.config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {model_args.max_seq_length}: must hold [CLS], one token and [SEP] "
+                         f"and fit the model's {model.config.max_position_embeddings} positions")
 
     train_rows, truncated = [], 0
     for utt in train:
@@ -183,7 +189,8 @@ def main(argv=None):
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", {**result.metrics, "wall_time_s": time.time() - start, "cpu_threads": threads})
 
-    if training_args.do_eval:
+    # Under `python -m paddle.distributed.launch` only the first process evaluates and writes files.
+    if training_args.do_eval and trainer.is_world_process_zero():
         model.eval()
 
         def logits_fn(input_ids):
@@ -200,7 +207,7 @@ def main(argv=None):
             logger.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
         utils.save_json(os.path.join(training_args.output_dir, "eval_results.json"), results)
 
-    if training_args.do_export:
+    if training_args.do_export and trainer.is_world_process_zero():
         export_dir = export_static(model, tokenizer, labels, os.path.join(training_args.output_dir, "infer_model"), {
             "max_seq_length": model_args.max_seq_length,
             "slotless_intents": slotless,
@@ -209,7 +216,10 @@ def main(argv=None):
             "inputs": ["input_ids"],
             "outputs": ["intent_logits", "slot_logits"],
         })
-        logger.info(f"exported static graph and inference files to {export_dir}")
+        logger.info(f"exported static graph and inference files to {export_dir}; its predictions on test utterances:")
+        exported = utils.InferenceModel(export_dir, cpu_threads=threads)
+        for result in exported.predict([u.text for u in test[:3]]):
+            logger.info(json.dumps(result, ensure_ascii=False))
 
 
 if __name__ == "__main__":

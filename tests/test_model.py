@@ -1,0 +1,108 @@
+"""JointErnie: architecture, loss, save/load, offline errors, and a tiny training run."""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+import utils
+from model import JointErnie, JointLoss, build_from_scratch, load_pretrained, pretrained_tokenizer
+
+TEXTS = ["导航去北京", "播放周杰伦的稻香", "打电话给13812345678", "暂停"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return utils.CharTokenizer.build(TEXTS)
+
+
+def small_model(tokenizer, labels, **overrides):
+    paddle.seed(0)
+    return build_from_scratch("ernie-3.0-tiny-nano-v2-zh", tokenizer, labels, **overrides)
+
+
+def batch(tokenizer, texts=TEXTS):
+    return paddle.to_tensor(utils.pad_batch([utils.encode_for_inference(tokenizer, t, 32).windows[0] for t in texts], tokenizer.pad_id))
+
+
+def test_from_scratch_has_the_published_nano_architecture(tokenizer, labels):
+    model = small_model(tokenizer, labels)
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (4, 312, 12, 1248)
+    assert c.vocab_size == len(tokenizer) and c.pad_token_id == tokenizer.pad_id
+    assert model.ernie.embeddings.word_embeddings.weight.shape == [len(tokenizer), 312]
+    intent_logits, slot_logits = model(batch(tokenizer))
+    assert intent_logits.shape == [4, len(labels.intents)]
+    assert slot_logits.shape == [4, 2 + len("打电话给13812345678"), len(labels.slot_tags)]
+
+
+def test_unknown_architecture_lists_the_tiny_sizes(tokenizer, labels):
+    with pytest.raises(ValueError, match="ernie-3.0-tiny-nano-v2-zh"):
+        build_from_scratch("ernie-9-huge", tokenizer, labels)
+
+
+def test_loss_is_intent_ce_plus_slot_ce_over_real_tokens(labels):
+    paddle.seed(1)
+    intent_logits, slot_logits = paddle.randn([2, 11]), paddle.randn([2, 5, 32])
+    intent_label = paddle.to_tensor([3, 7])
+    pad = labels.pad_slot_id
+    slot_labels = paddle.to_tensor([[pad, 1, 4, 5, pad], [pad, 1, pad, pad, pad]])
+    loss = JointLoss(pad, slot_weight=0.5)((intent_logits, slot_logits), (intent_label, slot_labels))
+    logp_i, logp_s = F.log_softmax(intent_logits, -1).numpy(), F.log_softmax(slot_logits, -1).numpy()
+    intent_ce = -(logp_i[0, 3] + logp_i[1, 7]) / 2
+    slot_ce = -(logp_s[0, 1, 1] + logp_s[0, 2, 4] + logp_s[0, 3, 5] + logp_s[1, 1, 1]) / 4
+    assert float(loss) == pytest.approx(intent_ce + 0.5 * slot_ce, rel=1e-5)
+    # logits at PAD positions do not matter
+    changed = slot_logits.numpy()
+    changed[:, 0] += 100.0
+    changed[1, 2:] -= 50.0
+    loss2 = JointLoss(pad, slot_weight=0.5)((intent_logits, paddle.to_tensor(changed)), (intent_label, slot_labels))
+    assert float(loss2) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path, tokenizer, labels):
+    model = small_model(tokenizer, labels)
+    model.eval()
+    model.save_pretrained(str(tmp_path))
+    tokenizer.save(str(tmp_path))
+    loaded = load_pretrained(str(tmp_path), labels)
+    loaded.eval()
+    assert isinstance(loaded, JointErnie)
+    np.testing.assert_array_equal(model(batch(tokenizer))[1].numpy(), loaded(batch(tokenizer))[1].numpy())
+    assert pretrained_tokenizer(str(tmp_path)).vocab == tokenizer.vocab
+
+
+def test_unreachable_model_points_to_from_scratch(tmp_path, labels):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(OSError, match="--from_scratch"):
+        load_pretrained(missing, labels)
+    with pytest.raises(OSError, match="--from_scratch"):
+        pretrained_tokenizer(missing)
+
+
+def test_a_few_steps_of_training_fit_a_batch(tokenizer, labels):
+    model = small_model(tokenizer, labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.train()
+    sid = labels.slot_id
+    pad = labels.pad_slot_id
+    ids = batch(tokenizer)
+    tags = [
+        ["O", "O", "O", "B-destination", "I-destination"],
+        ["O", "O", "B-singer", "I-singer", "I-singer", "O", "B-song", "I-song"],
+        ["O"] * 4 + ["B-phone_num"] + ["I-phone_num"] * 10,
+        ["O", "O"],
+    ]
+    slot_labels = paddle.to_tensor(utils.pad_batch([[pad] + [sid[t] for t in row] + [pad] for row in tags], pad))
+    intent_label = paddle.to_tensor([labels.intent_id[i] for i in ("navigation.navigation", "music.play", "phone_call.make_a_phone_call", "music.pause")])
+    criterion = JointLoss(pad)
+    opt = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters())
+    losses = []
+    for _ in range(30):
+        loss = criterion(model(ids), (intent_label, slot_labels))
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+        losses.append(float(loss))
+    assert losses[-1] < 0.1 * losses[0]
+    model.eval()
+    intent_logits, slot_logits = model(ids)
+    assert intent_logits.argmax(-1).numpy().tolist() == intent_label.numpy().tolist()

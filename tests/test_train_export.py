@@ -1,0 +1,105 @@
+"""run_train.py end to end (one shared short run): training, best-model selection, whole-utterance
+evaluation, and the exported static graph against the dynamic graph."""
+import glob
+import os
+import shutil
+
+import numpy as np
+import paddle
+import pytest
+
+import utils
+from model import JointErnie
+
+EXPORTED = ["model.pdmodel", "model.pdiparams", "vocab.txt", "intent_label.txt", "slot_label.txt", utils.INFERENCE_CONFIG]
+
+
+@pytest.fixture(scope="module")
+def dynamic(trained):
+    model = JointErnie.from_pretrained(trained)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def static(trained):
+    return utils.InferenceModel(os.path.join(trained, "infer_model"), cpu_threads=2)
+
+
+def test_outputs_logs_and_metrics(trained, synthetic_splits):
+    for name in ("config.json", "model_state.pdparams", "vocab.txt", "train.log", "eval_results.json", "train_results.json"):
+        assert os.path.isfile(os.path.join(trained, name)), name
+    log = open(os.path.join(trained, "train.log"), encoding="utf-8").read()
+    assert "training utterances truncated for training" in log and "CPU math threads: 2" in log
+    results = utils.load_json(os.path.join(trained, "eval_results.json"))
+    for split in ("dev", "test"):
+        m = results[split]
+        assert m["num_utterances"] == len(synthetic_splits[split])
+        assert sum(v["count"] for v in m["per_intent"].values()) == m["num_utterances"]
+        assert m["sentence_acc"] <= m["sentence_acc_ref"] and m["sentence_acc"] <= m["intent_acc"]
+    # two epochs on the templated corpus are enough to learn it well; an untrained model scores ~0
+    assert results["test"]["intent_acc"] > 0.9 and results["test"]["slot_f1"] > 0.8
+    train = utils.load_json(os.path.join(trained, "train_results.json"))
+    assert train["train_samples_per_second"] > 0 and train["cpu_threads"] == 2
+
+
+def test_best_checkpoint_is_the_one_kept(trained):
+    """The saved model is the checkpoint with the best dev sentence accuracy."""
+    states = [utils.load_json(p) for p in glob.glob(os.path.join(trained, "checkpoint-*", "trainer_state.json"))]
+    assert states
+    state = max(states, key=lambda s: s["global_step"])
+    assert state["best_model_checkpoint"] is not None
+    evals = [h["eval_sentence_acc"] for h in state["log_history"] if "eval_sentence_acc" in h]
+    assert len(evals) == 2 and state["best_metric"] == max(evals)
+    dev = utils.load_json(os.path.join(trained, "eval_results.json"))["dev"]
+    assert dev["sentence_acc"] == pytest.approx(state["best_metric"], abs=1.5 / dev["num_utterances"])
+
+
+def test_export_is_self_contained(trained, tmp_path, static):
+    export = os.path.join(trained, "infer_model")
+    assert all(os.path.isfile(os.path.join(export, f)) for f in EXPORTED)
+    config = utils.load_json(os.path.join(export, utils.INFERENCE_CONFIG))
+    assert config["max_seq_length"] == 16 and "OTHERS" in config["slotless_intents"]
+    moved = shutil.copytree(export, str(tmp_path / "elsewhere"))
+    texts = ["导航去人民公园", "打电话给 13812345678", ""]
+    assert utils.InferenceModel(moved).predict(texts) == static.predict(texts)
+
+
+def test_static_graph_matches_dynamic_graph(dynamic, static, synthetic_splits):
+    tokenizer = static.tokenizer
+    encoded = [static.encode(u.text) for u in synthetic_splits["test"]]
+    windows = [w for e in encoded for w in e.windows]
+    for b in range(0, len(windows), 64):
+        ids = utils.pad_batch(windows[b : b + 64], tokenizer.pad_id)
+        with paddle.no_grad():
+            dyn_intent, dyn_slot = (t.numpy() for t in dynamic(paddle.to_tensor(ids)))
+        st_intent, st_slot = static.logits(ids)
+        assert st_intent.shape == dyn_intent.shape and st_slot.shape == dyn_slot.shape
+        assert np.abs(st_intent - dyn_intent).max() <= 1e-4
+        assert np.abs(st_slot - dyn_slot).max() <= 1e-4
+
+
+def test_static_graph_takes_any_batch_and_length(static):
+    for shape in [(1, 3), (7, 5), (2, 40)]:
+        ids = np.full(shape, static.tokenizer.unk_id, dtype="int64")
+        ids[:, 0], ids[:, -1] = static.tokenizer.cls_id, static.tokenizer.sep_id
+        intent, slots = static.logits(ids)
+        assert intent.shape == (shape[0], len(static.labels.intents))
+        assert slots.shape == (*shape, len(static.labels.slot_tags))
+
+
+def test_static_evaluation_reproduces_training_evaluation(trained, static, synthetic_splits):
+    expected = utils.load_json(os.path.join(trained, "eval_results.json"))["test"]
+    got = static.evaluate(synthetic_splits["test"])
+    assert got["per_intent"] == expected["per_intent"]
+    for key in ("intent_acc", "slot_f1", "sentence_acc", "sentence_acc_ref"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-9)
+
+
+def test_long_utterances_are_scored_whole(static):
+    text = "播放林小雨的晚风轻轻吹然后导航去第一人民医院再打电话给老王"  # 29 chars, two windows
+    result = static.predict([text])[0]
+    assert len(static.encode(text).windows) == 3
+    for slot in result["slots"]:
+        first, last = slot["pos"]
+        assert text[first : last + 1] == slot["entity"] and 0 <= first <= last < len(text)
