@@ -70,9 +70,11 @@ def load_pretrained(name_or_dir: str, labels: LabelMaps, **config_overrides) -> 
     """ERNIE 3.0 Tiny weights by hub name or local directory; the two heads start fresh unless the
     directory already holds a JointErnie."""
     try:
-        return JointErnie.from_pretrained(
-            name_or_dir, num_intents=len(labels.intents), num_slot_tags=len(labels.slot_tags), **config_overrides
-        )
+        # The config is loaded first: from_pretrained would hand keys that a plain ERNIE config.json
+        # lacks (num_intents, num_slot_tags) to __init__ instead of the config.
+        config = ErnieConfig.from_pretrained(name_or_dir, **config_overrides)
+        config.num_intents, config.num_slot_tags = len(labels.intents), len(labels.slot_tags)
+        return JointErnie.from_pretrained(name_or_dir, config=config)
     except OSError as e:
         raise OSError(offline_hint(name_or_dir)) from e
 

@@ -106,3 +106,22 @@ def test_a_few_steps_of_training_fit_a_batch(tokenizer, labels):
     model.eval()
     intent_logits, slot_logits = model(ids)
     assert intent_logits.argmax(-1).numpy().tolist() == intent_label.numpy().tolist()
+
+
+def test_loads_a_plain_pretrained_ernie_directory(tmp_path, tokenizer, labels):
+    """A local directory as `ErnieModel.save_pretrained` writes it (what a downloaded
+    ernie-3.0-tiny-*-zh is): the encoder weights load, the two heads start fresh."""
+    from paddlenlp.transformers import ErnieConfig, ErnieModel
+
+    config = ErnieConfig(**{**ErnieConfig.pretrained_init_configuration["ernie-3.0-tiny-nano-v2-zh"], "vocab_size": len(tokenizer)})
+    paddle.seed(3)
+    encoder = ErnieModel(config)
+    encoder.save_pretrained(str(tmp_path))
+    tokenizer.save(str(tmp_path))
+    model = load_pretrained(str(tmp_path), labels)
+    assert model.config.num_intents == len(labels.intents) and model.config.num_slot_tags == len(labels.slot_tags)
+    saved = encoder.state_dict()
+    for name, value in model.ernie.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), saved[name].numpy())
+    assert model.intent_classifier.weight.shape == [312, len(labels.intents)]
+    assert pretrained_tokenizer(str(tmp_path)).vocab == tokenizer.vocab

@@ -103,3 +103,25 @@ def test_long_utterances_are_scored_whole(static):
     for slot in result["slots"]:
         first, last = slot["pos"]
         assert text[first : last + 1] == slot["entity"] and 0 <= first <= last < len(text)
+
+
+def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_dir, synthetic_splits):
+    """The non-scratch path: --model_name_or_path is a directory holding a plain ERNIE encoder
+    and its vocab.txt; the vocabulary is taken from there, not rebuilt from the data."""
+    import run_train
+    from paddlenlp.transformers import ErnieConfig, ErnieModel
+
+    pretrained = str(tmp_path / "ernie")
+    tokenizer = utils.CharTokenizer.build(u.text for u in synthetic_splits["dev"])  # deliberately not train's
+    config = ErnieConfig(**{**ErnieConfig.pretrained_init_configuration["ernie-3.0-tiny-nano-v2-zh"], "vocab_size": len(tokenizer)})
+    ErnieModel(config).save_pretrained(pretrained)
+    tokenizer.save(pretrained)
+    out = str(tmp_path / "out")
+    run_train.main([
+        "--model_name_or_path", pretrained, "--data_dir", synthetic_dir, "--output_dir", out,
+        "--do_train", "--do_eval", "--max_steps", "3", "--evaluation_strategy", "no", "--save_strategy", "no",
+        "--load_best_model_at_end", "false", "--disable_tqdm", "true",
+    ])
+    assert utils.CharTokenizer.from_file(os.path.join(out, "vocab.txt")).vocab == tokenizer.vocab
+    assert utils.load_json(os.path.join(out, "eval_results.json"))["test"]["num_utterances"] == len(synthetic_splits["test"])
+    assert JointErnie.from_pretrained(out).config.vocab_size == len(tokenizer)
