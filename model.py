@@ -1,13 +1,15 @@
 """The joint intent + slot model on an ERNIE 3.0 Tiny encoder, and its loss."""
+import collections
+import copy
 import os
-from typing import Tuple
+from typing import Iterable, Tuple
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddlenlp.transformers import ErnieConfig, ErnieModel, ErniePretrainedModel, ErnieTokenizer
 
-from utils import CharTokenizer, LabelMaps
+from utils import SPECIAL_TOKENS, CharTokenizer, LabelMaps
 
 
 class JointErnie(ErniePretrainedModel):
@@ -23,8 +25,9 @@ class JointErnie(ErniePretrainedModel):
         self.intent_classifier = nn.Linear(config.hidden_size, config.num_intents)
         self.slot_classifier = nn.Linear(config.hidden_size, config.num_slot_tags)
 
-    def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor = None) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        sequence_output, pooled_output = self.ernie(input_ids, token_type_ids=token_type_ids)
+    def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor = None, attention_mask=None) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        # attention_mask: None derives it from padding; DynaBERT passes its own ([None, None]).
+        sequence_output, pooled_output = self.ernie(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
         intent_logits = self.intent_classifier(self.dropout(pooled_output))
         slot_logits = self.slot_classifier(self.dropout(sequence_output))
         return intent_logits, slot_logits
@@ -91,3 +94,29 @@ def build_from_scratch(architecture: str, tokenizer: CharTokenizer, labels: Labe
     config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_id
     config.num_intents, config.num_slot_tags = len(labels.intents), len(labels.slot_tags)
     return JointErnie(config)
+
+
+def prune_vocabulary(
+    model: JointErnie, tokenizer: CharTokenizer, texts: Iterable[str], max_vocab_size: int, max_seq_length: int, output_dir: str
+) -> Tuple[JointErnie, CharTokenizer]:
+    """Keep the special tokens and the most frequent tokens of `texts` (ties by id), up to
+    `max_vocab_size`; slice the word-embedding rows to match and the position embeddings to
+    `max_seq_length` (windows never use later positions). Saves the pruned model and vocab.txt
+    to `output_dir` and returns them; the input model is left as it was."""
+    counts = collections.Counter(i for text in texts for i in tokenizer.tokenize(text)[0])
+    specials = [tokenizer.token_to_id[t] for t in SPECIAL_TOKENS]
+    ranked = sorted((i for i in counts if i not in specials), key=lambda i: (-counts[i], i))
+    keep = specials + ranked[: max(max_vocab_size - len(specials), 0)]
+    pruned_tokenizer = CharTokenizer([tokenizer.vocab[i] for i in keep])
+
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state["ernie.embeddings.word_embeddings.weight"] = state["ernie.embeddings.word_embeddings.weight"][keep]
+    state["ernie.embeddings.position_embeddings.weight"] = state["ernie.embeddings.position_embeddings.weight"][:max_seq_length]
+    config = copy.deepcopy(model.config)
+    config.vocab_size, config.pad_token_id, config.max_position_embeddings = len(keep), pruned_tokenizer.pad_id, max_seq_length
+    pruned = JointErnie(config)
+    pruned.set_state_dict(state)
+    os.makedirs(output_dir, exist_ok=True)
+    pruned.save_pretrained(output_dir)
+    pruned_tokenizer.save(output_dir)
+    return pruned, pruned_tokenizer

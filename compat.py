@@ -1,0 +1,70 @@
+"""Fixes for the pinned compression stack (paddle 2.6.2, paddleslim 2.6.0, paddlenlp 2.8.1),
+applied at run time by `apply()`; site-packages stay untouched. Each fix names what broke.
+"""
+import os
+
+import paddle
+import paddle.nn.functional as F
+from paddlenlp.utils.log import logger
+
+
+def _super_layer_norm_forward(self, input):
+    """paddleslim's SuperLayerNorm.forward unpacks three values from paddle._C_ops.layer_norm,
+    which returns one tensor in paddle 2.6 ("too many values to unpack" in DynaBERT). Same
+    computation through the public functional API (single normalized dim, as paddleslim assumes)."""
+    feature_dim = int(input.shape[-1])
+    weight = None if self._weight_attr is False else self.weight[:feature_dim]
+    bias = None if self._bias_attr is False else self.bias[:feature_dim]
+    self.cur_config = {"prune_dim": feature_dim}
+    return F.layer_norm(input, [feature_dim], weight=weight, bias=bias, epsilon=self._epsilon)
+
+
+def _quant_embeddings(self, input_prefix):
+    """paddlenlp's version passes feed *names* to paddle.static.save_inference_model, which in
+    paddle 2.6 wants Variables ("'feed_vars' should be a Variable"), and leaves static mode on."""
+    import paddleslim.quant as quant
+
+    self.args.output_filename_prefix = "quant_emb"
+    paddle.enable_static()
+    try:
+        place = paddle.set_device(paddle.get_device())  # args.device defaults to "gpu" even on CPU-only builds
+        exe = paddle.static.Executor(place)
+        program, feed_names, fetch_targets = paddle.static.load_inference_model(input_prefix, exe)
+        config = {"quantize_op_types": ["lookup_table_v2"], "lookup_table_v2": {"quantize_type": "log"}}
+        quant_program = quant.quant_embedding(program, place, config)
+        feed_vars = [quant_program.global_block().var(name) for name in feed_names]
+        output = os.path.join(os.path.dirname(input_prefix), self.args.output_filename_prefix)
+        paddle.static.save_inference_model(output, feed_vars, fetch_targets, exe, program=quant_program)
+    finally:
+        paddle.disable_static()
+
+
+def _always_save_dynabert(original):
+    """DynaBERT saves a width only when an evaluation beats the previous best (starting at 0.0);
+    a short run that never evaluates, or scores 0, leaves no width_mult_*/model_state.pdparams
+    and the export fails. Save the final supernet weights for such widths, with a warning."""
+
+    def dynabert_training(self, ofa_model, model, *args, **kwargs):
+        result = original(self, ofa_model, model, *args, **kwargs)
+        for width_mult in self.args.width_mult_list:
+            width_dir = os.path.join(self.args.output_dir, "width_mult_" + str(round(width_mult, 2)))
+            if not os.path.isfile(os.path.join(width_dir, "model_state.pdparams")):
+                logger.warning(f"DynaBERT width {width_mult}: no evaluation beat 0 (raise the number of steps or "
+                               f"lower --save_steps); saving the final weights to {width_dir}")
+                os.makedirs(width_dir, exist_ok=True)
+                (model._layers if isinstance(model, paddle.DataParallel) else model).save_pretrained(width_dir)
+        return result
+
+    dynabert_training.__wrapped__ = original
+    return dynabert_training
+
+
+def apply():
+    """Install the fixes once; safe to call repeatedly."""
+    from paddleslim.nas.ofa import layers as ofa_layers
+    from paddlenlp.trainer import trainer_compress
+
+    ofa_layers.SuperLayerNorm.forward = _super_layer_norm_forward
+    trainer_compress._quant_embeddings = _quant_embeddings
+    if not hasattr(trainer_compress._dynabert_training, "__wrapped__"):
+        trainer_compress._dynabert_training = _always_save_dynabert(trainer_compress._dynabert_training)
