@@ -230,6 +230,7 @@ def save_static_graph(model, path_prefix: str) -> None:
         model, input_spec=[paddle.static.InputSpec([None, None], "int64", "input_ids")], full_graph=True
     )
     paddle.jit.save(static, path_prefix)
+    static.forward.rollback()  # to_static converted the layer in place; later training stays dygraph
 
 
 def export_dynabert_widths(original: JointErnie, args) -> None:
