@@ -27,7 +27,7 @@ def _quant_embeddings(self, input_prefix):
     self.args.output_filename_prefix = "quant_emb"
     paddle.enable_static()
     try:
-        place = paddle.set_device(paddle.get_device())  # args.device defaults to "gpu" even on CPU-only builds
+        place = paddle.set_device(self.args.device)
         exe = paddle.static.Executor(place)
         program, feed_names, fetch_targets = paddle.static.load_inference_model(input_prefix, exe)
         config = {"quantize_op_types": ["lookup_table_v2"], "lookup_table_v2": {"quantize_type": "log"}}
@@ -59,6 +59,33 @@ def _always_save_dynabert(original):
     return dynabert_training
 
 
+class _Placeholder(paddle.io.Dataset):
+    def __getitem__(self, index):
+        return 0
+
+    def __len__(self):
+        return 1
+
+
+def _ptq_accepting_batch_generator(base):
+    """paddlenlp's PTQ passes `batch_generator=` (lists of arrays); paddle 2.6's
+    PostTrainingQuantization still takes the argument but only reads `data_loader`, which must
+    yield feed dicts ("data_loader cannot be None"). Adapt the one to the other."""
+
+    class PostTrainingQuantization(base):
+        def __init__(self, *args, batch_generator=None, **kwargs):
+            if batch_generator is None or kwargs.get("data_loader") is not None:
+                return super().__init__(*args, **kwargs)
+            # paddle 2.6 type-checks for a DataLoader, then only calls it for an iterator of feed
+            # dicts; _feed_list is known once the model is loaded, before the first batch is drawn.
+            kwargs["data_loader"] = paddle.io.DataLoader(_Placeholder(), batch_size=1, places=paddle.CPUPlace())
+            super().__init__(*args, **kwargs)
+            self._data_loader = lambda: (dict(zip(self._feed_list, batch)) for batch in batch_generator())
+
+    PostTrainingQuantization.__wrapped__ = base
+    return PostTrainingQuantization
+
+
 def apply():
     """Install the fixes once; safe to call repeatedly."""
     from paddleslim.nas.ofa import layers as ofa_layers
@@ -66,5 +93,9 @@ def apply():
 
     ofa_layers.SuperLayerNorm.forward = _super_layer_norm_forward
     trainer_compress._quant_embeddings = _quant_embeddings
+    if not hasattr(paddle.static.quantization.PostTrainingQuantization, "__wrapped__"):
+        paddle.static.quantization.PostTrainingQuantization = _ptq_accepting_batch_generator(
+            paddle.static.quantization.PostTrainingQuantization
+        )
     if not hasattr(trainer_compress._dynabert_training, "__wrapped__"):
         trainer_compress._dynabert_training = _always_save_dynabert(trainer_compress._dynabert_training)

@@ -74,6 +74,8 @@ class TrainingArguments(CompressionArguments):
     the best checkpoint every epoch by dev sentence accuracy."""
 
     output_dir: str = field(default="output", metadata={"help": "Checkpoints, logs, metrics and infer_model/."})
+    # PaddleNLP defaults to "gpu", which its compression code passes to paddle.set_device even on CPU builds.
+    device: str = field(default="gpu" if paddle.is_compiled_with_cuda() else "cpu", metadata={"help": "gpu or cpu."})
     evaluation_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on dev: no, steps, epoch."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint (match --evaluation_strategy)."})
     load_best_model_at_end: bool = field(default=True, metadata={"help": "Reload the best dev checkpoint after training."})
@@ -201,6 +203,8 @@ def collect_stages(compress_dir: str, stages_dir: str, tokenizer, labels, config
         pipeline_order = {"model.pdmodel": 0, "int8.pdmodel": 1, "quant_emb.pdmodel": 2}
         for name in sorted((f for f in files if f.endswith(".pdmodel")), key=lambda f: (pipeline_order.get(f, 3), f)):
             prefix = os.path.join(root, name[: -len(".pdmodel")])
+            if prefix == os.path.join(compress_dir, "model"):  # PTQ's own re-export of the fp32 input
+                continue
             stage = os.path.join(stages_dir, os.path.relpath(prefix, compress_dir).replace(os.sep, "-"))
             os.makedirs(stage, exist_ok=True)
             for ext in (".pdmodel", ".pdiparams"):

@@ -128,3 +128,34 @@ def test_prunes_a_40k_vocabulary_pretrained_directory(tmp_path, labels):
     assert len(pruned_tok) == len(utils.SPECIAL_TOKENS) + len(chars)  # only what the data uses survives
     assert pruned.ernie.embeddings.word_embeddings.weight.shape == [len(pruned_tok), 312]
     assert load_pretrained(str(tmp_path / "pruned"), labels).config.vocab_size == len(pruned_tok)
+
+
+def test_ptq_strategy_exports_an_int8_stage(trained, synthetic_dir, tmp_path):
+    """PTQ goes through the batch_generator -> data_loader adapter of compat.py."""
+    out = str(tmp_path / "ptq")
+    run_train.main([
+        "--model_name_or_path", trained, "--data_dir", synthetic_dir, "--output_dir", out, "--do_compress",
+        "--strategy", "ptq", "--algo_list", "hist", "--batch_size_list", "8", "--batch_num_list", "2",
+    ])
+    report = utils.load_json(os.path.join(out, "compress", "compress_report.json"))
+    assert [s["stage"] for s in report["stages"]] == ["fp32", "hist8_2-int8"]
+    fp32, int8 = report["stages"]
+    assert int8["size_mb"] < 0.5 * fp32["size_mb"] and int8["intent_acc"] > 0.9 * fp32["intent_acc"]
+
+
+def test_dynabert_without_a_saved_width_saves_the_final_weights(tmp_path, labels):
+    class Args:
+        width_mult_list = [0.5, 0.75]
+        output_dir = str(tmp_path)
+
+    class Trainer:
+        args = Args()
+
+    os.makedirs(tmp_path / "width_mult_0.5")
+    open(tmp_path / "width_mult_0.5" / "model_state.pdparams", "wb").close()  # an evaluation saved this one
+    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", utils.CharTokenizer.build(["导航"]), labels)
+    training = compat._always_save_dynabert(lambda trainer, ofa_model, model: "ofa")
+    assert training(Trainer(), None, model) == "ofa"
+    assert os.path.getsize(tmp_path / "width_mult_0.5" / "model_state.pdparams") == 0  # left alone
+    saved = paddle.load(str(tmp_path / "width_mult_0.75" / "model_state.pdparams"))
+    np.testing.assert_array_equal(saved["intent_classifier.weight"].numpy(), model.intent_classifier.weight.numpy())
