@@ -16,7 +16,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-nlpcc clean
+.PHONY: setup data demo test train-nlpcc compress compress-nlpcc clean
 
 $(VENV)/.installed: requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -44,6 +44,19 @@ train-nlpcc: data
 	$(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh \
 		--data_dir $(DATA_DIR) --output_dir output/nlpcc2018-nano-scratch --do_train --do_eval --do_export \
 		--num_train_epochs 10 --learning_rate 5e-4 --warmup_ratio 0.1 --cpu_threads $(CPU_THREADS) --seed 42
+
+# Compression (vocabulary pruning + DynaBERT + QAT + int8 embeddings) of the demo model, and of
+# the measured NLPCC model (the README's compression table).
+compress: setup
+	$(PY) run_train.py --model_name_or_path $(OUTPUT_DIR) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-compress \
+		--do_compress --strategy 'dynabert+qat+embeddings' --prune_embeddings --max_vocab_size 250 \
+		--num_train_epochs 1 --learning_rate 5e-5 --save_steps 20 --cpu_threads $(CPU_THREADS) --seed 42
+
+compress-nlpcc: setup
+	$(PY) run_train.py --model_name_or_path output/nlpcc2018-nano-scratch --data_dir data/prepared/nlpcc2018 \
+		--output_dir output/nlpcc2018-nano-scratch-compress --do_compress --strategy 'dynabert+qat+embeddings' \
+		--prune_embeddings --max_vocab_size 2000 --num_train_epochs 1 --learning_rate 5e-5 --save_steps 100 \
+		--cpu_threads $(CPU_THREADS) --seed 42
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: setup
