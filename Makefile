@@ -49,7 +49,7 @@ train-nlpcc: data
 # the measured NLPCC model (the README's compression table).
 compress: setup
 	$(PY) run_train.py --model_name_or_path $(OUTPUT_DIR) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-compress \
-		--do_compress --strategy 'dynabert+qat+embeddings' --prune_embeddings --max_vocab_size 250 \
+		--do_compress --strategy 'dynabert+qat+embeddings' --prune_embeddings --max_vocab_size 300 \
 		--num_train_epochs 1 --learning_rate 5e-5 --save_steps 20 --cpu_threads $(CPU_THREADS) --seed 42
 
 compress-nlpcc: setup
