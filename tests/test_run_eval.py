@@ -1,0 +1,77 @@
+"""run_eval.py on the shared exported model: metrics, and predictions from flags, file and stdin."""
+import io
+import json
+import os
+import sys
+
+import pytest
+
+import run_eval
+import utils
+
+HARD = [
+    "导航去人民公园",
+    "",
+    "打电话给 13812345678",  # space and digits
+    "播放ＡＢ乐队的歌曲然后导航去第一人民医院再打电话给老王好吗",  # full-width, 29 characters: 3 windows
+    "😀🚗",  # characters outside the vocabulary
+    "   ",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained):
+    return os.path.join(trained, "infer_model")
+
+
+def run(argv, capsys, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    run_eval.main(argv)
+    out = capsys.readouterr()
+    return out.out, out.err
+
+
+def test_eval_file_scores_like_training(model_dir, synthetic_dir, trained, capsys):
+    out, _ = run(["--model_dir", model_dir, "--eval_file", os.path.join(synthetic_dir, "test.txt")], capsys)
+    metrics = json.loads(out)
+    expected = utils.load_json(os.path.join(trained, "eval_results.json"))["test"]
+    assert metrics["per_intent"] == expected["per_intent"]
+    assert metrics["sentence_acc"] == pytest.approx(expected["sentence_acc"]) and metrics["slot_f1"] == pytest.approx(expected["slot_f1"])
+
+
+def test_input_file_gives_one_defined_result_per_line(model_dir, tmp_path, capsys):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(HARD) + "\n", encoding="utf-8")
+    out, err = run(["--model_dir", model_dir, "--input_file", str(path), "--batch_size", "2"], capsys)
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in results] == HARD
+    labels = utils.LabelMaps.from_files(os.path.join(model_dir, "intent_label.txt"), os.path.join(model_dir, "slot_label.txt"))
+    for text, r in zip(HARD, results):
+        if not text.strip():
+            assert r == {"text": text, "error": "empty utterance"}
+            continue
+        assert r["intent"] in labels.intents and 0.0 < r["confidence"] <= 1.0
+        for slot in r["slots"]:
+            first, last = slot["pos"]
+            assert slot["slot"] in labels.slot_types and text[first : last + 1] == slot["entity"]
+            assert not text[first].isspace() and not text[last].isspace()
+    assert "utterance 4: 29 characters, predicted in 3 windows of 14" in err
+    # the same predictions as the library call, batched differently
+    model = utils.InferenceModel(model_dir)
+    real = [t for t in HARD if t.strip()]
+    assert [r for r in results if "error" not in r] == model.predict(real, batch_size=64)
+
+
+def test_text_flags_and_stdin(model_dir, capsys, monkeypatch):
+    out, _ = run(["--model_dir", model_dir, "--text", "导航去人民公园", "--text", "下一首"], capsys)
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["导航去人民公园", "下一首"]
+    out, _ = run(["--model_dir", model_dir], capsys, stdin="下一首\n打开导航\n", monkeypatch=monkeypatch)
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["下一首", "打开导航"]
+
+
+def test_malformed_eval_file_names_the_line(model_dir, tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("s\t导航\tnavigation.open\t导航\ns\t去\n", encoding="utf-8")
+    with pytest.raises(utils.CorpusError, match=r"bad.txt:2: expected 4 TAB-separated fields"):
+        run_eval.main(["--model_dir", model_dir, "--eval_file", str(path)])
