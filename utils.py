@@ -532,17 +532,41 @@ def evaluate_utterances(
 INFERENCE_CONFIG = "inference_config.json"
 
 
-class InferenceModel:
+class ExportedModel:
     """An exported directory (model.pdmodel/.pdiparams, vocab.txt, label files,
-    inference_config.json) run through Paddle Inference on the CPU."""
+    inference_config.json): tokenization, windows and decoding; subclasses run the graph."""
 
-    def __init__(self, model_dir: str, cpu_threads: int = 0, use_onednn: bool = True):
-        from paddle import inference
-
+    def __init__(self, model_dir: str):
         self.model_dir = model_dir
         self.config = load_json(os.path.join(model_dir, INFERENCE_CONFIG))
         self.tokenizer = CharTokenizer.from_file(os.path.join(model_dir, "vocab.txt"))
         self.labels = LabelMaps.from_files(os.path.join(model_dir, "intent_label.txt"), os.path.join(model_dir, "slot_label.txt"))
+
+    def logits(self, input_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> EncodedUtterance:
+        return encode_for_inference(self.tokenizer, text, self.config["max_seq_length"])
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> List[dict]:
+        encoded = [self.encode(t) for t in texts]
+        preds = predict_encoded(encoded, self.logits, self.tokenizer.pad_id, batch_size)
+        return [describe(p, e, self.labels) for p, e in zip(preds, encoded)]
+
+    def evaluate(self, utterances: Sequence[Utterance], batch_size: int = 64) -> dict:
+        return evaluate_utterances(
+            utterances, self.tokenizer, self.logits, self.labels, self.config["max_seq_length"],
+            self.config["slotless_intents"], batch_size,
+        )
+
+
+class InferenceModel(ExportedModel):
+    """An exported directory run through Paddle Inference on the CPU."""
+
+    def __init__(self, model_dir: str, cpu_threads: int = 0, use_onednn: bool = True):
+        from paddle import inference
+
+        super().__init__(model_dir)
         config = inference.Config(os.path.join(model_dir, "model.pdmodel"), os.path.join(model_dir, "model.pdiparams"))
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(cpu_threads or os.cpu_count() or 1)
@@ -559,20 +583,6 @@ class InferenceModel:
         self.predictor.run()
         intent_logits, slot_logits = (o.copy_to_cpu() for o in self.outputs)
         return intent_logits, slot_logits
-
-    def encode(self, text: str) -> EncodedUtterance:
-        return encode_for_inference(self.tokenizer, text, self.config["max_seq_length"])
-
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> List[dict]:
-        encoded = [self.encode(t) for t in texts]
-        preds = predict_encoded(encoded, self.logits, self.tokenizer.pad_id, batch_size)
-        return [describe(p, e, self.labels) for p, e in zip(preds, encoded)]
-
-    def evaluate(self, utterances: Sequence[Utterance], batch_size: int = 64) -> dict:
-        return evaluate_utterances(
-            utterances, self.tokenizer, self.logits, self.labels, self.config["max_seq_length"],
-            self.config["slotless_intents"], batch_size,
-        )
 
 
 # ----------------------------------------------------------------------------- misc

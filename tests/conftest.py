@@ -52,7 +52,7 @@ def trained(synthetic_dir, tmp_path_factory):
         "--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh",
         "--data_dir", synthetic_dir, "--output_dir", out,
         "--do_train", "--do_eval", "--do_export",
-        "--num_train_epochs", "2", "--learning_rate", "1e-3", "--warmup_ratio", "0.1",
+        "--num_train_epochs", "3", "--learning_rate", "1e-3", "--warmup_ratio", "0.1",
         "--per_device_train_batch_size", "64", "--logging_steps", "10", "--seed", "42", "--disable_tqdm", "true",
     ])
     return out
