@@ -319,7 +319,7 @@ def compress(model, tokenizer, labels, train, dev, test, slotless, model_args, t
             **{k: metrics[k] for k in ("sentence_acc", "sentence_acc_ref", "intent_acc", "slot_f1")},
         })
     if "qat" in args.strategy:
-        report["qat_prediction_agreement"] = qat_agreement(trainer.model, tokenizer, test, stages, model_args, threads)
+        report["qat_prediction_agreement"] = qat_agreement(trainer.model, tokenizer, test, stages, threads)
     write_report(report, compress_dir)
     return report
 
@@ -330,21 +330,27 @@ def step_of_stage(stage: str, seconds: dict) -> str:
     return {"model": "dynabert", "quant_emb": "embeddings", "int8": "ptq" if "ptq" in seconds else "qat"}.get(suffix, stage)
 
 
-def qat_agreement(qat_model, tokenizer, test, stages, model_args, threads) -> float:
-    """Share of test utterances whose intent and every tag agree between the dynamic QAT model
-    and its exported int8 graph run by Paddle Inference."""
-    qat_model.eval()
+def dynamic_logits_fn(model, pad_id: int):
+    """utils.LogitsFn over a dygraph model. The attention mask is passed explicitly (the same one
+    ERNIE derives from padding): ERNIE's own derivation reads pooler.dense.weight, which QAT's
+    wrapper hides."""
+    model.eval()
 
     def logits_fn(input_ids):
-        # An explicit mask: ERNIE's default one reads pooler.dense.weight, which QAT's wrapper hides.
-        mask = paddle.to_tensor((input_ids != tokenizer.pad_id).astype("float32"))
+        mask = paddle.to_tensor((input_ids != pad_id).astype("float32"))
         with paddle.no_grad():
-            intent_logits, slot_logits = qat_model(paddle.to_tensor(input_ids), attention_mask=mask)
+            intent_logits, slot_logits = model(paddle.to_tensor(input_ids), attention_mask=mask)
         return intent_logits.numpy(), slot_logits.numpy()
 
+    return logits_fn
+
+
+def qat_agreement(qat_model, tokenizer, test, stages, threads) -> float:
+    """Share of test utterances whose intent and every tag agree between the dynamic QAT model
+    and its exported int8 graph run by Paddle Inference."""
     int8 = utils.InferenceModel(next(s for s in stages if s.endswith("int8")), cpu_threads=threads)
     encoded = [int8.encode(u.text) for u in test]
-    dynamic = utils.predict_encoded(encoded, logits_fn, tokenizer.pad_id)
+    dynamic = utils.predict_encoded(encoded, dynamic_logits_fn(qat_model, tokenizer.pad_id), tokenizer.pad_id)
     static = utils.predict_encoded(encoded, int8.logits, tokenizer.pad_id)
     same = sum(d.intent_id == s.intent_id and d.tag_ids == s.tag_ids for d, s in zip(dynamic, static))
     return same / len(test)
@@ -405,17 +411,11 @@ def main(argv=None):
 
     # Under `python -m paddle.distributed.launch` only the first process evaluates and writes files.
     if training_args.do_eval and trainer.is_world_process_zero():
-        model.eval()
-
-        def logits_fn(input_ids):
-            with paddle.no_grad():
-                intent_logits, slot_logits = model(paddle.to_tensor(input_ids))
-            return intent_logits.numpy(), slot_logits.numpy()
-
         results = {}
         for name, utts in (("dev", dev), ("test", test)):
             results[name] = utils.evaluate_utterances(
-                utts, tokenizer, logits_fn, labels, model_args.max_seq_length, slotless, training_args.per_device_eval_batch_size
+                utts, tokenizer, dynamic_logits_fn(model, tokenizer.pad_id), labels, model_args.max_seq_length, slotless,
+                training_args.per_device_eval_batch_size,
             )
             scalars = {k: v for k, v in results[name].items() if k != "per_intent"}
             logger.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
