@@ -51,7 +51,8 @@ def predict(model: InferenceModel, texts: list, batch_size: int) -> list:
     for i, text in enumerate(texts):
         tokens = sum(not c.isspace() for c in text)
         if tokens > window:
-            print(f"utterance {i + 1}: {tokens} characters, predicted in {-(-tokens // window)} windows of {window}", file=sys.stderr)
+            windows = len(utils.window_bounds(tokens, window))
+            print(f"utterance {i + 1}: {tokens} characters, predicted in {windows} windows of {window}", file=sys.stderr)
     real = [t for t in texts if t.strip()]
     results = iter(model.predict(real, batch_size))
     return [next(results) if t.strip() else {"text": t, "error": "empty utterance"} for t in texts]
