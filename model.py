@@ -27,10 +27,22 @@ class JointErnie(ErniePretrainedModel):
 
     def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor = None, attention_mask=None) -> Tuple[paddle.Tensor, paddle.Tensor]:
         # attention_mask: None derives it from padding; DynaBERT passes its own ([None, None]).
+        if attention_mask is None:
+            attention_mask = padding_mask(input_ids, self.config.pad_token_id)
         sequence_output, pooled_output = self.ernie(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
         intent_logits = self.intent_classifier(self.dropout(pooled_output))
         slot_logits = self.slot_classifier(self.dropout(sequence_output))
         return intent_logits, slot_logits
+
+
+def padding_mask(input_ids: paddle.Tensor, pad_id: int) -> paddle.Tensor:
+    """ERNIE's additive attention mask, [batch, 1, 1, seq]: 0 on tokens, -1e4 on padding. Built
+    from scale/multiply/clip because ERNIE's own `input_ids == pad_token_id` exports a 0-D
+    fill_constant that OpenVINO's Paddle frontend and the Paddle Lite runtime reject (and
+    FastDeploy's OpenVINO has no `abs`)."""
+    offset = paddle.scale(input_ids.astype("float32"), bias=-float(pad_id))
+    is_token = paddle.clip(offset * offset, 0.0, 1.0)
+    return paddle.unsqueeze(paddle.scale(is_token, scale=1e4, bias=-1e4), axis=[1, 2])
 
 
 class JointLoss(nn.Layer):

@@ -312,9 +312,8 @@ def compress(model, tokenizer, labels, train, dev, test, slotless, model_args, t
     for stage in stages:
         metrics = utils.InferenceModel(stage, cpu_threads=threads).evaluate(test)
         name = os.path.basename(stage)
-        size = sum(os.path.getsize(os.path.join(stage, f)) for f in ("model.pdmodel", "model.pdiparams"))
         report["stages"].append({
-            "stage": name, "dir": stage, "size_mb": size / 1e6, "parameters": static_param_count(stage),
+            "stage": name, "dir": stage, "size_mb": utils.model_size_mb(stage), "parameters": static_param_count(stage),
             "wall_time_s": seconds.get(step_of_stage(name, seconds)),
             **{k: metrics[k] for k in ("sentence_acc", "sentence_acc_ref", "intent_acc", "slot_f1")},
         })
@@ -330,16 +329,13 @@ def step_of_stage(stage: str, seconds: dict) -> str:
     return {"model": "dynabert", "quant_emb": "embeddings", "int8": "ptq" if "ptq" in seconds else "qat"}.get(suffix, stage)
 
 
-def dynamic_logits_fn(model, pad_id: int):
-    """utils.LogitsFn over a dygraph model. The attention mask is passed explicitly (the same one
-    ERNIE derives from padding): ERNIE's own derivation reads pooler.dense.weight, which QAT's
-    wrapper hides."""
+def dynamic_logits_fn(model):
+    """utils.LogitsFn over a dygraph model (fp32, DynaBERT or QAT-wrapped)."""
     model.eval()
 
     def logits_fn(input_ids):
-        mask = paddle.to_tensor((input_ids != pad_id).astype("float32"))
         with paddle.no_grad():
-            intent_logits, slot_logits = model(paddle.to_tensor(input_ids), attention_mask=mask)
+            intent_logits, slot_logits = model(paddle.to_tensor(input_ids))
         return intent_logits.numpy(), slot_logits.numpy()
 
     return logits_fn
@@ -350,7 +346,7 @@ def qat_agreement(qat_model, tokenizer, test, stages, threads) -> float:
     and its exported int8 graph run by Paddle Inference."""
     int8 = utils.InferenceModel(next(s for s in stages if s.endswith("int8")), cpu_threads=threads)
     encoded = [int8.encode(u.text) for u in test]
-    dynamic = utils.predict_encoded(encoded, dynamic_logits_fn(qat_model, tokenizer.pad_id), tokenizer.pad_id)
+    dynamic = utils.predict_encoded(encoded, dynamic_logits_fn(qat_model), tokenizer.pad_id)
     static = utils.predict_encoded(encoded, int8.logits, tokenizer.pad_id)
     same = sum(d.intent_id == s.intent_id and d.tag_ids == s.tag_ids for d, s in zip(dynamic, static))
     return same / len(test)
@@ -414,7 +410,7 @@ def main(argv=None):
         results = {}
         for name, utts in (("dev", dev), ("test", test)):
             results[name] = utils.evaluate_utterances(
-                utts, tokenizer, dynamic_logits_fn(model, tokenizer.pad_id), labels, model_args.max_seq_length, slotless,
+                utts, tokenizer, dynamic_logits_fn(model), labels, model_args.max_seq_length, slotless,
                 training_args.per_device_eval_batch_size,
             )
             scalars = {k: v for k, v in results[name].items() if k != "per_intent"}

@@ -601,6 +601,11 @@ def set_cpu_threads(num_threads: int) -> int:
     return n
 
 
+def model_size_mb(model_dir: str) -> float:
+    """Size on disk of an exported graph and its weights (what a deployment ships besides the vocabulary)."""
+    return sum(os.path.getsize(os.path.join(model_dir, f)) for f in ("model.pdmodel", "model.pdiparams")) / 1e6
+
+
 def save_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=2)

@@ -22,7 +22,16 @@ def run_demo(model_dir, backend, texts, tmp_path):
     return proc, logits
 
 
-@pytest.mark.parametrize("backend", ["paddle", "ort"])
+def strip_confidence(results):
+    return [{k: v for k, v in r.items() if k != "confidence"} for r in results]
+
+
+# FastDeploy 1.0.7 gives OpenVINO no precision setting, and OpenVINO's CPU plugin runs in bf16 by
+# default on CPUs with avx512_bf16 (this one): its logits differ by a few hundredths, not 1e-4.
+TOLERANCE = {"paddle": 1e-4, "ort": 1e-4, "openvino": 0.1}
+
+
+@pytest.mark.parametrize("backend", ["paddle", "ort", "openvino"])
 def test_fastdeploy_backend_matches_paddle_inference(backend, trained, synthetic_splits, tmp_path):
     model_dir = os.path.join(trained, "infer_model")
     texts = [u.text for u in synthetic_splits["test"][:100]]
@@ -30,17 +39,14 @@ def test_fastdeploy_backend_matches_paddle_inference(backend, trained, synthetic
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     reference = utils.InferenceModel(model_dir)
-    assert results == reference.predict(texts)
+    expected = reference.predict(texts)
+    if TOLERANCE[backend] <= 1e-4:
+        assert results == expected
+    else:
+        same = sum(a == b for a, b in zip(strip_confidence(results), strip_confidence(expected)))
+        assert len(results) == len(expected) and same >= 0.99 * len(expected)
     encoded = [reference.encode(t) for t in texts]
     preds = utils.predict_encoded(encoded, reference.logits, reference.tokenizer.pad_id, batch_size=16)
     got = np.load(logits_file)
-    assert np.abs(got["intent"] - np.stack([p.intent_logits for p in preds])).max() <= 1e-4
-    assert np.abs(got["slots"] - np.concatenate([p.slot_logits for p in preds])).max() <= 1e-4
-
-
-def test_openvino_backend_reports_what_it_cannot_convert(trained, tmp_path):
-    """Known limitation (OpenVINO's Paddle frontend and ERNIE's 0-D fill_constant): a clear
-    message and a failing exit code, never a silent wrong answer."""
-    proc, _ = run_demo(os.path.join(trained, "infer_model"), "openvino", ["导航去人民公园"], tmp_path)
-    assert proc.returncode != 0 and proc.stdout == ""
-    assert "FastDeploy backend 'openvino' cannot run" in proc.stderr and "fill_constant" in proc.stderr
+    assert np.abs(got["intent"] - np.stack([p.intent_logits for p in preds])).max() <= TOLERANCE[backend]
+    assert np.abs(got["slots"] - np.concatenate([p.slot_logits for p in preds])).max() <= TOLERANCE[backend]

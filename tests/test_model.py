@@ -5,7 +5,7 @@ import paddle.nn.functional as F
 import pytest
 
 import utils
-from model import JointErnie, JointLoss, build_from_scratch, load_pretrained, pretrained_tokenizer
+from model import JointErnie, JointLoss, build_from_scratch, load_pretrained, padding_mask, pretrained_tokenizer
 
 TEXTS = ["导航去北京", "播放周杰伦的稻香", "打电话给13812345678", "暂停"]
 
@@ -33,6 +33,19 @@ def test_from_scratch_has_the_published_nano_architecture(tokenizer, labels):
     intent_logits, slot_logits = model(batch(tokenizer))
     assert intent_logits.shape == [4, len(labels.intents)]
     assert slot_logits.shape == [4, 2 + len("打电话给13812345678"), len(labels.slot_tags)]
+
+
+def test_padding_mask_is_the_one_ernie_derives(tokenizer, labels):
+    ids = batch(tokenizer)
+    for pad_id in (tokenizer.pad_id, 5):
+        ernie_mask = paddle.unsqueeze((ids == pad_id).astype("float32") * -1e4, axis=[1, 2])
+        np.testing.assert_array_equal(padding_mask(ids, pad_id).numpy(), ernie_mask.numpy())
+    model = small_model(tokenizer, labels)
+    model.eval()
+    ours = model(ids)
+    ernies = model(ids, attention_mask=paddle.to_tensor((ids.numpy() != tokenizer.pad_id).astype("float32")))
+    for a, b in zip(ours, ernies):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
 
 
 def test_unknown_architecture_lists_the_tiny_sizes(tokenizer, labels):

@@ -65,6 +65,19 @@ def test_export_is_self_contained(trained, tmp_path, static):
     assert utils.InferenceModel(moved).predict(texts) == static.predict(texts)
 
 
+def test_export_has_no_scalar_fill_constant(trained):
+    """The 0-D fill_constant of ERNIE's `input_ids == pad_token_id` stops OpenVINO and Paddle
+    Lite; model.padding_mask avoids it."""
+    paddle.enable_static()
+    try:
+        program, _, _ = paddle.static.load_inference_model(os.path.join(trained, "infer_model", "model"), paddle.static.Executor(paddle.CPUPlace()))
+    finally:
+        paddle.disable_static()
+    ops = program.global_block().ops
+    assert not [op for op in ops if op.type == "fill_constant" and list(op.attr("shape")) == [] and not op.input("ShapeTensor") and not op.input("ShapeTensorList")]
+    assert not [op for op in ops if op.type in ("equal", "not_equal")]
+
+
 def test_static_graph_matches_dynamic_graph(dynamic, static, synthetic_splits):
     tokenizer = static.tokenizer
     encoded = [static.encode(u.text) for u in synthetic_splits["test"]]
