@@ -16,7 +16,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-nlpcc compress compress-nlpcc clean
+.PHONY: setup data demo test train-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp clean
 
 $(VENV)/.installed: requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -58,10 +58,25 @@ compress-nlpcc: setup
 		--prune_embeddings --max_vocab_size 2000 --num_train_epochs 1 --learning_rate 5e-5 --save_steps 100 \
 		--cpu_threads $(CPU_THREADS) --seed 42
 
+# Inference benchmark (stage x backend x threads; JSON, Markdown, PNG): of the demo compression
+# run, and of the NLPCC one (the README's figures, written to benchmarks/results/).
+benchmark: setup
+	$(PY) benchmarks/inference.py --stages_dir $(OUTPUT_DIR)-compress/compress/stages --test_file $(DATA_DIR)/test.txt \
+		--output_dir $(OUTPUT_DIR)-benchmark
+
+benchmark-nlpcc: setup
+	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
+
+# C++ demo (deploy/cpp) against the OpenVINO C++ runtime of the openvino pip wheel.
+cpp: setup
+	cmake -S deploy/cpp -B build/cpp -DOpenVINO_DIR=$$($(PY) -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))')
+	cmake --build build/cpp -j2
+
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 
 clean:
-	rm -rf output data/prepared
+	rm -rf output data/prepared build
