@@ -6,6 +6,10 @@ SHELL := /bin/bash
 PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && echo $$p && break; done)
 VENV := .venv
+# Python 3.7 for the Paddle Lite tool virtualenv: paddlelite 2.12 has wheels for CPython 3.7 only.
+LITE_PYTHON ?= $(shell for p in python3.7 $$HOME/.pyenv/versions/3.7*/bin/python3.7; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 7)' 2>/dev/null && echo $$p && break; done)
+LITE_VENV := .venv-lite
 PY := $(VENV)/bin/python
 
 # CORPUS empty: the synthetic corpus; a path; or "auto" to search data/nlpcc2018/ and ../shared/data/nlpcc2018/.
@@ -16,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp clean
+.PHONY: setup data demo test train-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model clean
 
 $(VENV)/.installed: requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -72,6 +76,20 @@ benchmark-nlpcc: setup
 cpp: setup
 	cmake -S deploy/cpp -B build/cpp -DOpenVINO_DIR=$$($(PY) -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))')
 	cmake --build build/cpp -j2
+
+# Paddle Lite (.nb) model for the Android app, converted and verified on x86 against Paddle Inference.
+# MODEL_DIR: any exported stage (default: the demo's final compressed stage).
+MODEL_DIR ?= $(OUTPUT_DIR)-compress/compress/stages/width_mult_0.75-int8-quant_emb
+$(LITE_VENV)/.installed: deploy/android/requirements-lite.txt
+	@test -n "$(LITE_PYTHON)" || { echo "Python 3.7 not found (paddlelite 2.12 needs it): pyenv install 3.7, or pass LITE_PYTHON=/path/to/python3.7"; exit 1; }
+	$(LITE_PYTHON) -m venv $(LITE_VENV)
+	$(LITE_VENV)/bin/python -m pip install --quiet -r deploy/android/requirements-lite.txt
+	touch $@
+
+lite-setup: $(LITE_VENV)/.installed
+
+android-model: setup lite-setup
+	$(PY) deploy/android/convert.py --model_dir $(MODEL_DIR) --output_dir output/android-model --verify_file $(DATA_DIR)/test.txt
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: setup

@@ -1,0 +1,97 @@
+// JNI bridge of the Android app: Paddle Lite runs the .nb model; tokenization, decoding and the
+// JSON result come from deploy/cpp/slu.cc, the code the desktop demo and its tests use.
+#include <jni.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "paddle_api.h"
+#include "slu.h"
+
+namespace {
+
+using paddle::lite_api::MobileConfig;
+using paddle::lite_api::PaddlePredictor;
+
+class Session {
+ public:
+  Session(const std::string& model_dir, int threads) : model_(model_dir) {
+    MobileConfig config;
+    config.set_model_from_file(model_dir + "/model.nb");
+    config.set_threads(threads);
+    config.set_power_mode(paddle::lite_api::LITE_POWER_HIGH);
+    predictor_ = paddle::lite_api::CreatePaddlePredictor<MobileConfig>(config);
+  }
+
+  // One utterance (UTF-8) -> the JSON line run_eval.py prints for it.
+  std::string Predict(const std::string& text) {
+    slu::Encoded enc;
+    try {
+      enc = model_.Encode(text);
+    } catch (const std::invalid_argument& e) {
+      return slu::ErrorJson("", e.what());
+    }
+    if (slu::IsBlank(enc.text)) return slu::ErrorJson(text, "empty utterance");
+    size_t seq_len = 0;
+    for (const auto& w : enc.windows) seq_len = std::max(seq_len, w.size());
+    std::unique_ptr<paddle::lite_api::Tensor> input(predictor_->GetInput(0));
+    input->Resize({static_cast<int64_t>(enc.windows.size()), static_cast<int64_t>(seq_len)});
+    int64_t* ids = input->mutable_data<int64_t>();
+    for (size_t w = 0; w < enc.windows.size(); ++w)
+      for (size_t t = 0; t < seq_len; ++t) ids[w * seq_len + t] = t < enc.windows[w].size() ? enc.windows[w][t] : model_.pad_id();
+    predictor_->Run();
+    std::unique_ptr<const paddle::lite_api::Tensor> intent(predictor_->GetOutput(0));
+    std::unique_ptr<const paddle::lite_api::Tensor> slots(predictor_->GetOutput(1));
+    return model_.Describe(enc, intent->data<float>(), slots->data<float>(), static_cast<int>(seq_len));
+  }
+
+ private:
+  slu::Model model_;
+  std::shared_ptr<PaddlePredictor> predictor_;
+};
+
+// Strings cross as UTF-8 byte arrays: JNI's own string functions use "modified UTF-8", which
+// encodes characters outside the BMP (emoji) as surrogate pairs that slu.cc rightly rejects.
+std::string FromBytes(JNIEnv* env, jbyteArray bytes) {
+  jsize n = env->GetArrayLength(bytes);
+  std::string out(static_cast<size_t>(n), '\0');
+  env->GetByteArrayRegion(bytes, 0, n, reinterpret_cast<jbyte*>(&out[0]));
+  return out;
+}
+
+jbyteArray ToBytes(JNIEnv* env, const std::string& s) {
+  jbyteArray out = env->NewByteArray(static_cast<jsize>(s.size()));
+  env->SetByteArrayRegion(out, 0, static_cast<jsize>(s.size()), reinterpret_cast<const jbyte*>(s.data()));
+  return out;
+}
+
+void ThrowJava(JNIEnv* env, const std::exception& e) {
+  env->ThrowNew(env->FindClass("java/lang/RuntimeException"), e.what());
+}
+
+}  // namespace
+
+extern "C" JNIEXPORT jlong JNICALL Java_org_ernietiny_slu_SluPredictor_nativeCreate(JNIEnv* env, jclass, jbyteArray model_dir,
+                                                                                      jint threads) {
+  try {
+    return reinterpret_cast<jlong>(new Session(FromBytes(env, model_dir), threads));
+  } catch (const std::exception& e) {
+    ThrowJava(env, e);
+    return 0;
+  }
+}
+
+extern "C" JNIEXPORT jbyteArray JNICALL Java_org_ernietiny_slu_SluPredictor_nativePredict(JNIEnv* env, jclass, jlong handle,
+                                                                                          jbyteArray text) {
+  try {
+    return ToBytes(env, reinterpret_cast<Session*>(handle)->Predict(FromBytes(env, text)));
+  } catch (const std::exception& e) {
+    ThrowJava(env, e);
+    return nullptr;
+  }
+}
+
+extern "C" JNIEXPORT void JNICALL Java_org_ernietiny_slu_SluPredictor_nativeRelease(JNIEnv*, jclass, jlong handle) {
+  delete reinterpret_cast<Session*>(handle);
+}

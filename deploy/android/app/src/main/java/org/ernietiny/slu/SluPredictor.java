@@ -1,0 +1,36 @@
+package org.ernietiny.slu;
+
+import java.nio.charset.StandardCharsets;
+
+/** Intent + slots for one utterance: the JSON line run_eval.py prints, computed on the device. */
+public final class SluPredictor implements AutoCloseable {
+    static {
+        System.loadLibrary("slu_jni");
+    }
+
+    private long handle;
+
+    /** modelDir holds model.nb, vocab.txt, intent_label.txt, slot_label.txt, inference_config.json. */
+    public SluPredictor(String modelDir, int threads) {
+        handle = nativeCreate(modelDir.getBytes(StandardCharsets.UTF_8), threads);
+    }
+
+    public String predict(String utterance) {
+        if (handle == 0) throw new IllegalStateException("SluPredictor is closed");
+        return new String(nativePredict(handle, utterance.getBytes(StandardCharsets.UTF_8)), StandardCharsets.UTF_8);
+    }
+
+    @Override
+    public void close() {
+        if (handle != 0) {
+            nativeRelease(handle);
+            handle = 0;
+        }
+    }
+
+    private static native long nativeCreate(byte[] modelDir, int threads);
+
+    private static native byte[] nativePredict(long handle, byte[] utterance);
+
+    private static native void nativeRelease(long handle);
+}
