@@ -40,12 +40,18 @@ def _quant_embeddings(self, input_prefix):
 
 
 def _always_save_dynabert(original):
-    """DynaBERT saves a width only when an evaluation beats the previous best (starting at 0.0);
+    """Marks the trainer while DynaBERT trains (`trainer.dynabert_running`).
+
+    DynaBERT saves a width only when an evaluation beats the previous best (starting at 0.0);
     a short run that never evaluates, or scores 0, leaves no width_mult_*/model_state.pdparams
     and the export fails. Save the final supernet weights for such widths, with a warning."""
 
     def dynabert_training(self, ofa_model, model, *args, **kwargs):
-        result = original(self, ofa_model, model, *args, **kwargs)
+        self.dynabert_running = True  # read by run_train's evaluation hook (mask format)
+        try:
+            result = original(self, ofa_model, model, *args, **kwargs)
+        finally:
+            self.dynabert_running = False
         for width_mult in self.args.width_mult_list:
             width_dir = os.path.join(self.args.output_dir, "width_mult_" + str(round(width_mult, 2)))
             if not os.path.isfile(os.path.join(width_dir, "model_state.pdparams")):
@@ -57,6 +63,21 @@ def _always_save_dynabert(original):
 
     dynabert_training.__wrapped__ = original
     return dynabert_training
+
+
+def _rotating_save_checkpoint(original):
+    """paddlenlp rotates checkpoints only when `local_rank == 0`, and a single-process run has
+    local_rank -1: --save_total_limit was ignored and every epoch's checkpoint (64 MB for nano)
+    stayed. Rotate after each save in that case, as a distributed run's rank 0 does."""
+
+    def _save_checkpoint(self, model, metrics=None):
+        result = original(self, model, metrics)
+        if self.args.local_rank == -1 and self.args.should_save_model_state:
+            self._rotate_checkpoints(use_mtime=True, output_dir=self.args.output_dir)
+        return result
+
+    _save_checkpoint.__wrapped__ = original
+    return _save_checkpoint
 
 
 class _Placeholder(paddle.io.Dataset):
@@ -89,7 +110,7 @@ def _ptq_accepting_batch_generator(base):
 def apply():
     """Install the fixes once; safe to call repeatedly."""
     from paddleslim.nas.ofa import layers as ofa_layers
-    from paddlenlp.trainer import trainer_compress
+    from paddlenlp.trainer import Trainer, trainer_compress
 
     ofa_layers.SuperLayerNorm.forward = _super_layer_norm_forward
     trainer_compress._quant_embeddings = _quant_embeddings
@@ -99,3 +120,5 @@ def apply():
         )
     if not hasattr(trainer_compress._dynabert_training, "__wrapped__"):
         trainer_compress._dynabert_training = _always_save_dynabert(trainer_compress._dynabert_training)
+    if not hasattr(Trainer._save_checkpoint, "__wrapped__"):
+        Trainer._save_checkpoint = _rotating_save_checkpoint(Trainer._save_checkpoint)

@@ -36,13 +36,13 @@ class JointErnie(ErniePretrainedModel):
 
 
 def padding_mask(input_ids: paddle.Tensor, pad_id: int) -> paddle.Tensor:
-    """ERNIE's additive attention mask, [batch, 1, 1, seq]: 0 on tokens, -1e4 on padding. Built
-    from scale/multiply/clip because ERNIE's own `input_ids == pad_token_id` exports a 0-D
+    """[batch, seq] float mask, 1 on tokens and 0 on padding: the tokenizer-style 2-D mask that
+    ERNIE, and PaddleNLP's DynaBERT and QAT replacements of its forward, all accept. Built from
+    scale/multiply/clip because ERNIE's own `input_ids == pad_token_id` exports a 0-D
     fill_constant that OpenVINO's Paddle frontend and the Paddle Lite runtime reject (and
     FastDeploy's OpenVINO has no `abs`)."""
     offset = paddle.scale(input_ids.astype("float32"), bias=-float(pad_id))
-    is_token = paddle.clip(offset * offset, 0.0, 1.0)
-    return paddle.unsqueeze(paddle.scale(is_token, scale=1e4, bias=-1e4), axis=[1, 2])
+    return paddle.clip(offset * offset, 0.0, 1.0)
 
 
 class JointLoss(nn.Layer):

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(PROJECT_DIR, "deploy", "python"))
 import utils  # noqa: E402
 
 BACKENDS = {
-    "paddle": "Paddle Inference 2.6 (paddle, oneDNN) - run_eval.py's engine",
+    "paddle": "Paddle Inference 2.6 (paddle, oneDNN; oneDNN int8 kernels for QAT graphs) - run_eval.py's engine",
     "ort": "ONNX Runtime (FastDeploy 1.0.7, via paddle2onnx)",
     "openvino": "OpenVINO (FastDeploy 1.0.7, Paddle frontend)",
 }
@@ -102,9 +102,12 @@ def run_cell(stage_dir, backend, threads, args) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode == 0:
         return {**cell, **json.loads(proc.stdout.strip().splitlines()[-1])}
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    reason = next((line for line in lines if "cannot run" in line or "Error" in line), lines[-1] if lines else "")
-    return {**cell, "error": f"exit code {proc.returncode}: {reason.strip()[:300]}"}
+    # the backend's own words: which operators it lacks, and the final error line
+    output = (proc.stdout + "\n" + proc.stderr).splitlines()  # paddle2onnx reports on stdout
+    lines = [line.strip() for line in output if line.strip() and not line.strip().startswith("raise ")]
+    hints = [line for line in lines if any(k in line for k in ("not supported", "unsupported", "cannot run", "Error"))]
+    reason = " / ".join(dict.fromkeys(hints[-2:] or lines[-1:]))
+    return {**cell, "error": f"exit code {proc.returncode}: {reason[:400]}"}
 
 
 def stage_dirs(stages_dir: str):

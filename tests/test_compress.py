@@ -54,6 +54,9 @@ def test_every_stage_is_exported_scored_and_self_contained(compressed, synthetic
     assert by_name["width_mult_0.75-model"]["parameters"] < by_name["pruned_vocab"]["parameters"]
     assert by_name["width_mult_0.75-int8"]["size_mb"] < 0.4 * by_name["width_mult_0.75-model"]["size_mb"]
     assert by_name["width_mult_0.75-quant_emb"]["size_mb"] < by_name["width_mult_0.75-int8"]["size_mb"]
+    # QAT stages run on oneDNN's int8 kernels, the others in fp32
+    int8_kernels = {s["stage"]: utils.load_json(os.path.join(s["dir"], utils.INFERENCE_CONFIG)).get("onednn_int8", False) for s in report["stages"]}
+    assert int8_kernels == {name: name.endswith(("-int8", "-quant_emb")) for name in STAGES}
     # the trained model starts far above chance and compression keeps it useful
     assert by_name["fp32"]["intent_acc"] > 0.9 and by_name["width_mult_0.75-quant_emb"]["intent_acc"] > 0.8
 
@@ -148,6 +151,7 @@ def test_ptq_strategy_exports_an_int8_stage(trained, synthetic_dir, tmp_path):
     report = utils.load_json(os.path.join(out, "compress", "compress_report.json"))
     assert [s["stage"] for s in report["stages"]] == ["fp32", "hist8_2-int8"]
     fp32, int8 = report["stages"]
+    assert not utils.load_json(os.path.join(int8["dir"], utils.INFERENCE_CONFIG))["onednn_int8"]
     assert int8["size_mb"] < 0.5 * fp32["size_mb"] and int8["intent_acc"] > 0.9 * fp32["intent_acc"]
 
 
