@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model clean
+.PHONY: setup data demo test train-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -70,12 +70,23 @@ benchmark: setup
 
 benchmark-nlpcc: setup
 	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
-		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results \
+		$(if $(wildcard output/nlpcc2018-distill/distilled/infer_model),--extra_stage output/nlpcc2018-distill/distilled/infer_model)
 
 # C++ demo (deploy/cpp) against the OpenVINO C++ runtime of the openvino pip wheel.
 cpp: setup
 	cmake -S deploy/cpp -B build/cpp -DOpenVINO_DIR=$$($(PY) -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))')
 	cmake --build build/cpp -j2
+
+# Distillation into a Bi-LSTM student (run_distill.py), of the demo model and of the NLPCC one.
+distill: setup
+	$(PY) run_distill.py --teacher_dir $(OUTPUT_DIR)/infer_model --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-distill \
+		$(if $(wildcard $(OUTPUT_DIR)-compress/compress/stages/width_mult_0.75-quant_emb),--compressed_dir $(OUTPUT_DIR)-compress/compress/stages/width_mult_0.75-quant_emb)
+
+distill-nlpcc: setup
+	$(PY) run_distill.py --teacher_dir output/nlpcc2018-nano-scratch-compress/compress/stages/fp32 --data_dir data/prepared/nlpcc2018 \
+		--output_dir output/nlpcc2018-distill --teacher_logits_file output/nlpcc2018-teacher-logits.npz \
+		--compressed_dir output/nlpcc2018-nano-scratch-compress/compress/stages/width_mult_0.75-quant_emb $(DISTILL_FLAGS)
 
 # Paddle Lite (.nb) model for the Android app, converted and verified on x86 against Paddle Inference.
 # MODEL_DIR: any exported stage (default: the demo's final compressed stage).

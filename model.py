@@ -1,6 +1,8 @@
-"""The joint intent + slot model on an ERNIE 3.0 Tiny encoder, and its loss."""
+"""The joint intent + slot model on an ERNIE 3.0 Tiny encoder and its loss; the Bi-LSTM
+distillation student and the distillation losses."""
 import collections
 import copy
+import json
 import os
 from typing import Iterable, Tuple
 
@@ -132,3 +134,74 @@ def prune_vocabulary(
     pruned.save_pretrained(output_dir)
     pruned_tokenizer.save(output_dir)
     return pruned, pruned_tokenizer
+
+
+class BiLSTMJoint(nn.Layer):
+    """The distillation student: character embedding -> one Bi-LSTM layer -> intent head on the
+    mean of the real tokens' states, slot head on every token. Same input and outputs as
+    JointErnie, so the same windows, metrics, export and inference code serve both."""
+
+    def __init__(self, vocab_size: int, num_intents: int, num_slot_tags: int, pad_token_id: int = 0,
+                 embedding_dim: int = 128, hidden_size: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.config = dict(vocab_size=vocab_size, num_intents=num_intents, num_slot_tags=num_slot_tags, pad_token_id=pad_token_id,
+                           embedding_dim=embedding_dim, hidden_size=hidden_size, dropout=dropout)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_token_id)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, direction="bidirect")
+        self.dropout = nn.Dropout(dropout)
+        self.intent_classifier = nn.Linear(2 * hidden_size, num_intents)
+        self.slot_classifier = nn.Linear(2 * hidden_size, num_slot_tags)
+
+    def forward(self, input_ids: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        mask = padding_mask(input_ids, self.config["pad_token_id"])
+        # sequence_length keeps padding out of the backward direction (Paddle Inference honours it;
+        # ONNX Runtime via paddle2onnx ignores it, which only matters for padded batches)
+        states, _ = self.lstm(self.dropout(self.embedding(input_ids)), sequence_length=mask.sum(axis=1).astype("int64"))
+        pooled = (states * mask.unsqueeze(-1)).sum(axis=1) / mask.sum(axis=1, keepdim=True)
+        return self.intent_classifier(self.dropout(pooled)), self.slot_classifier(self.dropout(states))
+
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        paddle.save(self.state_dict(), os.path.join(directory, "model_state.pdparams"))
+        with open(os.path.join(directory, "student_config.json"), "w") as f:
+            json.dump(self.config, f, indent=2)
+
+    @classmethod
+    def load(cls, directory: str) -> "BiLSTMJoint":
+        with open(os.path.join(directory, "student_config.json")) as f:
+            model = cls(**json.load(f))
+        model.set_state_dict(paddle.load(os.path.join(directory, "model_state.pdparams")))
+        return model
+
+
+class DistillLoss(nn.Layer):
+    """Student against teacher logits, on intent and on the slot logits of real tokens.
+
+    objective "mse": mean squared error on logits (the PaddleNLP ERNIE -> Bi-LSTM tutorial).
+    objective "kd": vanilla KD: alpha x cross-entropy with the gold labels (rows that have them,
+    `has_gold` = 1) + (1 - alpha) x T^2 x soft cross-entropy against softmax(teacher / T)."""
+
+    def __init__(self, pad_slot_id: int, objective: str = "mse", temperature: float = 1.0, alpha: float = 0.5, slot_weight: float = 1.0):
+        super().__init__()
+        if objective not in ("mse", "kd"):
+            raise ValueError(f"unknown distillation objective {objective!r}: use mse or kd")
+        self.pad_slot_id, self.objective, self.temperature, self.alpha, self.slot_weight = pad_slot_id, objective, temperature, alpha, slot_weight
+
+    def forward(self, logits, teacher_logits, token_mask, gold=None):
+        """token_mask [B, S]: 1 on real characters. gold: (intent_label [B], slot_labels [B, S],
+        has_gold [B]) for "kd"."""
+        (intent, slots), (t_intent, t_slots) = logits, teacher_logits
+        tokens = token_mask.sum()
+        if self.objective == "mse":
+            intent_term = ((intent - t_intent) ** 2).mean()
+            slot_term = (((slots - t_slots) ** 2).mean(axis=-1) * token_mask).sum() / tokens
+            return intent_term + self.slot_weight * slot_term
+        t = self.temperature
+        soft_ce = lambda s, teacher: -(F.softmax(teacher / t, axis=-1) * F.log_softmax(s / t, axis=-1)).sum(axis=-1)
+        soft = soft_ce(intent, t_intent).mean() + self.slot_weight * (soft_ce(slots, t_slots) * token_mask).sum() / tokens
+        intent_label, slot_labels, has_gold = gold
+        hard_intent = (F.cross_entropy(intent, intent_label.unsqueeze(-1), reduction="none").squeeze(-1) * has_gold).sum() / paddle.clip(has_gold.sum(), min=1.0)
+        slot_ce = F.cross_entropy(slots, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id, reduction="none").squeeze(-1)
+        gold_tokens = (slot_labels != self.pad_slot_id).astype("float32") * has_gold.unsqueeze(-1)
+        hard = hard_intent + self.slot_weight * (slot_ce * gold_tokens).sum() / paddle.clip(gold_tokens.sum(), min=1.0)
+        return self.alpha * hard + (1 - self.alpha) * t * t * soft

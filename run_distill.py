@@ -1,0 +1,240 @@
+"""Distil the fine-tuned ERNIE teacher into a small Bi-LSTM student: PaddleNLP's ERNIE -> Bi-LSTM
+recipe (jieba data augmentation, MSE on logits) and vanilla KD, applied to joint intent + slots.
+
+    python run_distill.py --teacher_dir output/nlpcc2018-nano-scratch/infer_model --data_dir data/prepared/nlpcc2018 \
+        --output_dir output/nlpcc2018-distill \
+        --compressed_dir output/nlpcc2018-nano-scratch-compress/compress/stages/width_mult_0.75-quant_emb
+
+1. Student alone: the Bi-LSTM (model.BiLSTMJoint, the teacher's character vocabulary) trained on
+   the gold labels of the training split.
+2. --augment_copies seeded, slot-preserving copies of every training utterance (utils.augment:
+   word masking, same part-of-speech / same slot-type substitution, n-gram sampling).
+3. The teacher (an exported model, run by Paddle Inference) gives its intent and slot logits for
+   the gold and augmented rows; they are cached in --teacher_logits_file and reused while the rows
+   are the same.
+4. Distilled student: trained on gold + augmented rows against the teacher's logits
+   (--objective kd: soft cross-entropy at --temperature plus --alpha x gold cross-entropy on the
+   gold rows, augmented rows never using gold labels; or mse: squared error on logits).
+5. Both students are exported (<output_dir>/student_alone/infer_model, .../distilled/infer_model:
+   run_eval.py and benchmarks/inference.py take them like any stage), and distill_report.json/.md
+   compare teacher, compressed ERNIE (--compressed_dir), student alone and distilled student on
+   the test split: accuracy, size and batch-1 latency on one backend, measured in this run.
+"""
+import utils  # first: it configures the CPU math library before paddle loads it
+
+import copy
+import os
+import time
+import types
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import paddle
+from paddlenlp.trainer import PdArgumentParser
+
+from benchmarks import inference as bench
+from model import BiLSTMJoint, DistillLoss, JointLoss
+from run_train import dynamic_logits_fn, read_split, save_static_graph, setup_logging, write_inference_files
+from utils import logger
+
+
+@dataclass
+class DistillArguments:
+    teacher_dir: str = field(default="output/demo/infer_model", metadata={"help": "The teacher: an exported fp32 model directory."})
+    data_dir: str = field(default=os.path.join(utils.DATA_DIR, "prepared"), metadata={"help": "train/dev/test.txt of prepare_data.py."})
+    output_dir: str = field(default="output/distill", metadata={"help": "Students, teacher logits, log and report."})
+    compressed_dir: Optional[str] = field(default=None, metadata={"help": "A compressed ERNIE stage to compare with (optional)."})
+    objective: str = field(default="kd", metadata={"help": "kd (soft cross-entropy + gold; measured best here) or mse (logits, the tutorial's choice)."})
+    temperature: float = field(default=2.0, metadata={"help": "kd: softmax temperature T (the soft term is scaled by T^2)."})
+    alpha: float = field(default=0.5, metadata={"help": "kd: weight of the gold cross-entropy; 1 - alpha on the soft term."})
+    augment_copies: int = field(default=4, metadata={"help": "Augmented copies drawn per training utterance."})
+    p_mask: float = field(default=0.1, metadata={"help": "Probability of masking a word."})
+    p_substitute: float = field(default=0.1, metadata={"help": "Probability of replacing a word by one of its part of speech / slot type."})
+    p_ngram: float = field(default=0.25, metadata={"help": "Probability of keeping only a random run of whole words."})
+    teacher_logits_file: Optional[str] = field(default=None, metadata={"help": "Cache of the teacher's logits (default <output_dir>/teacher_logits.npz)."})
+    embedding_dim: int = field(default=128, metadata={"help": "Student character embedding size."})
+    hidden_size: int = field(default=128, metadata={"help": "Student LSTM hidden size per direction."})
+    dropout: float = field(default=0.1, metadata={"help": "Student dropout."})
+    num_train_epochs: int = field(default=10, metadata={"help": "Epochs for each student (best dev epoch kept)."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate."})
+    batch_size: int = field(default=64, metadata={"help": "Training batch size."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and augmentation."})
+    cpu_threads: int = field(default=0, metadata={"help": "CPU math threads; 0 = one per core."})
+    latency_backend: str = field(default="paddle", metadata={"help": "Backend of the latency comparison: paddle, ort or openvino."})
+    latency_utterances: int = field(default=1000, metadata={"help": "Test utterances timed at batch 1 per model."})
+
+
+def gold_rows(utterances, tokenizer, labels, max_seq_length, has_gold: bool) -> List[dict]:
+    """One training row per utterance: its first window (training truncates, as run_train.py)."""
+    rows = [utils.labelled_windows(tokenizer, u, labels, max_seq_length)[0] for u in utterances]
+    return [{**row, "has_gold": float(has_gold)} for row in rows]
+
+
+def teacher_logits(teacher: utils.InferenceModel, rows: List[dict], cache: str) -> None:
+    """Adds the teacher's logits to every row; reuses `cache` when it was made for the same rows."""
+    ids = [np.asarray(r["input_ids"]) for r in rows]
+    flat_ids = np.concatenate(ids)
+    if os.path.isfile(cache):
+        saved = np.load(cache)
+        if np.array_equal(saved["ids"], flat_ids) and np.array_equal(saved["lengths"], [len(i) for i in ids]):
+            logger.info(f"teacher logits: reusing {cache}")
+            intent, slots = saved["intent"], saved["slots"]
+        else:
+            logger.info(f"teacher logits: {cache} was made for other rows; recomputing")
+            os.remove(cache)
+    if not os.path.isfile(cache):
+        start, intent, slots = time.time(), [], []
+        for b in range(0, len(ids), 256):
+            batch = ids[b : b + 256]
+            i_logits, s_logits = teacher.logits(utils.pad_batch(batch, teacher.tokenizer.pad_id))
+            intent.append(i_logits)
+            slots += [s_logits[k, : len(row)] for k, row in enumerate(batch)]
+        intent, slots = np.concatenate(intent), np.concatenate(slots)
+        np.savez(cache, ids=flat_ids, lengths=[len(i) for i in ids], intent=intent, slots=slots)
+        logger.info(f"teacher logits for {len(rows)} rows in {time.time() - start:.0f} s, cached in {cache}")
+    offsets = np.cumsum([0] + [len(i) for i in ids])
+    for k, row in enumerate(rows):
+        row["teacher_intent"], row["teacher_slots"] = intent[k], slots[offsets[k] : offsets[k + 1]]
+
+
+def make_batch(rows, tokenizer, labels):
+    ids = utils.pad_batch([r["input_ids"] for r in rows], tokenizer.pad_id)
+    batch = {
+        "input_ids": paddle.to_tensor(ids),
+        "intent_label": paddle.to_tensor(np.array([r["intent_label"] for r in rows], dtype="int64")),
+        "slot_labels": paddle.to_tensor(utils.pad_batch([r["slot_labels"] for r in rows], labels.pad_slot_id)),
+        "has_gold": paddle.to_tensor(np.array([r["has_gold"] for r in rows], dtype="float32")),
+        # real characters: not padding, [CLS] or [SEP]
+        "token_mask": paddle.to_tensor(((ids != tokenizer.pad_id) & (ids != tokenizer.cls_id) & (ids != tokenizer.sep_id)).astype("float32")),
+    }
+    if "teacher_intent" in rows[0]:
+        slots = np.zeros(ids.shape + (len(labels.slot_tags),), dtype="float32")
+        for k, r in enumerate(rows):
+            slots[k, : len(r["teacher_slots"])] = r["teacher_slots"]
+        batch["teacher_intent"] = paddle.to_tensor(np.stack([r["teacher_intent"] for r in rows]).astype("float32"))
+        batch["teacher_slots"] = paddle.to_tensor(slots)
+    return batch
+
+
+def fit(name, model, rows, loss_of_batch, dev, tokenizer, labels, slotless, args, max_seq_length):
+    """AdamW over shuffled rows; the epoch with the best dev sentence accuracy is kept."""
+    optimizer = paddle.optimizer.AdamW(learning_rate=args.learning_rate, parameters=model.parameters())
+    rng, best = np.random.RandomState(args.seed), (-1.0, None, 0)
+    for epoch in range(1, args.num_train_epochs + 1):
+        start, model_losses = time.time(), []
+        model.train()
+        order = rng.permutation(len(rows))
+        for b in range(0, len(order), args.batch_size):
+            loss = loss_of_batch(model, make_batch([rows[i] for i in order[b : b + args.batch_size]], tokenizer, labels))
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            model_losses.append(float(loss))
+        dev_metrics = utils.evaluate_utterances(dev, tokenizer, dynamic_logits_fn(model), labels, max_seq_length, slotless)
+        logger.info(f"{name} epoch {epoch}/{args.num_train_epochs}: loss {np.mean(model_losses):.4f}, dev sentence_acc "
+                    f"{dev_metrics['sentence_acc']:.4f}, intent_acc {dev_metrics['intent_acc']:.4f}, slot_f1 "
+                    f"{dev_metrics['slot_f1']:.4f} ({time.time() - start:.0f} s, {len(rows)} rows)")
+        if dev_metrics["sentence_acc"] > best[0]:
+            best = (dev_metrics["sentence_acc"], copy.deepcopy(model.state_dict()), epoch)
+    model.set_state_dict(best[1])
+    logger.info(f"{name}: best dev sentence_acc {best[0]:.4f} at epoch {best[2]}")
+    return model
+
+
+def export_student(model, tokenizer, labels, teacher_config: dict, directory: str) -> str:
+    model.save(directory)
+    export_dir = os.path.join(directory, "infer_model")
+    save_static_graph(model, os.path.join(export_dir, "model"))
+    write_inference_files(export_dir, tokenizer, labels, {**teacher_config, "architecture": "bilstm-student", "from_scratch": True,
+                                                          "onednn_int8": False})
+    return export_dir
+
+
+def compare(models: dict, test_file: str, args) -> dict:
+    """Test metrics (Paddle Inference) and batch-1 latency (one backend, fresh process each)."""
+    test = utils.read_corpus(test_file)
+    timing = types.SimpleNamespace(test_file=test_file, num_utterances=args.latency_utterances, warmup=50)
+    rows = {}
+    for name, directory in models.items():
+        metrics = utils.InferenceModel(directory, cpu_threads=args.cpu_threads).evaluate(test)
+        cell = bench.run_cell(directory, args.latency_backend, 1, timing)
+        rows[name] = {"dir": directory, "size_mb": utils.model_size_mb(directory),
+                      **{k: metrics[k] for k in ("intent_acc", "slot_f1", "sentence_acc", "sentence_acc_ref")},
+                      "latency_p50_ms": cell.get("latency_ms", {}).get("p50"), "latency_error": cell.get("error")}
+        logger.info(f"{name}: {rows[name]}")
+    return rows
+
+
+def write_report(report: dict, output_dir: str) -> None:
+    utils.save_json(os.path.join(output_dir, "distill_report.json"), report)
+    lines = [f"objective {report['objective']}, {report['augmented_rows']} augmented rows; batch-1 latency: "
+             f"{report['latency_backend']}, 1 thread, {report['latency_utterances']} test utterances", "",
+             "| model | intent acc | slot F1 | sentence acc | sentence acc (ref) | size (MB) | batch-1 p50 (ms) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["models"].items():
+        latency = f"{r['latency_p50_ms']:.3f}" if r["latency_p50_ms"] is not None else f"cannot run: {r['latency_error']}"
+        lines.append(f"| {name} | {100 * r['intent_acc']:.2f} | {100 * r['slot_f1']:.2f} | {100 * r['sentence_acc']:.2f} "
+                     f"| {100 * r['sentence_acc_ref']:.2f} | {r['size_mb']:.2f} | {latency} |")
+    lines += ["", f"Share of the teacher - student-alone sentence-accuracy gap recovered by distillation: "
+                  f"{100 * report['gap_recovered']:.1f} %" if report["gap_recovered"] is not None else "",
+              f"Teacher / distilled student batch-1 latency: {report['latency_ratio']:.2f}x" if report["latency_ratio"] else ""]
+    with open(os.path.join(output_dir, "distill_report.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    logger.info("distillation report:\n" + "\n".join(lines))
+
+
+def main(argv=None):
+    (args,) = PdArgumentParser((DistillArguments,)).parse_args_into_dataclasses(args=argv)
+    if args.latency_backend not in bench.BACKENDS:
+        raise ValueError(f"--latency_backend {args.latency_backend!r}: choose from {sorted(bench.BACKENDS)}")
+    setup_logging(args.output_dir)
+    threads = utils.set_cpu_threads(args.cpu_threads)
+    paddle.seed(args.seed)
+    teacher = utils.InferenceModel(args.teacher_dir, cpu_threads=threads)
+    tokenizer, labels, max_seq_length = teacher.tokenizer, teacher.labels, teacher.config["max_seq_length"]
+    train, dev = (read_split(args.data_dir, name, labels) for name in ("train", "dev"))
+    slotless = teacher.config["slotless_intents"]
+    logger.info(f"teacher {args.teacher_dir}; data {args.data_dir}: train {len(train)}, dev {len(dev)}; CPU threads {threads}")
+    new_student = lambda: BiLSTMJoint(len(tokenizer), len(labels.intents), len(labels.slot_tags), tokenizer.pad_id,
+                                      args.embedding_dim, args.hidden_size, args.dropout)
+
+    gold = gold_rows(train, tokenizer, labels, max_seq_length, has_gold=True)
+    joint_loss = JointLoss(labels.pad_slot_id)
+    paddle.seed(args.seed)
+    alone = fit("student alone", new_student(), gold, lambda m, b: joint_loss(m(b["input_ids"]), (b["intent_label"], b["slot_labels"])),
+                dev, tokenizer, labels, slotless, args, max_seq_length)
+
+    augmented = utils.augment_corpus(train, args.augment_copies, args.seed, p_mask=args.p_mask,
+                                     p_substitute=args.p_substitute, p_ngram=args.p_ngram)
+    logger.info(f"augmentation: {len(augmented)} new rows from {len(train)} training utterances x {args.augment_copies}")
+    rows = gold + gold_rows(augmented, tokenizer, labels, max_seq_length, has_gold=False)
+    teacher_logits(teacher, rows, args.teacher_logits_file or os.path.join(args.output_dir, "teacher_logits.npz"))
+    distill_loss = DistillLoss(labels.pad_slot_id, args.objective, args.temperature, args.alpha)
+    paddle.seed(args.seed)
+    distilled = fit("distilled student", new_student(), rows,
+                    lambda m, b: distill_loss(m(b["input_ids"]), (b["teacher_intent"], b["teacher_slots"]), b["token_mask"],
+                                              (b["intent_label"], b["slot_labels"], b["has_gold"])),
+                    dev, tokenizer, labels, slotless, args, max_seq_length)
+
+    models = {"teacher (fp32 ERNIE)": args.teacher_dir}
+    if args.compressed_dir:
+        models["compressed ERNIE"] = args.compressed_dir
+    models["student alone"] = export_student(alone, tokenizer, labels, teacher.config, os.path.join(args.output_dir, "student_alone"))
+    models["distilled student"] = export_student(distilled, tokenizer, labels, teacher.config, os.path.join(args.output_dir, "distilled"))
+    results = compare(models, os.path.join(args.data_dir, "test.txt"), args)
+    t, a, d = (results[k] for k in ("teacher (fp32 ERNIE)", "student alone", "distilled student"))
+    gap = t["sentence_acc"] - a["sentence_acc"]
+    report = {
+        "objective": args.objective, "temperature": args.temperature, "alpha": args.alpha, "augment_copies": args.augment_copies,
+        "augmented_rows": len(augmented), "latency_backend": args.latency_backend, "latency_utterances": args.latency_utterances,
+        "models": results,
+        "gap_recovered": (d["sentence_acc"] - a["sentence_acc"]) / gap if gap > 0 else None,
+        "latency_ratio": t["latency_p50_ms"] / d["latency_p50_ms"] if t["latency_p50_ms"] and d["latency_p50_ms"] else None,
+    }
+    write_report(report, args.output_dir)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Distillation: slot-preserving augmentation, the two objectives on hand-computed values, the
+teacher-logit cache, and a tiny end-to-end run of run_distill.py."""
+import os
+import random
+
+import numpy as np
+import paddle
+import pytest
+
+import run_distill
+import utils
+from model import BiLSTMJoint, DistillLoss
+
+
+def check_aligned(aug: utils.Utterance, source: utils.Utterance, lexicon):
+    tags = aug.char_tags()
+    assert len(tags) == len(aug.text) and aug.text.strip()
+    for i, tag in enumerate(tags):  # BIO well formed
+        if tag.startswith("I-"):
+            assert tags[i - 1] in ("B-" + tag[2:], tag)
+    kept, types = [s.type for s in aug.slots], [s.type for s in source.slots]  # n-gram sampling keeps a run of slots
+    assert any(types[i : i + len(kept)] == kept for i in range(len(types) - len(kept) + 1))
+    for slot in aug.slots:
+        span = aug.text[slot.start : slot.end]
+        originals = [source.text[s.start : s.end] for s in source.slots if s.type == slot.type]
+        assert span in originals or span == utils.MASK_CHAR * len(span) or span in lexicon["slot:" + slot.type]
+        assert tags[slot.start] == "B-" + slot.type and all(t == "I-" + slot.type for t in tags[slot.start + 1 : slot.end])
+
+
+def test_augmentation_keeps_every_tag_aligned(synthetic_splits, request):
+    sources = synthetic_splits["train"]
+    if os.path.isfile(os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")):
+        sources = sources + request.getfixturevalue("corpus")[:3000]
+    lexicon = utils.augmentation_lexicon(sources)
+    rng, changed = random.Random(0), 0
+    for seed_round in range(3):
+        for utt in sources:
+            aug = utils.augment(utt, lexicon, rng, p_mask=0.2, p_substitute=0.3, p_ngram=0.4)
+            if aug.text.strip():
+                check_aligned(aug, utt, lexicon)
+            changed += aug.text != utt.text
+    assert changed > len(sources)  # the operations do fire
+
+
+def test_augmentation_is_deterministic_under_a_seed(synthetic_splits):
+    train = synthetic_splits["train"][:300]
+    first, again, other = (utils.augment_corpus(train, 2, seed) for seed in (1, 1, 2))
+    assert first == again and first != other
+    assert all(a.text.strip() for a in first)
+
+
+def test_mse_objective_on_hand_computed_values():
+    intent, t_intent = paddle.to_tensor([[1.0, 2.0]]), paddle.to_tensor([[0.0, 4.0]])
+    slots, t_slots = paddle.to_tensor([[[1.0, 0.0], [5.0, 5.0]]]), paddle.to_tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    mask = paddle.to_tensor([[1.0, 0.0]])  # the second position is padding: ignored
+    loss = DistillLoss(pad_slot_id=0, objective="mse")((intent, slots), (t_intent, t_slots), mask)
+    assert float(loss) == pytest.approx((1 + 4) / 2 + (1 + 0) / 2)
+
+
+def test_kd_objective_on_hand_computed_values():
+    T, alpha = 2.0, 0.3
+    intent, t_intent = np.array([[1.0, 2.0, 0.0], [0.5, 0.0, 0.0]]), np.array([[0.0, 4.0, 0.0], [1.0, 1.0, 0.0]])
+    slots, t_slots = np.array([[[2.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]]]), np.array([[[1.0, 1.0, 0.0]], [[0.0, 3.0, 0.0]]])
+    intent_label, slot_labels, has_gold = np.array([1, 0]), np.array([[2], [1]]), np.array([1.0, 0.0])  # row 2 augmented
+    mask = np.ones((2, 1))
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    soft = lambda s, t: -(np.exp(log_softmax(t / T)) * log_softmax(s / T)).sum(-1)
+    soft_term = soft(intent, t_intent).mean() + soft(slots, t_slots).mean()
+    hard_term = -log_softmax(intent)[0, 1] - log_softmax(slots)[0, 0, 2]  # gold row only; slot tag 2 is not PAD (0)
+    expected = alpha * hard_term + (1 - alpha) * T * T * soft_term
+    t = lambda a, dtype="float32": paddle.to_tensor(np.asarray(a, dtype=dtype))
+    loss = DistillLoss(pad_slot_id=0, objective="kd", temperature=T, alpha=alpha)(
+        (t(intent), t(slots)), (t(t_intent), t(t_slots)), t(mask), (t(intent_label, "int64"), t(slot_labels, "int64"), t(has_gold)))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_unknown_objective_is_refused():
+    with pytest.raises(ValueError, match="mse or kd"):
+        DistillLoss(0, objective="kl")
+
+
+def test_student_matches_after_save_load_and_ignores_padding(tmp_path):
+    paddle.seed(0)
+    student = BiLSTMJoint(vocab_size=30, num_intents=4, num_slot_tags=5, pad_token_id=0, embedding_dim=8, hidden_size=8)
+    student.eval()
+    ids = paddle.to_tensor([[1, 5, 6, 7, 2, 0, 0], [1, 8, 2, 0, 0, 0, 0]])
+    intent, slots = student(ids)
+    assert intent.shape == [2, 4] and slots.shape == [2, 7, 5]
+    alone = student(ids[1:, :3])  # the same row without padding
+    np.testing.assert_allclose(alone[0].numpy(), intent[1:].numpy(), atol=1e-6)
+    np.testing.assert_allclose(alone[1].numpy(), slots[1:, :3].numpy(), atol=1e-6)
+    student.save(str(tmp_path))
+    again = BiLSTMJoint.load(str(tmp_path))
+    again.eval()
+    np.testing.assert_allclose(again(ids)[0].numpy(), intent.numpy())
+
+
+def test_teacher_logits_are_cached_and_reused(trained, synthetic_splits, labels, tmp_path, monkeypatch):
+    teacher = utils.InferenceModel(os.path.join(trained, "infer_model"))
+    rows = run_distill.gold_rows(synthetic_splits["dev"][:40], teacher.tokenizer, labels, 16, has_gold=True)
+    cache = str(tmp_path / "teacher.npz")
+    run_distill.teacher_logits(teacher, rows, cache)
+    first = [(r["teacher_intent"].copy(), r["teacher_slots"].copy()) for r in rows]
+    assert all(len(r["teacher_slots"]) == len(r["input_ids"]) for r in rows)
+    direct = teacher.logits(utils.pad_batch([rows[3]["input_ids"]], teacher.tokenizer.pad_id))
+    np.testing.assert_allclose(first[3][0], direct[0][0], atol=1e-4)
+
+    monkeypatch.setattr(teacher, "logits", lambda ids: pytest.fail("the cache should have been reused"))
+    run_distill.teacher_logits(teacher, rows, cache)
+    assert all(np.array_equal(r["teacher_intent"], f[0]) for r, f in zip(rows, first))
+
+
+def test_tiny_distillation_run(trained, synthetic_dir, tmp_path):
+    out = str(tmp_path / "distill")
+    report = run_distill.main([
+        "--teacher_dir", os.path.join(trained, "infer_model"), "--data_dir", synthetic_dir, "--output_dir", out,
+        "--num_train_epochs", "2", "--augment_copies", "1", "--latency_utterances", "30", "--objective", "kd",
+    ])
+    assert list(report["models"]) == ["teacher (fp32 ERNIE)", "student alone", "distilled student"]
+    assert report["augmented_rows"] > 1000 and report["latency_ratio"] > 1
+    assert os.path.isfile(os.path.join(out, "distill_report.md"))
+    for name in ("student_alone", "distilled"):
+        student = utils.InferenceModel(os.path.join(out, name, "infer_model"))
+        results = student.predict(["导航去人民公园", "下一首"])
+        assert all(r["intent"] in student.labels.intents for r in results)
+    assert report["models"]["student alone"]["size_mb"] < 0.2 * report["models"]["teacher (fp32 ERNIE)"]["size_mb"]
