@@ -123,6 +123,12 @@ def stage_dirs(stages_dir: str):
     return dirs
 
 
+def stage_name(directory: str) -> str:
+    """width_mult_0.75-int8 for a stage; distilled for .../distilled/infer_model."""
+    head, tail = os.path.split(os.path.normpath(directory))
+    return os.path.basename(head) if tail == "infer_model" else tail
+
+
 def add_speedups(cells):
     """Ratios against the fp32 stage on the same backend and threads (same run)."""
     base = {(c["backend"], c["threads"]): c for c in cells if c["stage"] == "fp32" and "error" not in c}
@@ -222,6 +228,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages_dir", default="output/nlpcc2018-nano-scratch-compress/compress/stages",
                         help="a compression run's stages/ folder (fp32 and every compressed stage, each exported)")
+    parser.add_argument("--extra_stage", action="append", default=[],
+                        help="another exported directory to measure beside the stages (repeatable), e.g. a distilled student")
     parser.add_argument("--test_file", default="data/prepared/nlpcc2018/test.txt", help="labelled test split (prepare_data.py output)")
     parser.add_argument("--output_dir", default="benchmarks/results", help="where benchmark.json/.md and the PNG plots go")
     parser.add_argument("--backends", default="paddle,ort,openvino", help=f"comma-separated, from {', '.join(BACKENDS)}")
@@ -242,14 +250,14 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"unknown backend(s) {sorted(unknown)}; choose from {sorted(BACKENDS)}")
     threads = [int(t) for t in args.threads.split(",")]
-    stages = stage_dirs(args.stages_dir)
+    stages = stage_dirs(args.stages_dir) + args.extra_stage
     os.makedirs(args.output_dir, exist_ok=True)
 
     cells, total, start = [], len(stages) * len(backends) * len(threads), time.time()
     for stage in stages:
         for backend in backends:
             for t in threads:
-                cell = {"stage": os.path.basename(stage), "size_mb": utils.model_size_mb(stage), **run_cell(stage, backend, t, args)}
+                cell = {"stage": stage_name(stage), "size_mb": utils.model_size_mb(stage), **run_cell(stage, backend, t, args)}
                 cells.append(cell)
                 status = cell.get("error") or f"p50 {cell['latency_ms']['p50']:.3f} ms, {cell['throughput_batch32_utt_per_s']:.0f} utt/s"
                 print(f"[{len(cells)}/{total} {time.time() - start:.0f}s] {cell['stage']} / {backend} / {t} thread(s): {status}", flush=True)
