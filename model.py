@@ -137,9 +137,14 @@ def prune_vocabulary(
 
 
 class BiLSTMJoint(nn.Layer):
-    """The distillation student: character embedding -> one Bi-LSTM layer -> intent head on the
-    mean of the real tokens' states, slot head on every token. Same input and outputs as
-    JointErnie, so the same windows, metrics, export and inference code serve both."""
+    """The distillation student: character embedding -> Bi-LSTM -> intent head on the mean of the
+    real tokens' states, slot head on every token. Same input and outputs as JointErnie, so the
+    same windows, metrics, export and inference code serve both.
+
+    The backward direction is a second LSTM over each row reversed up to its length, with the
+    reversal done as a matmul by a permutation matrix: nn.LSTM's own `direction="bidirect"` needs
+    `sequence_length` to keep padding out, which ONNX Runtime ignores and FastDeploy's OpenVINO
+    cannot convert; this form gives the same states on every backend, padded or not."""
 
     def __init__(self, vocab_size: int, num_intents: int, num_slot_tags: int, pad_token_id: int = 0,
                  embedding_dim: int = 128, hidden_size: int = 128, dropout: float = 0.1):
@@ -147,17 +152,25 @@ class BiLSTMJoint(nn.Layer):
         self.config = dict(vocab_size=vocab_size, num_intents=num_intents, num_slot_tags=num_slot_tags, pad_token_id=pad_token_id,
                            embedding_dim=embedding_dim, hidden_size=hidden_size, dropout=dropout)
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_token_id)
-        self.lstm = nn.LSTM(embedding_dim, hidden_size, direction="bidirect")
+        self.lstm_forward = nn.LSTM(embedding_dim, hidden_size)
+        self.lstm_backward = nn.LSTM(embedding_dim, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.intent_classifier = nn.Linear(2 * hidden_size, num_intents)
         self.slot_classifier = nn.Linear(2 * hidden_size, num_slot_tags)
 
     def forward(self, input_ids: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        mask = padding_mask(input_ids, self.config["pad_token_id"])
-        # sequence_length keeps padding out of the backward direction (Paddle Inference honours it;
-        # ONNX Runtime via paddle2onnx ignores it, which only matters for padded batches)
-        states, _ = self.lstm(self.dropout(self.embedding(input_ids)), sequence_length=mask.sum(axis=1).astype("int64"))
-        pooled = (states * mask.unsqueeze(-1)).sum(axis=1) / mask.sum(axis=1, keepdim=True)
+        mask = padding_mask(input_ids, self.config["pad_token_id"])  # [B, S]
+        lengths = mask.sum(axis=1, keepdim=True)
+        positions = paddle.cumsum(paddle.ones_like(mask), axis=1) - 1
+        source = mask * (lengths - 1 - positions) + (1 - mask) * positions  # reversed within the length
+        reverse = (source.unsqueeze(2) == positions.unsqueeze(1)).astype("float32")  # [B, S, S], its own inverse
+        embedded = self.dropout(self.embedding(input_ids))
+        # explicit zero states: the default ones export as a fill_constant FastDeploy's OpenVINO rejects
+        zeros = paddle.zeros_like(embedded[:, 0, :1]).expand([-1, self.config["hidden_size"]]).unsqueeze(0)
+        forward_states, _ = self.lstm_forward(embedded, (zeros, zeros))
+        backward_states, _ = self.lstm_backward(paddle.matmul(reverse, embedded), (zeros, zeros))
+        states = paddle.concat([forward_states, paddle.matmul(reverse, backward_states)], axis=-1)
+        pooled = (states * mask.unsqueeze(-1)).sum(axis=1) / lengths
         return self.intent_classifier(self.dropout(pooled)), self.slot_classifier(self.dropout(states))
 
     def save(self, directory: str) -> None:

@@ -18,7 +18,7 @@ recipe (jieba data augmentation, MSE on logits) and vanilla KD, applied to joint
 5. Both students are exported (<output_dir>/student_alone/infer_model, .../distilled/infer_model:
    run_eval.py and benchmarks/inference.py take them like any stage), and distill_report.json/.md
    compare teacher, compressed ERNIE (--compressed_dir), student alone and distilled student on
-   the test split: accuracy, size and batch-1 latency on one backend, measured in this run.
+   the test split: accuracy, size and batch-1 latency per backend, measured in this run.
 """
 import utils  # first: it configures the CPU math library before paddle loads it
 
@@ -61,7 +61,7 @@ class DistillArguments:
     batch_size: int = field(default=64, metadata={"help": "Training batch size."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and augmentation."})
     cpu_threads: int = field(default=0, metadata={"help": "CPU math threads; 0 = one per core."})
-    latency_backend: str = field(default="paddle", metadata={"help": "Backend of the latency comparison: paddle, ort or openvino."})
+    latency_backends: str = field(default="paddle,ort", metadata={"help": "Backends of the latency comparison, comma-separated: paddle, ort, openvino."})
     latency_utterances: int = field(default=1000, metadata={"help": "Test utterances timed at batch 1 per model."})
 
 
@@ -152,16 +152,17 @@ def export_student(model, tokenizer, labels, teacher_config: dict, directory: st
 
 
 def compare(models: dict, test_file: str, args) -> dict:
-    """Test metrics (Paddle Inference) and batch-1 latency (one backend, fresh process each)."""
+    """Test metrics (Paddle Inference) and batch-1 latency per backend (a fresh process each)."""
     test = utils.read_corpus(test_file)
     timing = types.SimpleNamespace(test_file=test_file, num_utterances=args.latency_utterances, warmup=50)
     rows = {}
     for name, directory in models.items():
         metrics = utils.InferenceModel(directory, cpu_threads=args.cpu_threads).evaluate(test)
-        cell = bench.run_cell(directory, args.latency_backend, 1, timing)
+        cells = {backend: bench.run_cell(directory, backend, 1, timing) for backend in args.latency_backends.split(",")}
         rows[name] = {"dir": directory, "size_mb": utils.model_size_mb(directory),
                       **{k: metrics[k] for k in ("intent_acc", "slot_f1", "sentence_acc", "sentence_acc_ref")},
-                      "latency_p50_ms": cell.get("latency_ms", {}).get("p50"), "latency_error": cell.get("error")}
+                      "latency_p50_ms": {b: c.get("latency_ms", {}).get("p50") for b, c in cells.items()},
+                      "latency_error": {b: c["error"] for b, c in cells.items() if "error" in c}}
         logger.info(f"{name}: {rows[name]}")
     return rows
 
@@ -169,16 +170,19 @@ def compare(models: dict, test_file: str, args) -> dict:
 def write_report(report: dict, output_dir: str) -> None:
     utils.save_json(os.path.join(output_dir, "distill_report.json"), report)
     lines = [f"objective {report['objective']}, {report['augmented_rows']} augmented rows; batch-1 latency: "
-             f"{report['latency_backend']}, 1 thread, {report['latency_utterances']} test utterances", "",
-             "| model | intent acc | slot F1 | sentence acc | sentence acc (ref) | size (MB) | batch-1 p50 (ms) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"1 thread, {report['latency_utterances']} test utterances", "",
+             "| model | intent acc | slot F1 | sentence acc | sentence acc (ref) | size (MB) | "
+             + " | ".join(f"batch-1 p50 {b} (ms)" for b in report["latency_backends"]) + " |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(report["latency_backends"])]
     for name, r in report["models"].items():
-        latency = f"{r['latency_p50_ms']:.3f}" if r["latency_p50_ms"] is not None else f"cannot run: {r['latency_error']}"
+        latency = [f"{r['latency_p50_ms'][b]:.3f}" if r["latency_p50_ms"][b] is not None else "cannot run" for b in report["latency_backends"]]
         lines.append(f"| {name} | {100 * r['intent_acc']:.2f} | {100 * r['slot_f1']:.2f} | {100 * r['sentence_acc']:.2f} "
-                     f"| {100 * r['sentence_acc_ref']:.2f} | {r['size_mb']:.2f} | {latency} |")
+                     f"| {100 * r['sentence_acc_ref']:.2f} | {r['size_mb']:.2f} | " + " | ".join(latency) + " |")
     lines += ["", f"Share of the teacher - student-alone sentence-accuracy gap recovered by distillation: "
                   f"{100 * report['gap_recovered']:.1f} %" if report["gap_recovered"] is not None else "",
-              f"Teacher / distilled student batch-1 latency: {report['latency_ratio']:.2f}x" if report["latency_ratio"] else ""]
+              "Teacher / distilled student batch-1 latency: "
+              + ", ".join(f"{ratio:.2f}x on {b}" for b, ratio in report["latency_ratio"].items() if ratio)]
+    lines += [f"{name} cannot run on {b}: {error}" for name, r in report["models"].items() for b, error in r["latency_error"].items()]
     with open(os.path.join(output_dir, "distill_report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     logger.info("distillation report:\n" + "\n".join(lines))
@@ -186,8 +190,9 @@ def write_report(report: dict, output_dir: str) -> None:
 
 def main(argv=None):
     (args,) = PdArgumentParser((DistillArguments,)).parse_args_into_dataclasses(args=argv)
-    if args.latency_backend not in bench.BACKENDS:
-        raise ValueError(f"--latency_backend {args.latency_backend!r}: choose from {sorted(bench.BACKENDS)}")
+    unknown = set(args.latency_backends.split(",")) - set(bench.BACKENDS)
+    if unknown:
+        raise ValueError(f"--latency_backends: unknown {sorted(unknown)}; choose from {sorted(bench.BACKENDS)}")
     setup_logging(args.output_dir)
     threads = utils.set_cpu_threads(args.cpu_threads)
     paddle.seed(args.seed)
@@ -227,10 +232,11 @@ def main(argv=None):
     gap = t["sentence_acc"] - a["sentence_acc"]
     report = {
         "objective": args.objective, "temperature": args.temperature, "alpha": args.alpha, "augment_copies": args.augment_copies,
-        "augmented_rows": len(augmented), "latency_backend": args.latency_backend, "latency_utterances": args.latency_utterances,
+        "augmented_rows": len(augmented), "latency_backends": args.latency_backends.split(","), "latency_utterances": args.latency_utterances,
         "models": results,
         "gap_recovered": (d["sentence_acc"] - a["sentence_acc"]) / gap if gap > 0 else None,
-        "latency_ratio": t["latency_p50_ms"] / d["latency_p50_ms"] if t["latency_p50_ms"] and d["latency_p50_ms"] else None,
+        "latency_ratio": {b: t["latency_p50_ms"][b] / d["latency_p50_ms"][b] if t["latency_p50_ms"][b] and d["latency_p50_ms"][b] else None
+                          for b in args.latency_backends.split(",")},
     }
     write_report(report, args.output_dir)
     return report
