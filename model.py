@@ -144,7 +144,8 @@ class BiLSTMJoint(nn.Layer):
     The backward direction is a second LSTM over each row reversed up to its length, with the
     reversal done as a matmul by a permutation matrix: nn.LSTM's own `direction="bidirect"` needs
     `sequence_length` to keep padding out, which ONNX Runtime ignores and FastDeploy's OpenVINO
-    cannot convert; this form gives the same states on every backend, padded or not."""
+    cannot convert; this form gives the same states on every backend (Paddle Inference, ONNX
+    Runtime, OpenVINO, Paddle Lite), padded or not."""
 
     def __init__(self, vocab_size: int, num_intents: int, num_slot_tags: int, pad_token_id: int = 0,
                  embedding_dim: int = 128, hidden_size: int = 128, dropout: float = 0.1):
@@ -163,7 +164,10 @@ class BiLSTMJoint(nn.Layer):
         lengths = mask.sum(axis=1, keepdim=True)
         positions = paddle.cumsum(paddle.ones_like(mask), axis=1) - 1
         source = mask * (lengths - 1 - positions) + (1 - mask) * positions  # reversed within the length
-        reverse = (source.unsqueeze(2) == positions.unsqueeze(1)).astype("float32")  # [B, S, S], its own inverse
+        # [B, S, S] one-hot rows, its own inverse; arithmetic rather than `==`, which Paddle Lite's
+        # x86 runtime broadcasts wrongly
+        offset = source.unsqueeze(2) - positions.unsqueeze(1)
+        reverse = 1 - paddle.clip(offset * offset, 0.0, 1.0)
         embedded = self.dropout(self.embedding(input_ids))
         # explicit zero states: the default ones export as a fill_constant FastDeploy's OpenVINO rejects
         zeros = paddle.zeros_like(embedded[:, 0, :1]).expand([-1, self.config["hidden_size"]]).unsqueeze(0)
