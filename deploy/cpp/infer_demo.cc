@@ -103,12 +103,8 @@ int main(int argc, char** argv) {
         std::cerr << "utterance " << n + 1 << ": " << enc.offsets.size() << " characters, predicted in " << enc.windows.size()
                   << " windows of " << window << "\n";
       size_t seq_len = 0;
-      for (const auto& w : enc.windows) seq_len = std::max(seq_len, w.size());
-      ov::Tensor ids(ov::element::i64, {enc.windows.size(), seq_len});
-      int64_t* data = ids.data<int64_t>();
-      for (size_t w = 0; w < enc.windows.size(); ++w)
-        for (size_t t = 0; t < seq_len; ++t) data[w * seq_len + t] = t < enc.windows[w].size() ? enc.windows[w][t] : model.pad_id();
-      request.set_input_tensor(0, ids);
+      std::vector<int64_t> padded = model.PadWindows(enc, &seq_len);
+      request.set_input_tensor(0, ov::Tensor(ov::element::i64, {enc.windows.size(), seq_len}, padded.data()));
       request.infer();
       std::cout << model.Describe(enc, request.get_output_tensor(0).data<float>(), request.get_output_tensor(1).data<float>(),
                                   static_cast<int>(seq_len))

@@ -149,6 +149,14 @@ Encoded Model::Encode(const std::string& utf8_text) const {
   return enc;
 }
 
+std::vector<int64_t> Model::PadWindows(const Encoded& enc, size_t* seq_len) const {
+  *seq_len = 0;
+  for (const auto& w : enc.windows) *seq_len = std::max(*seq_len, w.size());
+  std::vector<int64_t> ids(enc.windows.size() * *seq_len, pad_id_);
+  for (size_t w = 0; w < enc.windows.size(); ++w) std::copy(enc.windows[w].begin(), enc.windows[w].end(), ids.begin() + w * *seq_len);
+  return ids;
+}
+
 std::vector<Span> BioSpans(const std::vector<std::string>& tags) {
   std::vector<Span> spans;
   bool open = false;

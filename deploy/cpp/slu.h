@@ -33,11 +33,14 @@ class Model {
   std::vector<int> Tokenize(const std::u32string& text, std::vector<int>* offsets) const;
   Encoded Encode(const std::string& utf8_text) const;
 
+  // The windows as one row-major [windows x seq_len] id block, padded to the longest with
+  // [PAD] (utils.pad_batch): the model input of one utterance.
+  std::vector<int64_t> PadWindows(const Encoded& enc, size_t* seq_len) const;
+
   // The JSON result of one utterance from the logits of its windows, in window order:
   // intent_logits [windows x intents], slot_logits [windows x seq_len x tags], row-major.
   std::string Describe(const Encoded& enc, const float* intent_logits, const float* slot_logits, int seq_len) const;
 
-  int pad_id() const { return pad_id_; }
   int max_seq_length() const { return max_seq_length_; }
   size_t num_intents() const { return intents_.size(); }
   size_t num_slot_tags() const { return slot_tags_.size(); }

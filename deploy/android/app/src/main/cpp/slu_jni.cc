@@ -2,6 +2,7 @@
 // JSON result come from deploy/cpp/slu.cc, the code the desktop demo and its tests use.
 #include <jni.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,12 +35,10 @@ class Session {
     }
     if (slu::IsBlank(enc.text)) return slu::ErrorJson(text, "empty utterance");
     size_t seq_len = 0;
-    for (const auto& w : enc.windows) seq_len = std::max(seq_len, w.size());
+    std::vector<int64_t> padded = model_.PadWindows(enc, &seq_len);
     std::unique_ptr<paddle::lite_api::Tensor> input(predictor_->GetInput(0));
     input->Resize({static_cast<int64_t>(enc.windows.size()), static_cast<int64_t>(seq_len)});
-    int64_t* ids = input->mutable_data<int64_t>();
-    for (size_t w = 0; w < enc.windows.size(); ++w)
-      for (size_t t = 0; t < seq_len; ++t) ids[w * seq_len + t] = t < enc.windows[w].size() ? enc.windows[w][t] : model_.pad_id();
+    std::copy(padded.begin(), padded.end(), input->mutable_data<int64_t>());
     predictor_->Run();
     std::unique_ptr<const paddle::lite_api::Tensor> intent(predictor_->GetOutput(0));
     std::unique_ptr<const paddle::lite_api::Tensor> slots(predictor_->GetOutput(1));
