@@ -35,7 +35,7 @@ from paddlenlp.trainer import PdArgumentParser
 
 from benchmarks import inference as bench
 from model import BiLSTMJoint, DistillLoss, JointLoss
-from run_train import dynamic_logits_fn, read_split, save_static_graph, setup_logging, write_inference_files
+from run_train import dynamic_logits_fn, make_collator, read_split, save_static_graph, setup_logging, write_inference_files
 from utils import logger
 
 
@@ -99,15 +99,13 @@ def teacher_logits(teacher: utils.InferenceModel, rows: List[dict], cache: str) 
 
 
 def make_batch(rows, tokenizer, labels):
-    ids = utils.pad_batch([r["input_ids"] for r in rows], tokenizer.pad_id)
-    batch = {
-        "input_ids": paddle.to_tensor(ids),
-        "intent_label": paddle.to_tensor(np.array([r["intent_label"] for r in rows], dtype="int64")),
-        "slot_labels": paddle.to_tensor(utils.pad_batch([r["slot_labels"] for r in rows], labels.pad_slot_id)),
-        "has_gold": paddle.to_tensor(np.array([r["has_gold"] for r in rows], dtype="float32")),
-        # real characters: not padding, [CLS] or [SEP]
-        "token_mask": paddle.to_tensor(((ids != tokenizer.pad_id) & (ids != tokenizer.cls_id) & (ids != tokenizer.sep_id)).astype("float32")),
-    }
+    """run_train's training batch (ids, intent, slot tags) plus what distillation adds."""
+    batch = make_collator(tokenizer.pad_id, labels.pad_slot_id)(rows)
+    ids = batch["input_ids"]
+    batch["has_gold"] = np.array([r["has_gold"] for r in rows], dtype="float32")
+    # real characters: not padding, [CLS] or [SEP]
+    batch["token_mask"] = ((ids != tokenizer.pad_id) & (ids != tokenizer.cls_id) & (ids != tokenizer.sep_id)).astype("float32")
+    batch = {name: paddle.to_tensor(value) for name, value in batch.items()}
     if "teacher_intent" in rows[0]:
         slots = np.zeros(ids.shape + (len(labels.slot_tags),), dtype="float32")
         for k, r in enumerate(rows):
