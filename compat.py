@@ -47,7 +47,7 @@ def _always_save_dynabert(original):
     and the export fails. Save the final supernet weights for such widths, with a warning."""
 
     def dynabert_training(self, ofa_model, model, *args, **kwargs):
-        self.dynabert_running = True  # read by run_train's evaluation hook (mask format)
+        self.dynabert_running = True  # see dynabert_running()
         try:
             result = original(self, ofa_model, model, *args, **kwargs)
         finally:
@@ -63,6 +63,12 @@ def _always_save_dynabert(original):
 
     dynabert_training.__wrapped__ = original
     return dynabert_training
+
+
+def dynabert_running(trainer) -> bool:
+    """Whether `trainer` is inside DynaBERT training, where ERNIE's forward is PaddleNLP's
+    replacement and takes its attention mask as [mask, head_mask] (compression's evaluation hook)."""
+    return getattr(trainer, "dynabert_running", False)
 
 
 def _rotating_save_checkpoint(original):
@@ -109,8 +115,8 @@ def _ptq_accepting_batch_generator(base):
 
 def apply():
     """Install the fixes once; safe to call repeatedly."""
-    from paddleslim.nas.ofa import layers as ofa_layers
     from paddlenlp.trainer import Trainer, trainer_compress
+    from paddleslim.nas.ofa import layers as ofa_layers
 
     ofa_layers.SuperLayerNorm.forward = _super_layer_norm_forward
     trainer_compress._quant_embeddings = _quant_embeddings

@@ -1,17 +1,16 @@
-"""The joint intent + slot model on an ERNIE 3.0 Tiny encoder and its loss; the Bi-LSTM
-distillation student and the distillation losses."""
-import collections
-import copy
+"""Networks and losses: the joint intent + slot model on an ERNIE 3.0 Tiny encoder (built from
+scratch or from pretrained weights) and its loss; the Bi-LSTM distillation student and the
+distillation losses."""
 import json
 import os
-from typing import Iterable, Tuple
+from typing import Tuple
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddlenlp.transformers import ErnieConfig, ErnieModel, ErniePretrainedModel, ErnieTokenizer
+from paddlenlp.transformers import ErnieConfig, ErnieModel, ErniePretrainedModel
 
-from utils import SPECIAL_TOKENS, CharTokenizer, LabelMaps
+from task import LabelMaps, Task
 
 
 class JointErnie(ErniePretrainedModel):
@@ -63,17 +62,6 @@ class JointLoss(nn.Layer):
         return intent_loss + self.slot_weight * slot_loss
 
 
-def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
-    """The character tokenizer over a pretrained model's vocabulary (local vocab.txt or hub)."""
-    vocab_file = os.path.join(name_or_dir, "vocab.txt")
-    if os.path.isfile(vocab_file):
-        return CharTokenizer.from_file(vocab_file)
-    try:
-        return CharTokenizer(ErnieTokenizer.from_pretrained(name_or_dir).vocab.idx_to_token)
-    except OSError as e:
-        raise OSError(offline_hint(name_or_dir)) from e
-
-
 def offline_hint(name: str) -> str:
     return (
         f"could not load {name!r}: it is neither a local directory with model files nor reachable "
@@ -96,44 +84,18 @@ def load_pretrained(name_or_dir: str, labels: LabelMaps, **config_overrides) -> 
         raise OSError(offline_hint(name_or_dir)) from e
 
 
-def build_from_scratch(architecture: str, tokenizer: CharTokenizer, labels: LabelMaps, **config_overrides) -> JointErnie:
+def build_from_scratch(architecture: str, task: Task, **config_overrides) -> JointErnie:
     """A randomly initialised JointErnie with the published architecture of `architecture`
-    (e.g. ernie-3.0-tiny-nano-v2-zh: 4 layers, hidden 312, 12 heads, FFN 1248) and the
-    vocabulary of `tokenizer`. No pretrained weight is involved."""
+    (e.g. ernie-3.0-tiny-nano-v2-zh: 4 layers, hidden 312, 12 heads, FFN 1248), the task's
+    vocabulary and labels. No pretrained weight is involved."""
     known = ErnieConfig.pretrained_init_configuration
     if architecture not in known:
         sizes = sorted(k for k in known if k.startswith("ernie-3.0-tiny"))
         raise ValueError(f"unknown architecture {architecture!r}; ERNIE 3.0 Tiny sizes: {', '.join(sizes)}")
     config = ErnieConfig(**{**known[architecture], **config_overrides})
-    config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_id
-    config.num_intents, config.num_slot_tags = len(labels.intents), len(labels.slot_tags)
+    config.vocab_size, config.pad_token_id = len(task.tokenizer), task.tokenizer.pad_id
+    config.num_intents, config.num_slot_tags = len(task.labels.intents), len(task.labels.slot_tags)
     return JointErnie(config)
-
-
-def prune_vocabulary(
-    model: JointErnie, tokenizer: CharTokenizer, texts: Iterable[str], max_vocab_size: int, max_seq_length: int, output_dir: str
-) -> Tuple[JointErnie, CharTokenizer]:
-    """Keep the special tokens and the most frequent tokens of `texts` (ties by id), up to
-    `max_vocab_size`; slice the word-embedding rows to match and the position embeddings to
-    `max_seq_length` (windows never use later positions). Saves the pruned model and vocab.txt
-    to `output_dir` and returns them; the input model is left as it was."""
-    counts = collections.Counter(i for text in texts for i in tokenizer.tokenize(text)[0])
-    specials = [tokenizer.token_to_id[t] for t in SPECIAL_TOKENS]
-    ranked = sorted((i for i in counts if i not in specials), key=lambda i: (-counts[i], i))
-    keep = specials + ranked[: max(max_vocab_size - len(specials), 0)]
-    pruned_tokenizer = CharTokenizer([tokenizer.vocab[i] for i in keep])
-
-    state = {k: v.numpy() for k, v in model.state_dict().items()}
-    state["ernie.embeddings.word_embeddings.weight"] = state["ernie.embeddings.word_embeddings.weight"][keep]
-    state["ernie.embeddings.position_embeddings.weight"] = state["ernie.embeddings.position_embeddings.weight"][:max_seq_length]
-    config = copy.deepcopy(model.config)
-    config.vocab_size, config.pad_token_id, config.max_position_embeddings = len(keep), pruned_tokenizer.pad_id, max_seq_length
-    pruned = JointErnie(config)
-    pruned.set_state_dict(state)
-    os.makedirs(output_dir, exist_ok=True)
-    pruned.save_pretrained(output_dir)
-    pruned_tokenizer.save(output_dir)
-    return pruned, pruned_tokenizer
 
 
 class BiLSTMJoint(nn.Layer):

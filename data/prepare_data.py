@@ -10,12 +10,11 @@ The split is a pure function of the session ids and --seed: the same files on ev
 import argparse
 import hashlib
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import utils  # noqa: E402
-from data.synthetic import generate  # noqa: E402
+from data.corpus import find_corpus, read_corpus, write_corpus
+from data.split import intents_without_slots, split_by_session, split_stats
+from data.synthetic import generate
+from utils import PROJECT_DIR, save_json
 
 
 def main(argv=None):
@@ -23,35 +22,35 @@ def main(argv=None):
     parser.add_argument("--corpus_file", help="NLPCC 2018 Task 4 corpus.train.txt (default: search the documented paths)")
     parser.add_argument("--synthetic", action="store_true", help="use the embedded synthetic corpus even if the real one is found")
     parser.add_argument("--synthetic_size", type=int, default=3000, help="utterances in the synthetic corpus")
-    parser.add_argument("--output_dir", default=os.path.join(utils.DATA_DIR, "prepared"), help="where train/dev/test.txt and stats.json go")
+    parser.add_argument("--output_dir", default=os.path.join(PROJECT_DIR, "data", "prepared"), help="where train/dev/test.txt and stats.json go")
     parser.add_argument("--seed", type=int, default=42, help="seed of the session hash that orders the split")
     parser.add_argument("--train_fraction", type=float, default=0.8, help="share of utterances in train")
     parser.add_argument("--dev_fraction", type=float, default=0.1, help="share of utterances in dev (test gets the rest)")
     args = parser.parse_args(argv)
 
-    corpus = None if args.synthetic else utils.find_corpus(args.corpus_file)
+    corpus = None if args.synthetic else find_corpus(args.corpus_file)
     if corpus:
-        utterances = utils.read_corpus(corpus)
+        utterances = read_corpus(corpus)
         with open(corpus, "rb") as f:
             source = {"corpus_file": os.path.abspath(corpus), "sha256": hashlib.sha256(f.read()).hexdigest()}
     else:
         utterances = generate(args.synthetic_size)
         source = {"synthetic": True, "utterances": args.synthetic_size}
-    splits = utils.split_by_session(utterances, args.seed, (args.train_fraction, args.dev_fraction))
+    splits = split_by_session(utterances, args.seed, (args.train_fraction, args.dev_fraction))
 
     os.makedirs(args.output_dir, exist_ok=True)
     for name, utts in splits.items():
-        utils.write_corpus(os.path.join(args.output_dir, f"{name}.txt"), utts)
+        write_corpus(os.path.join(args.output_dir, f"{name}.txt"), utts)
     stats = {
         "source": source,
         "seed": args.seed,
         "utterances": len(utterances),
         "sessions": len({u.session_id for u in utterances}),
         "corrections": sum(u.has_correction for u in utterances),
-        "slotless_intents": utils.intents_without_slots(splits["train"]),
-        "splits": utils.split_stats(splits),
+        "slotless_intents": intents_without_slots(splits["train"]),
+        "splits": split_stats(splits),
     }
-    utils.save_json(os.path.join(args.output_dir, "stats.json"), stats)
+    save_json(os.path.join(args.output_dir, "stats.json"), stats)
     print(f"{'synthetic corpus' if not corpus else corpus}: {stats['utterances']} utterances, {stats['sessions']} sessions, "
           f"{stats['corrections']} with corrections")
     for name, s in stats["splits"].items():

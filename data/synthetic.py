@@ -9,7 +9,7 @@ import random
 import re
 from typing import List
 
-from utils import Slot, Utterance
+from data.corpus import Slot, Utterance
 
 LEXICON = {
     "song": ["晚风轻轻吹", "回家的路", "星光下的约定", "一路向北方", "雨后彩虹", "山间小溪", "月亮船",

@@ -1,0 +1,241 @@
+"""Compression of a trained JointErnie with PaddleNLP's compress API: vocabulary pruning, then
+DynaBERT width pruning, PTQ or QAT, int8 embeddings (`--strategy`, parts joined by '+'). Every
+stage becomes a complete exported directory under <output_dir>/compress/stages/, scored on the
+test split through Paddle Inference, and reported (compress_report.json / .md).
+
+The fixes the pinned PaddleNLP / PaddleSlim need are in compat.py."""
+import collections
+import copy
+import os
+import shutil
+import time
+from typing import Iterable, List, Tuple
+
+import numpy as np
+import paddle
+
+import compat
+import export_format
+from backends import model_size_mb, open_predictor
+from model import JointErnie
+from predictor import merge_windows, run_windows, score
+from task import SPECIAL_TOKENS, CharTokenizer, Task
+from training import (
+    build_trainer,
+    dynamic_logits_fn,
+    export,
+    graph_io,
+    logger,
+    save_static_graph,
+    window_ids,
+)
+from utils import markdown_table, save_json, write_text
+
+STRATEGIES = ("dynabert", "ptq", "qat", "embeddings")
+
+
+def check_strategy(strategy: str) -> None:
+    parts = strategy.split("+")
+    unknown = [p for p in parts if p not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"--strategy {strategy!r}: unknown part(s) {unknown}; combine {'/'.join(STRATEGIES)} with '+'")
+    if parts == ["embeddings"]:
+        raise ValueError("--strategy embeddings quantizes the embeddings of a model that DynaBERT, PTQ or QAT produced: "
+                         "use e.g. 'qat+embeddings' or 'dynabert+qat+embeddings'")
+    if "ptq" in parts and "qat" in parts:
+        raise ValueError(f"--strategy {strategy!r}: choose one of ptq and qat")
+
+
+def prune_vocabulary(model: JointErnie, task: Task, texts: Iterable[str], max_vocab_size: int, output_dir: str) -> Tuple[JointErnie, Task]:
+    """Keep the special tokens and the most frequent tokens of `texts` (ties by id), up to
+    `max_vocab_size`; slice the word-embedding rows to match and the position embeddings to the
+    window length (windows never use later positions). Saves the pruned model and its task files
+    to `output_dir` and returns them; the input model is left as it was."""
+    tokenizer = task.tokenizer
+    counts = collections.Counter(i for text in texts for i in tokenizer.tokenize(text)[0])
+    specials = [tokenizer.token_to_id[t] for t in SPECIAL_TOKENS]
+    ranked = sorted((i for i in counts if i not in specials), key=lambda i: (-counts[i], i))
+    keep = specials + ranked[: max(max_vocab_size - len(specials), 0)]
+    pruned_task = Task(CharTokenizer([tokenizer.vocab[i] for i in keep]), task.labels, task.max_seq_length, task.slotless_intents)
+
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    state["ernie.embeddings.word_embeddings.weight"] = state["ernie.embeddings.word_embeddings.weight"][keep]
+    state["ernie.embeddings.position_embeddings.weight"] = state["ernie.embeddings.position_embeddings.weight"][: task.max_seq_length]
+    config = copy.deepcopy(model.config)
+    config.vocab_size, config.pad_token_id, config.max_position_embeddings = len(keep), pruned_task.tokenizer.pad_id, task.max_seq_length
+    pruned = JointErnie(config)
+    pruned.set_state_dict(state)
+    os.makedirs(output_dir, exist_ok=True)
+    pruned.save_pretrained(output_dir)
+    export_format.write_task_files(output_dir, pruned_task)
+    return pruned, pruned_task
+
+
+def make_custom_evaluate(dev, task: Task):
+    """trainer.compress's evaluation hook: dev sentence accuracy from the same metric code as
+    training. The data loader yields the dev windows in order; during DynaBERT the OFA wrapper
+    returns (student outputs, teacher outputs), so nested outputs are unwrapped."""
+    dev_windows = window_ids(task, dev)
+
+    @paddle.no_grad()
+    def custom_evaluate(trainer, model, data_loader):
+        # During DynaBERT (teacher and supernet alike) ERNIE's forward is PaddleNLP's replacement,
+        # which takes its mask only as [mask, head_mask] ([None, None]: derived from padding), not
+        # the 2-D mask JointErnie passes otherwise.
+        dynabert = compat.dynabert_running(trainer)
+        model.eval()
+        intent_rows, slot_rows = [], []
+        for batch in data_loader:
+            # a new list per batch: the replacement forward writes the derived mask into it
+            outputs = model(input_ids=batch["input_ids"], attention_mask=[None, None] if dynabert else None)
+            while isinstance(outputs[0], (tuple, list)):
+                outputs = outputs[0]
+            intent_rows.extend(outputs[0].numpy())
+            slot_rows.extend(outputs[1].numpy())
+        metrics = score(dev, merge_windows(intent_rows, slot_rows, dev_windows), task)
+        logger.info(f"compress eval: sentence_acc {metrics['sentence_acc']:.4f}, intent_acc {metrics['intent_acc']:.4f}, "
+                    f"slot_f1 {metrics['slot_f1']:.4f}")
+        model.train()
+        return metrics["sentence_acc"]
+
+    return custom_evaluate
+
+
+def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: dict, strategy: str) -> List[str]:
+    """Every static model the compress API wrote under `compress_dir` (width_mult_*/model,
+    .../int8, .../quant_emb, PTQ outputs) as an exported directory of its own. QAT stages are
+    marked for oneDNN's int8 kernels (3-4x faster than running their quantize/dequantize pairs in
+    fp32, same predictions as the dynamic QAT model: checked by qat_agreement); PTQ stages are
+    not: on oneDNN int8 a PTQ test model lost a third of its intent accuracy, while the fp32
+    simulation of the same graph keeps it."""
+    stages = []
+    pipeline_order = {"model.pdmodel": 0, "int8.pdmodel": 1, "quant_emb.pdmodel": 2}
+    for root, _, files in sorted(os.walk(compress_dir)):
+        if os.path.commonpath([root, stages_dir]) == stages_dir:
+            continue
+        for name in sorted((f for f in files if f.endswith(".pdmodel")), key=lambda f: (pipeline_order.get(f, 3), f)):
+            prefix = os.path.join(root, name[: -len(".pdmodel")])
+            if prefix == os.path.join(compress_dir, "model"):  # PTQ's own re-export of the fp32 input
+                continue
+            stage_name = os.path.relpath(prefix, compress_dir).replace(os.sep, "-")
+
+            def copy_graph(target_prefix, source=prefix):
+                for ext in (".pdmodel", ".pdiparams"):
+                    shutil.copyfile(source + ext, target_prefix + ext)
+                return graph_io(target_prefix)
+
+            qat_int8 = "qat" in strategy and name in ("int8.pdmodel", "quant_emb.pdmodel")
+            stage = os.path.join(stages_dir, stage_name)
+            export_format.write(stage, task, copy_graph, {**model_info, "stage": stage_name}, onednn_int8=qat_int8)
+            stages.append(stage)
+    return stages
+
+
+def export_dynabert_widths(original: JointErnie, args) -> None:
+    """With QAT or PTQ after DynaBERT, PaddleNLP exports no fp32 graph of the pruned widths; build
+    each as PaddleNLP's own export does (slice the supernet weights saved for that width into a
+    narrower copy of the pre-DynaBERT model) and save it as width_mult_*/model."""
+    from paddlenlp.trainer.trainer_compress import _get_dynabert_model, _load_parameters
+
+    for width_mult in args.width_mult_list:
+        width_dir = os.path.join(args.output_dir, "width_mult_" + str(round(width_mult, 2)))
+        if os.path.isfile(os.path.join(width_dir, "model.pdmodel")):
+            continue
+        narrow = _get_dynabert_model(copy.deepcopy(original), width_mult)
+        _load_parameters(narrow, paddle.load(os.path.join(width_dir, "model_state.pdparams")))
+        save_static_graph(narrow, os.path.join(width_dir, "model"))
+
+
+def static_param_count(model_dir: str) -> int:
+    paddle.enable_static()
+    try:
+        prefix = os.path.join(model_dir, export_format.GRAPH_PREFIX)
+        program, _, _ = paddle.static.load_inference_model(prefix, paddle.static.Executor(paddle.CPUPlace()))
+        return int(sum(np.prod(v.shape) for v in program.list_vars() if v.persistable and v.name not in ("feed", "fetch")))
+    finally:
+        paddle.disable_static()
+
+
+def step_of_stage(stage: str, strategy: str) -> str:
+    """Which compression step wrote a stage: width_mult_0.75-model -> dynabert, ...-int8 -> qat/ptq."""
+    suffix = stage.rsplit("-", 1)[-1]
+    return {"model": "dynabert", "quant_emb": "embeddings", "int8": "ptq" if "ptq" in strategy.split("+") else "qat"}.get(suffix, stage)
+
+
+def qat_agreement(qat_model, task: Task, test, int8_stage: str, threads: int) -> float:
+    """Share of test utterances whose intent and every tag agree between the dynamic QAT model
+    and its exported int8 graph run by Paddle Inference."""
+    encoded = [task.encode(u.text) for u in test]
+    dynamic = run_windows(encoded, dynamic_logits_fn(qat_model), task.tokenizer.pad_id)
+    static = run_windows(encoded, open_predictor(int8_stage, "paddle-inference", threads).logits_fn, task.tokenizer.pad_id)
+    same = sum(d.intent_id == s.intent_id and d.tag_ids == s.tag_ids for d, s in zip(dynamic, static))
+    return same / len(test)
+
+
+def compress(model, task: Task, train, dev, test, training_args, max_vocab_size: int, model_info: dict, threads: int) -> dict:
+    """Vocabulary pruning (--prune_embeddings), then trainer.compress with --strategy; returns the report."""
+    check_strategy(training_args.strategy)
+    compress_dir = os.path.join(training_args.output_dir, "compress")
+    stages_dir = os.path.join(compress_dir, "stages")
+    shutil.rmtree(stages_dir, ignore_errors=True)
+    stages = [export(model, task, os.path.join(stages_dir, "fp32"), {**model_info, "stage": "fp32"}).directory]
+    seconds = {}
+    if training_args.prune_embeddings:
+        start = time.time()
+        model, task = prune_vocabulary(model, task, (u.text for u in train), max_vocab_size, os.path.join(compress_dir, "pruned_model"))
+        stages.append(export(model, task, os.path.join(stages_dir, "pruned_vocab"), {**model_info, "stage": "pruned_vocab"}).directory)
+        seconds["pruned_vocab"] = time.time() - start
+        logger.info(f"vocabulary pruned to {len(task.tokenizer)} tokens, positions to {task.max_seq_length}")
+
+    args = copy.copy(training_args)  # compress() rewrites fields of its arguments
+    args.output_dir = compress_dir
+    trainer = build_trainer(model, task, train, dev, args)
+    steps = args.max_steps if args.max_steps > 0 else int(len(trainer.get_train_dataloader()) * args.num_train_epochs)
+    if args.save_steps > steps:  # DynaBERT and QAT evaluate (and keep a best model) only every save_steps
+        logger.info(f"--save_steps {args.save_steps} > {steps} steps per compression stage: evaluating every {steps}")
+        args.save_steps = steps
+
+    def timed(quant):
+        def run(model_dir, strategy):
+            start = time.time()
+            result = quant(model_dir, strategy)
+            seconds[strategy] = seconds.get(strategy, 0.0) + time.time() - start
+            return result
+        return run
+
+    trainer.quant = timed(trainer.quant)
+    original = copy.deepcopy(model)  # DynaBERT converts the model in place
+    start = time.time()
+    trainer.compress(custom_evaluate=make_custom_evaluate(dev, task))
+    if "dynabert" in args.strategy:
+        seconds["dynabert"] = time.time() - start - sum(v for k, v in seconds.items() if k != "pruned_vocab")
+        export_dynabert_widths(original, args)
+
+    stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy)
+    report = {"strategy": args.strategy, "prune_embeddings": training_args.prune_embeddings, "stages": []}
+    for stage in stages:
+        metrics = open_predictor(stage, "paddle-inference", threads).evaluate(test)
+        name = os.path.basename(stage)
+        report["stages"].append({
+            "stage": name, "dir": stage, "size_mb": model_size_mb(stage), "parameters": static_param_count(stage),
+            "wall_time_s": seconds.get(step_of_stage(name, args.strategy)),
+            **{k: metrics[k] for k in ("sentence_acc", "sentence_acc_ref", "intent_acc", "slot_f1")},
+        })
+    if "qat" in args.strategy:
+        int8_stage = next(s for s in stages if s.endswith("int8"))
+        report["qat_prediction_agreement"] = qat_agreement(trainer.model, task, test, int8_stage, threads)
+    write_report(report, compress_dir)
+    return report
+
+
+def write_report(report: dict, compress_dir: str) -> None:
+    save_json(os.path.join(compress_dir, "compress_report.json"), report)
+    rows = [[s["stage"], f"{100 * s['sentence_acc']:.2f}", f"{100 * s['sentence_acc_ref']:.2f}", f"{100 * s['intent_acc']:.2f}",
+             f"{100 * s['slot_f1']:.2f}", f"{s['size_mb']:.2f}", f"{s['parameters']:,}",
+             "" if s["wall_time_s"] is None else f"{s['wall_time_s']:.0f}"] for s in report["stages"]]
+    lines = markdown_table(["stage", "sentence acc", "sentence acc (ref)", "intent acc", "slot F1", "size (MB)", "parameters",
+                            "stage wall time (s)"], rows)
+    if "qat_prediction_agreement" in report:
+        lines.append(f"\nDynamic QAT model vs exported int8 graph: {100 * report['qat_prediction_agreement']:.2f} % of test predictions identical.")
+    write_text(os.path.join(compress_dir, "compress_report.md"), "\n".join(lines) + "\n")
+    logger.info("compression report:\n" + "\n".join(lines))

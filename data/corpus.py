@@ -1,0 +1,162 @@
+"""The NLPCC 2018 Task 4 corpus format: `session<TAB>query<TAB>intent<TAB>annotated query` lines,
+slots marked `<type>text</type>` or `<type>text||value</type>`, blank lines between sessions."""
+import dataclasses
+import os
+import re
+from typing import List, Optional, Sequence, Tuple
+
+from task import OUTSIDE_LABEL, LabelMaps, carries_token
+from utils import PROJECT_DIR, atomic_path
+
+# Where the corpus is looked for when no --corpus_file is given.
+CORPUS_SEARCH_PATH = [
+    os.path.join(PROJECT_DIR, "data", "nlpcc2018", "corpus.train.txt"),
+    os.path.join(PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt"),
+]
+
+
+class CorpusError(ValueError):
+    """A malformed corpus line; the message names file, line number and problem."""
+
+    def __init__(self, path: str, line_no: int, problem: str):
+        super().__init__(f"{path}:{line_no}: {problem}")
+        self.path, self.line_no, self.problem = path, line_no, problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    type: str
+    start: int  # character offset in the query, inclusive
+    end: int  # exclusive
+    value: str  # normalized entity (the `||value` correction, else the span text itself)
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    session_id: str
+    text: str
+    intent: str
+    slots: Tuple[Slot, ...] = ()
+    line_no: int = 0
+
+    @property
+    def has_correction(self) -> bool:
+        return any(slot.value != self.text[slot.start : slot.end] for slot in self.slots)
+
+    def char_tags(self) -> List[str]:
+        """BIO tag of every character of the query (spaces inside a slot get I-)."""
+        tags = [OUTSIDE_LABEL] * len(self.text)
+        for slot in self.slots:
+            tags[slot.start] = "B-" + slot.type
+            for i in range(slot.start + 1, slot.end):
+                tags[i] = "I-" + slot.type
+        return tags
+
+    def token_tags(self) -> List[str]:
+        """BIO tag of every token (every character that carries one, task.carries_token)."""
+        return [tag for ch, tag in zip(self.text, self.char_tags()) if carries_token(ch)]
+
+    def annotated(self) -> str:
+        """The query with `<slot>text||value</slot>` marks, as in the corpus."""
+        parts, cursor = [], 0
+        for slot in self.slots:
+            span = self.text[slot.start : slot.end]
+            inner = span if slot.value == span else f"{span}||{slot.value}"
+            parts += [self.text[cursor : slot.start], f"<{slot.type}>{inner}</{slot.type}>"]
+            cursor = slot.end
+        return "".join(parts) + self.text[cursor:]
+
+
+_TAG = re.compile(r"<(/?)([^<>]*)>")
+
+
+def parse_annotation(query: str, annotated: str, slot_types: Sequence[str]) -> Tuple[Slot, ...]:
+    """Slots of one annotated query; raises ValueError describing the first problem."""
+    parts = _TAG.split(annotated)  # text, "/"?, name, text, "/"?, name, ..., text
+    chunks, tags = parts[0::3], list(zip(parts[1::3], parts[2::3]))
+    slots, text, open_tag = [], "", None
+    for i, chunk in enumerate(chunks):
+        if "<" in chunk or ">" in chunk:
+            raise ValueError(f"stray '<' or '>' in annotation {annotated!r}")
+        if open_tag is None:
+            text += chunk
+        else:
+            span, sep, value = chunk.partition("||")
+            if not span or (sep and not value) or "||" in value:
+                raise ValueError(f"bad slot content {chunk!r} in <{open_tag}>")
+            slots.append(Slot(open_tag, len(text), len(text) + len(span), value if sep else span))
+            text += span
+        if i == len(tags):
+            break
+        slash, name = tags[i]
+        if name not in slot_types:
+            raise ValueError(f"unknown slot tag <{slash}{name}>")
+        if (slash == "/") != (open_tag is not None) or (slash and name != open_tag):
+            raise ValueError(f"unbalanced tag <{slash}{name}> (open: {open_tag})")
+        open_tag = None if slash else name
+    if open_tag is not None:
+        raise ValueError(f"unclosed tag <{open_tag}>")
+    if text != query:
+        raise ValueError(f"annotation without tags {text!r} does not reproduce the query {query!r}")
+    return tuple(slots)
+
+
+def read_corpus(path: str, labels: Optional[LabelMaps] = None) -> List[Utterance]:
+    """Every utterance of a corpus-format file (CRLF or LF); any malformed line raises
+    CorpusError naming the file, the line number and the problem."""
+    labels = labels or LabelMaps.from_files()
+    intents, slot_types = set(labels.intents), set(labels.slot_types)
+    with open(path, "rb") as f:
+        raw = f.read()
+    utterances = []
+    for line_no, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = line_bytes.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise CorpusError(path, line_no, f"not UTF-8 ({e.reason} at byte {e.start})") from None
+        if line_no == 1:
+            line = line.lstrip("\ufeff")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 4:
+            raise CorpusError(path, line_no, f"expected 4 TAB-separated fields, found {len(fields)}")
+        session_id, query, intent, annotated = fields
+        if not session_id.strip():
+            raise CorpusError(path, line_no, "empty session id")
+        if intent not in intents:
+            raise CorpusError(path, line_no, f"unknown intent {intent!r} (not in intent_label.txt)")
+        try:
+            slots = parse_annotation(query, annotated, slot_types)
+        except ValueError as e:
+            raise CorpusError(path, line_no, str(e)) from None
+        utterances.append(Utterance(session_id, query, intent, slots, line_no))
+    return utterances
+
+
+def write_corpus(path: str, utterances: Sequence[Utterance]) -> None:
+    """Write utterances in the corpus format, a blank line between sessions."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        previous = None
+        for utt in utterances:
+            if previous is not None and utt.session_id != previous:
+                f.write("\n")
+            f.write("\t".join([utt.session_id, utt.text, utt.intent, utt.annotated()]) + "\n")
+            previous = utt.session_id
+
+
+def find_corpus(corpus_file: Optional[str] = None) -> Optional[str]:
+    """The corpus given by flag, else the first one found on CORPUS_SEARCH_PATH, else None."""
+    if corpus_file:
+        if not os.path.isfile(corpus_file):
+            raise FileNotFoundError(f"corpus file not found: {corpus_file}")
+        return corpus_file
+    return next((os.path.normpath(p) for p in CORPUS_SEARCH_PATH if os.path.isfile(p)), None)
+
+
+def read_split(data_dir: str, name: str, labels: LabelMaps) -> List[Utterance]:
+    """train/dev/test.txt of data/prepare_data.py."""
+    path = os.path.join(data_dir, f"{name}.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py --output_dir {data_dir}` first")
+    return read_corpus(path, labels)

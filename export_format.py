@@ -1,0 +1,184 @@
+"""The export contract: what an exported model directory holds, written by `write` and read and
+validated by `read`. Every front end (run_eval.py, the FastDeploy demo, the benchmark, the C++
+demo and the Android app through deploy/cpp/slu.cc) reads directories through this contract;
+slu.cc checks the same keys and `tests/test_deploy_cpp.py` holds the two sides together.
+
+A directory (format_version 1):
+
+    model.pdmodel, model.pdiparams   the static graph and its weights (Paddle 2.x program)
+    vocab.txt                        one token per line, the line number is the id
+    intent_label.txt, slot_label.txt one label per line, the line number is the class id
+    inference_config.json            the keys below
+
+inference_config.json:
+
+    format_version        1; a reader refuses a version it does not know
+    max_seq_length        tokens per model window, [CLS] and [SEP] included (>= 3)
+    max_utterance_tokens  longest utterance (in tokens) a front end predicts; longer ones get an
+                          error record, never a truncated guess
+    vocab_size            lines of vocab.txt
+    special_tokens        {"pad", "cls", "sep", "unk"}: the tokens the windows are built from
+    num_intents           lines of intent_label.txt = width of the intent logits
+    num_slot_tags         lines of slot_label.txt = width of the slot logits
+    slotless_intents      intents that never carry a slot in training (reference-compatible metric)
+    inputs                [{"name": "input_ids", "dtype": "int64", "shape": [-1, -1]}]
+                          (batch of windows x tokens, padded with the pad token)
+    outputs               [{"role": "intent_logits", "name", "dtype": "float32", "shape": [-1, num_intents]},
+                           {"role": "slot_logits", "name", "dtype": "float32", "shape": [-1, -1, num_slot_tags]}]
+                          in the graph's fetch order
+    onednn_int8           Paddle Inference should run the graph on oneDNN's int8 kernels (QAT stages)
+    model                 what produced the graph ({"architecture", "from_scratch", "stage", ...}), informative
+"""
+import dataclasses
+import os
+from typing import Callable, List, Sequence, Tuple
+
+from task import (
+    CLS_TOKEN,
+    PAD_TOKEN,
+    SEP_TOKEN,
+    UNK_TOKEN,
+    CharTokenizer,
+    LabelMaps,
+    Task,
+)
+from utils import atomic_path, load_json, save_json, write_lines
+
+FORMAT_VERSION = 1
+GRAPH_FILE, PARAMS_FILE = "model.pdmodel", "model.pdiparams"
+GRAPH_PREFIX = "model"  # GRAPH_FILE and PARAMS_FILE without their extensions
+VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE = "vocab.txt", "intent_label.txt", "slot_label.txt"
+CONFIG_FILE = "inference_config.json"
+FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CONFIG_FILE]
+SPECIAL_TOKENS = {"pad": PAD_TOKEN, "cls": CLS_TOKEN, "sep": SEP_TOKEN, "unk": UNK_TOKEN}
+INPUT_NAME = "input_ids"
+OUTPUT_ROLES = ["intent_logits", "slot_logits"]
+MAX_UTTERANCE_TOKENS = 512
+REQUIRED_KEYS = ["format_version", "max_seq_length", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
+                 "num_slot_tags", "slotless_intents", "inputs", "outputs", "onednn_int8", "model"]
+
+# (input names, output names) of a graph written at a path prefix
+GraphWriter = Callable[[str], Tuple[List[str], List[str]]]
+
+
+class ExportError(ValueError):
+    """An exported directory that breaks the contract; the message names the file and the problem."""
+
+
+@dataclasses.dataclass
+class ExportedModel:
+    directory: str
+    config: dict
+    task: Task
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    @property
+    def graph_prefix(self) -> str:
+        return self.path(GRAPH_PREFIX)
+
+
+def write_vocab(directory: str, tokenizer: CharTokenizer) -> None:
+    write_lines(os.path.join(directory, VOCAB_FILE), tokenizer.vocab)
+
+
+def write_task_files(directory: str, task: Task) -> None:
+    """vocab.txt and the label files (also beside training checkpoints, so an output directory
+    can be exported or compressed later)."""
+    tokenizer, labels = task.tokenizer, task.labels
+    os.makedirs(directory, exist_ok=True)
+    write_vocab(directory, tokenizer)
+    write_lines(os.path.join(directory, INTENT_LABEL_FILE), labels.intents)
+    write_lines(os.path.join(directory, SLOT_LABEL_FILE), labels.slot_tags)
+
+
+def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict, onednn_int8: bool = False) -> ExportedModel:
+    """Write a complete exported directory: the graph (by `write_graph`, at the GRAPH_PREFIX
+    path), the task files and inference_config.json. It is built beside `directory`, validated,
+    and renamed into place, replacing any earlier one: readers never see half of it."""
+    with atomic_path(directory) as tmp:
+        os.makedirs(tmp)
+        input_names, output_names = write_graph(os.path.join(tmp, GRAPH_PREFIX))
+        if input_names != [INPUT_NAME] or len(output_names) != len(OUTPUT_ROLES):
+            raise ExportError(f"{directory}: the graph takes {input_names} and returns {len(output_names)} outputs; "
+                              f"the contract wants [{INPUT_NAME!r}] and {OUTPUT_ROLES}")
+        write_task_files(tmp, task)
+        n_intents, n_tags = len(task.labels.intents), len(task.labels.slot_tags)
+        save_json(os.path.join(tmp, CONFIG_FILE), {
+            "format_version": FORMAT_VERSION,
+            "max_seq_length": task.max_seq_length,
+            "max_utterance_tokens": MAX_UTTERANCE_TOKENS,
+            "vocab_size": len(task.tokenizer),
+            "special_tokens": SPECIAL_TOKENS,
+            "num_intents": n_intents,
+            "num_slot_tags": n_tags,
+            "slotless_intents": list(task.slotless_intents),
+            "inputs": [{"name": INPUT_NAME, "dtype": "int64", "shape": [-1, -1]}],
+            "outputs": [{"role": role, "name": name, "dtype": "float32", "shape": shape}
+                        for role, name, shape in zip(OUTPUT_ROLES, output_names, ([-1, n_intents], [-1, -1, n_tags]))],
+            "onednn_int8": onednn_int8,
+            "model": model_info,
+        })
+        read(tmp)
+    return read(directory)
+
+
+def read(directory: str) -> ExportedModel:
+    """Read an exported directory and check every file against inference_config.json; raises
+    ExportError naming the file and the problem."""
+    if not os.path.isdir(directory):
+        raise ExportError(f"{directory}: not a directory")
+    missing = [name for name in FILES if not os.path.isfile(os.path.join(directory, name))]
+    if missing:
+        raise ExportError(f"{directory}: missing {', '.join(missing)} (an exported directory holds {', '.join(FILES)})")
+    config_path = os.path.join(directory, CONFIG_FILE)
+    try:
+        config = load_json(config_path)
+    except ValueError as e:
+        raise ExportError(f"{config_path}: not valid JSON ({e})") from None
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version != FORMAT_VERSION:
+        raise ExportError(f"{config_path}: format_version {version!r}; this code reads format_version {FORMAT_VERSION} "
+                          "(re-export the model with this version of the project)")
+    absent = [k for k in REQUIRED_KEYS if k not in config]
+    if absent:
+        raise ExportError(f"{config_path}: lacks {', '.join(absent)}")
+
+    def check(ok: bool, path: str, problem: str):
+        if not ok:
+            raise ExportError(f"{os.path.join(directory, path)}: {problem}")
+
+    check(config["special_tokens"] == SPECIAL_TOKENS, CONFIG_FILE, f"special_tokens {config['special_tokens']} differ from {SPECIAL_TOKENS}")
+    check(isinstance(config["max_utterance_tokens"], int) and config["max_utterance_tokens"] >= 1, CONFIG_FILE,
+          "max_utterance_tokens must be a positive integer")
+    inputs = [i.get("name") for i in config["inputs"]]
+    roles = [o.get("role") for o in config["outputs"]]
+    check(inputs == [INPUT_NAME] and roles == OUTPUT_ROLES, CONFIG_FILE, f"inputs {inputs} / outputs {roles}: the contract wants "
+          f"[{INPUT_NAME!r}] / {OUTPUT_ROLES}")
+    try:
+        tokenizer = CharTokenizer.from_file(os.path.join(directory, VOCAB_FILE))
+    except ValueError as e:
+        raise ExportError(f"{os.path.join(directory, VOCAB_FILE)}: {e}") from None
+    check(len(tokenizer) == config["vocab_size"], VOCAB_FILE, f"{len(tokenizer)} tokens, inference_config.json says {config['vocab_size']}")
+    try:
+        labels = LabelMaps.from_files(os.path.join(directory, INTENT_LABEL_FILE), os.path.join(directory, SLOT_LABEL_FILE))
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    check(len(labels.intents) == config["num_intents"], INTENT_LABEL_FILE,
+          f"{len(labels.intents)} intents, inference_config.json says {config['num_intents']}")
+    check(len(labels.slot_tags) == config["num_slot_tags"], SLOT_LABEL_FILE,
+          f"{len(labels.slot_tags)} slot tags, inference_config.json says {config['num_slot_tags']}")
+    try:
+        task = Task(tokenizer, labels, config["max_seq_length"], config["slotless_intents"])
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"{config_path}: {e}") from None
+    return ExportedModel(directory, config, task)
+
+
+def check_graph_io(exported: ExportedModel, input_names: Sequence[str], num_outputs: int, runtime: str) -> None:
+    """What a runtime found in the graph against what the contract says it holds."""
+    expected = [i["name"] for i in exported.config["inputs"]]
+    if list(input_names) != expected or num_outputs != len(exported.config["outputs"]):
+        raise ExportError(f"{exported.path(GRAPH_FILE)}: {runtime} finds inputs {list(input_names)} and {num_outputs} outputs; "
+                          f"{CONFIG_FILE} declares {expected} and {len(exported.config['outputs'])}")

@@ -1,0 +1,95 @@
+"""Speed, memory and accuracy of one exported model on one backend with one thread count, measured
+in a fresh process (`measure_in_subprocess`): its RSS is its own, and FastDeploy never shares a
+process with paddle. Used by benchmarks/inference.py and run_distill.py.
+
+Batch-1 latency is split into tokenization, model and post-processing (decoding to the result
+record); batch-32 throughput runs over the whole test file; accuracy is scored on it too."""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from backends import open_predictor
+from data.corpus import read_corpus
+from predictor import describe, merge_windows
+from utils import pad_batch
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def measure(model_dir: str, backend: str, threads: int, test_file: str, num_utterances: int, warmup: int) -> dict:
+    """Measured in this process; see measure_in_subprocess."""
+    rss_before_model = rss_mb()
+    predictor = open_predictor(model_dir, backend, threads)
+    task = predictor.task
+    test = read_corpus(test_file, task.labels)
+    texts = [u.text for u in test]
+
+    def one(text):
+        t0 = time.perf_counter()
+        enc = task.encode(text)
+        ids = pad_batch(enc.windows, task.tokenizer.pad_id)
+        t1 = time.perf_counter()
+        intent_logits, slot_logits = predictor.logits_fn(ids)
+        t2 = time.perf_counter()
+        describe(merge_windows(intent_logits, slot_logits, [enc.windows])[0], enc, task.labels)
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2
+
+    latency_texts = [texts[i % len(texts)] for i in range(num_utterances)]
+    for text in latency_texts[:warmup]:
+        one(text)
+    phases = np.array([one(text) for text in latency_texts]) * 1000  # ms, [n, 3]
+    total = phases.sum(1)
+
+    predictor.predict(texts[:256], batch_size=32)  # warm-up of batch shapes
+    start = time.perf_counter()
+    predictor.predict(texts, batch_size=32)
+    throughput = len(texts) / (time.perf_counter() - start)
+
+    metrics = predictor.evaluate(test, batch_size=32)
+    return {
+        "latency_ms": {f"p{q}": float(np.percentile(total, q)) for q in (50, 90, 99)},
+        "latency_mean_ms": {name: float(phases[:, i].mean()) for i, name in enumerate(("tokenization", "model", "postprocess"))},
+        "latency_utterances": len(latency_texts),
+        "throughput_batch32_utt_per_s": throughput,
+        **{k: metrics[k] for k in ("sentence_acc", "sentence_acc_ref", "intent_acc", "slot_f1")},
+        "test_utterances": len(test),
+        "rss_before_model_mb": rss_before_model,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def measure_in_subprocess(model_dir: str, backend: str, threads: int, test_file: str, num_utterances: int = 1000,
+                          warmup: int = 50) -> dict:
+    """`measure` in a fresh Python process; a backend that cannot load or run the model gives
+    {"error": its own words} instead of a number."""
+    cell = {"model_dir": model_dir, "backend": backend, "threads": threads}
+    cmd = [sys.executable, "-m", "latency", "--model_dir", model_dir, "--backend", backend, "--threads", str(threads),
+           "--test_file", test_file, "--num_utterances", str(num_utterances), "--warmup", str(warmup)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode == 0:
+        return {**cell, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    # the backend's own words: which operators it lacks, and the final error line
+    output = (proc.stdout + "\n" + proc.stderr).splitlines()  # paddle2onnx reports on stdout
+    lines = [line.strip() for line in output if line.strip() and not line.strip().startswith("raise ")]
+    hints = [line for line in lines if any(k in line for k in ("not supported", "unsupported", "cannot run", "Error"))]
+    reason = " / ".join(dict.fromkeys(hints[-2:] or lines[-1:]))
+    return {**cell, "error": f"exit code {proc.returncode}: {reason[:400]}"}
+
+
+if __name__ == "__main__":  # the worker of measure_in_subprocess
+    parser = argparse.ArgumentParser()
+    for flag, kind in (("--model_dir", str), ("--backend", str), ("--threads", int), ("--test_file", str),
+                       ("--num_utterances", int), ("--warmup", int)):
+        parser.add_argument(flag, type=kind, required=True)
+    a = parser.parse_args()
+    print(json.dumps(measure(a.model_dir, a.backend, a.threads, a.test_file, a.num_utterances, a.warmup)))

@@ -1,0 +1,187 @@
+"""The task: labels, the character tokenizer, model windows and the BIO tag scheme, and `Task`,
+the one object that carries them (with the window length and the intents without slots) through
+training, compression, distillation, export and prediction. Plain Python + numpy."""
+import collections
+import dataclasses
+import os
+import unicodedata
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from utils import PROJECT_DIR, read_lines
+
+DEFAULT_INTENT_LABEL_FILE = os.path.join(PROJECT_DIR, "data", "intent_label.txt")
+DEFAULT_SLOT_LABEL_FILE = os.path.join(PROJECT_DIR, "data", "slot_label.txt")
+
+PAD_LABEL, OUTSIDE_LABEL = "PAD", "O"
+PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, MASK_TOKEN = "[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"
+SPECIAL_TOKENS = [PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, MASK_TOKEN]
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+@dataclasses.dataclass
+class LabelMaps:
+    intents: List[str]
+    slot_tags: List[str]  # PAD, O, B-x, I-x, ...
+
+    def __post_init__(self):
+        for name, labels in (("intent", self.intents), ("slot", self.slot_tags)):
+            duplicates = sorted(label for label, n in collections.Counter(labels).items() if n > 1)
+            if duplicates:
+                raise ValueError(f"duplicate {name} labels {duplicates}")
+        if PAD_LABEL not in self.slot_tags or OUTSIDE_LABEL not in self.slot_tags:
+            raise ValueError(f"slot tags must include {PAD_LABEL} and {OUTSIDE_LABEL}")
+
+    @classmethod
+    def from_files(cls, intent_file: str = DEFAULT_INTENT_LABEL_FILE, slot_file: str = DEFAULT_SLOT_LABEL_FILE) -> "LabelMaps":
+        intents, slot_tags = read_lines(intent_file), read_lines(slot_file)
+        try:
+            return cls(intents, slot_tags)
+        except ValueError as e:
+            raise ValueError(f"{intent_file}, {slot_file}: {e}") from None
+
+    @property
+    def intent_id(self) -> Dict[str, int]:
+        return {label: i for i, label in enumerate(self.intents)}
+
+    @property
+    def slot_id(self) -> Dict[str, int]:
+        return {label: i for i, label in enumerate(self.slot_tags)}
+
+    @property
+    def pad_slot_id(self) -> int:
+        return self.slot_tags.index(PAD_LABEL)
+
+    @property
+    def slot_types(self) -> List[str]:
+        return [tag[2:] for tag in self.slot_tags if tag.startswith("B-")]
+
+
+def bio_spans(tags: Sequence[str]) -> List[Tuple[str, int, int]]:
+    """(type, start, end-exclusive) spans, conlleval style: an I- tag that does not continue a
+    span of its own type starts one; PAD and O end spans."""
+    spans, current = [], None
+    for i, tag in enumerate(list(tags) + [OUTSIDE_LABEL]):
+        prefix, kind = (tag[:2], tag[2:]) if tag[:2] in ("B-", "I-") else ("", None)
+        if current and (prefix != "I-" or kind != current[0]):
+            spans.append((current[0], current[1], i))
+            current = None
+        if prefix == "B-" or (prefix == "I-" and current is None):
+            current = (kind, i)
+    return spans
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+def normalize_char(ch: str) -> str:
+    """Full-width -> half-width and lower case (ERNIE vocabularies are uncased), one char to one."""
+    folded = unicodedata.normalize("NFKC", ch).lower()
+    return folded if len(folded) == 1 else ch.lower()
+
+
+def carries_token(ch: str) -> bool:
+    """Whitespace and invisible characters (controls such as NUL, format characters such as the
+    zero-width space or a BOM) carry no token and no tag; every other character carries one."""
+    return not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf")
+
+
+class CharTokenizer:
+    """One token per visible character of the query (see carries_token).
+
+    ERNIE's Chinese vocabularies hold every CJK character, digit and Latin letter as a token,
+    so per-character tokens keep the character <-> token <-> tag alignment exact by
+    construction (a WordPiece split of "la la" or "13812345678" would not). A slot's character
+    span still covers the spaces inside it."""
+
+    def __init__(self, vocab: Sequence[str]):
+        self.vocab = list(vocab)
+        self.token_to_id = {tok: i for i, tok in enumerate(self.vocab)}
+        if len(self.token_to_id) != len(self.vocab):
+            repeated = sorted(t for t, n in collections.Counter(self.vocab).items() if n > 1)
+            raise ValueError(f"vocabulary has repeated tokens {repeated[:5]}")
+        missing = [t for t in SPECIAL_TOKENS if t not in self.token_to_id]
+        if missing:
+            raise ValueError(f"vocabulary lacks special tokens {missing}")
+        self.pad_id, self.cls_id, self.sep_id, self.unk_id = (
+            self.token_to_id[t] for t in (PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, UNK_TOKEN)
+        )
+
+    @classmethod
+    def from_file(cls, path: str) -> "CharTokenizer":
+        # Not read_lines: a vocabulary may hold tokens that are whitespace-only lines elsewhere.
+        with open(path, encoding="utf-8") as f:
+            return cls([line.rstrip("\r\n") for line in f])
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_freq: int = 1, max_size: Optional[int] = None) -> "CharTokenizer":
+        """Vocabulary from training text: special tokens, then characters by frequency (ties by
+        code point, so the result is deterministic)."""
+        counts = collections.Counter(normalize_char(ch) for text in texts for ch in text if carries_token(ch))
+        chars = sorted((c for c, n in counts.items() if n >= min_freq and c not in SPECIAL_TOKENS), key=lambda c: (-counts[c], c))
+        if max_size is not None:
+            chars = chars[: max_size - len(SPECIAL_TOKENS)]
+        return cls(SPECIAL_TOKENS + chars)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def tokenize(self, text: str) -> Tuple[List[int], List[int]]:
+        """Token ids and, for each token, the offset of its character in `text`."""
+        ids, offsets = [], []
+        for i, ch in enumerate(text):
+            if carries_token(ch):
+                ids.append(self.token_to_id.get(normalize_char(ch), self.unk_id))
+                offsets.append(i)
+        return ids, offsets
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def window_bounds(num_tokens: int, window: int) -> List[Tuple[int, int]]:
+    """Consecutive token windows covering a whole utterance (one, possibly empty, at least)."""
+    return [(s, min(s + window, num_tokens)) for s in range(0, max(num_tokens, 1), window)]
+
+
+@dataclasses.dataclass
+class Encoded:
+    text: str
+    offsets: List[int]  # character offset of every token
+    windows: List[List[int]]  # [CLS] + up to max_seq_length-2 token ids + [SEP]
+
+
+@dataclasses.dataclass
+class Task:
+    """What a model is trained for and what its exported directory must describe."""
+
+    tokenizer: CharTokenizer
+    labels: LabelMaps
+    max_seq_length: int  # tokens per model window, [CLS] and [SEP] included
+    slotless_intents: List[str]  # intents that never carry a slot in training (lenient metric)
+
+    def __post_init__(self):
+        if self.max_seq_length < 3:
+            raise ValueError(f"max_seq_length {self.max_seq_length}: must hold [CLS], one token and [SEP]")
+        unknown = sorted(set(self.slotless_intents) - set(self.labels.intents))
+        if unknown:
+            raise ValueError(f"intents without slots {unknown} are not intent labels")
+
+    def encode(self, text: str) -> Encoded:
+        """Model windows of an utterance, so that no character is left unscored."""
+        ids, offsets = self.tokenizer.tokenize(text)
+        tok = self.tokenizer
+        bounds = window_bounds(len(ids), self.max_seq_length - 2)
+        return Encoded(text, offsets, [[tok.cls_id] + ids[s:e] + [tok.sep_id] for s, e in bounds])
+
+    def labelled_windows(self, utt) -> List[dict]:
+        """Model rows of a corpus utterance with their labels, one per window. Training keeps
+        the first (i.e. truncates); evaluation keeps all, so the whole utterance is scored."""
+        enc = self.encode(utt.text)
+        slot_id, pad = self.labels.slot_id, self.labels.pad_slot_id
+        tags = [slot_id[tag] for tag in utt.token_tags()]
+        bounds = window_bounds(len(tags), self.max_seq_length - 2)
+        intent = self.labels.intent_id[utt.intent]
+        return [{"input_ids": ids, "intent_label": intent, "slot_labels": [pad] + tags[s:e] + [pad]}
+                for ids, (s, e) in zip(enc.windows, bounds)]

@@ -1,0 +1,146 @@
+"""Paddle-side steps shared by run_train.py, compression and run_distill.py: CPU setup, logging,
+the Trainer over a Task, the dynamic graph as a logits function, and static export."""
+import logging
+import os
+import sys
+from typing import List, Tuple
+
+import numpy as np
+import paddle
+from paddlenlp.datasets import MapDataset
+from paddlenlp.trainer import Trainer
+from paddlenlp.transformers import ErnieTokenizer
+from paddlenlp.utils.log import logger as paddlenlp_logger
+
+import export_format
+from data.corpus import Utterance
+from model import JointLoss, offline_hint
+from predictor import LogitsFn, merge_windows, score
+from task import CharTokenizer, Task
+from utils import cpu_threads, pad_batch, prefer_avx2_mkl
+
+logger = logging.getLogger("ernie_tiny_slu")
+
+
+def configure_cpu(threads: int) -> int:
+    """MKL's AVX2 kernels on AMD CPUs and `threads` math threads (0 = one per core), returned.
+    The environment may export OMP_NUM_THREADS=1, which halves matmul speed on 2 cores, so the
+    scripts always call this with an explicit flag and log the result."""
+    prefer_avx2_mkl()
+    n = cpu_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    paddle.set_num_threads(n) if hasattr(paddle, "set_num_threads") else paddle.base.core.set_num_threads(n)
+    return n
+
+
+def setup_logging(output_dir: str, log_name: str = "train.log") -> None:
+    """This project's and PaddleNLP's log lines to stdout and to <output_dir>/<log_name>."""
+    os.makedirs(output_dir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(output_dir, log_name), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for log in (logger, paddlenlp_logger.logger):
+        log.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # paddlenlp configures the root logger too; print once
+    logger.addHandler(logging.StreamHandler(sys.stdout))
+
+
+def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
+    """The character tokenizer over a pretrained model's vocabulary (local vocab.txt or hub)."""
+    vocab_file = os.path.join(name_or_dir, export_format.VOCAB_FILE)
+    if os.path.isfile(vocab_file):
+        return CharTokenizer.from_file(vocab_file)
+    try:
+        return CharTokenizer(ErnieTokenizer.from_pretrained(name_or_dir).vocab.idx_to_token)
+    except OSError as e:
+        raise OSError(offline_hint(name_or_dir)) from e
+
+
+# ----------------------------------------------------------------------------- Trainer
+
+
+def window_ids(task: Task, utterances: List[Utterance]) -> List[List[List[int]]]:
+    """The id rows of every window of every utterance: how evaluation logits merge back."""
+    return [task.encode(u.text).windows for u in utterances]
+
+
+def make_collator(pad_id: int, pad_slot_id: int):
+    def collate(rows):
+        return {
+            "input_ids": pad_batch([r["input_ids"] for r in rows], pad_id),
+            "intent_label": np.array([r["intent_label"] for r in rows], dtype="int64"),
+            "slot_labels": pad_batch([r["slot_labels"] for r in rows], pad_slot_id),
+        }
+
+    return collate
+
+
+def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance], training_args,
+                  slot_loss_weight: float = 1.0) -> Trainer:
+    """The Trainer over `task`: the first window of every training utterance (longer ones are
+    truncated, counted in the log), every window of dev, metrics on whole dev utterances."""
+    train_rows, truncated = [], 0
+    for utt in train:
+        windows = task.labelled_windows(utt)
+        train_rows.append(windows[0])
+        truncated += len(windows) > 1
+    logger.info(f"max_seq_length {task.max_seq_length}: {truncated} of {len(train)} training utterances "
+                f"truncated for training; evaluation scores whole utterances")
+    dev_windows = window_ids(task, dev)
+
+    def compute_metrics(p):
+        intent_logits, slot_logits = p.predictions
+        metrics = score(dev, merge_windows(intent_logits, slot_logits, dev_windows), task)
+        metrics.pop("per_intent")  # the Trainer logs scalars only
+        return metrics
+
+    return Trainer(
+        model=model,
+        args=training_args,
+        criterion=JointLoss(task.labels.pad_slot_id, slot_loss_weight),
+        train_dataset=MapDataset(train_rows),
+        eval_dataset=MapDataset([row for utt in dev for row in task.labelled_windows(utt)]),
+        data_collator=make_collator(task.tokenizer.pad_id, task.labels.pad_slot_id),
+        compute_metrics=compute_metrics,
+    )
+
+
+# ----------------------------------------------------------------------------- dynamic and static graphs
+
+
+def dynamic_logits_fn(model) -> LogitsFn:
+    """predictor.LogitsFn over a dygraph model (fp32, DynaBERT or QAT-wrapped), in eval mode."""
+    model.eval()
+
+    def logits_fn(input_ids):
+        with paddle.no_grad():
+            intent_logits, slot_logits = model(paddle.to_tensor(input_ids))
+        return intent_logits.numpy(), slot_logits.numpy()
+
+    return logits_fn
+
+
+def graph_io(path_prefix: str) -> Tuple[List[str], List[str]]:
+    """Feed and fetch names of a static graph saved at `path_prefix`."""
+    paddle.enable_static()
+    try:
+        program, feeds, fetches = paddle.static.load_inference_model(path_prefix, paddle.static.Executor(paddle.CPUPlace()))
+        return list(feeds), [v.name for v in fetches]
+    finally:
+        paddle.disable_static()
+
+
+def save_static_graph(model, path_prefix: str) -> Tuple[List[str], List[str]]:
+    """<prefix>.pdmodel/.pdiparams with dynamic batch and sequence length; returns its feed and
+    fetch names (an export_format.GraphWriter)."""
+    model.eval()
+    spec = [paddle.static.InputSpec([None, None], "int64", export_format.INPUT_NAME)]
+    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
+    paddle.jit.save(static, path_prefix)
+    static.forward.rollback()  # to_static converted the layer in place; later training stays dygraph
+    return graph_io(path_prefix)
+
+
+def export(model, task: Task, directory: str, model_info: dict) -> export_format.ExportedModel:
+    """A dygraph model as a complete exported directory (export_format)."""
+    return export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info)
