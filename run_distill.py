@@ -7,7 +7,7 @@ recipe (jieba data augmentation, MSE on logits) and vanilla KD, applied to joint
 
 1. Student alone: the Bi-LSTM (model.BiLSTMJoint, the teacher's character vocabulary) trained on
    the gold labels of the training split.
-2. --augment_copies seeded, slot-preserving copies of every training utterance (utils.augment:
+2. --augment_copies seeded, slot-preserving copies of every training utterance (data/augment.py:
    word masking, same part-of-speech / same slot-type substitution, n-gram sampling).
 3. The teacher (an exported model, run by Paddle Inference) gives its intent and slot logits for
    the gold and augmented rows; they are cached in --teacher_logits_file and reused while the rows
@@ -20,12 +20,9 @@ recipe (jieba data augmentation, MSE on logits) and vanilla KD, applied to joint
    compare teacher, compressed ERNIE (--compressed_dir), student alone and distilled student on
    the test split: accuracy, size and batch-1 latency per backend, measured in this run.
 """
-import utils  # first: it configures the CPU math library before paddle loads it
-
 import copy
 import os
 import time
-import types
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -33,16 +30,28 @@ import numpy as np
 import paddle
 from paddlenlp.trainer import PdArgumentParser
 
-from benchmarks import inference as bench
+from backends import BACKENDS, check_backend, model_size_mb, open_predictor
+from data.augment import augment_corpus
+from data.corpus import read_corpus, read_split
+from latency import measure_in_subprocess
 from model import BiLSTMJoint, DistillLoss, JointLoss
-from run_train import dynamic_logits_fn, make_collator, read_split, save_static_graph, setup_logging, write_inference_files
-from utils import logger
+from predictor import Predictor
+from task import Task
+from training import (
+    configure_cpu,
+    dynamic_logits_fn,
+    export,
+    logger,
+    make_collator,
+    setup_logging,
+)
+from utils import PROJECT_DIR, markdown_table, pad_batch, save_json, write_text
 
 
 @dataclass
 class DistillArguments:
     teacher_dir: str = field(default="output/demo/infer_model", metadata={"help": "The teacher: an exported fp32 model directory."})
-    data_dir: str = field(default=os.path.join(utils.DATA_DIR, "prepared"), metadata={"help": "train/dev/test.txt of prepare_data.py."})
+    data_dir: str = field(default=os.path.join(PROJECT_DIR, "data", "prepared"), metadata={"help": "train/dev/test.txt of prepare_data.py."})
     output_dir: str = field(default="output/distill", metadata={"help": "Students, teacher logits, log and report."})
     compressed_dir: Optional[str] = field(default=None, metadata={"help": "A compressed ERNIE stage to compare with (optional)."})
     objective: str = field(default="kd", metadata={"help": "kd (soft cross-entropy + gold; measured best here) or mse (logits, the tutorial's choice)."})
@@ -61,17 +70,18 @@ class DistillArguments:
     batch_size: int = field(default=64, metadata={"help": "Training batch size."})
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, shuffling and augmentation."})
     cpu_threads: int = field(default=0, metadata={"help": "CPU math threads; 0 = one per core."})
-    latency_backends: str = field(default="paddle,ort", metadata={"help": "Backends of the latency comparison, comma-separated: paddle, ort, openvino."})
+    latency_backends: str = field(default="paddle-inference,fastdeploy-ort",
+                                  metadata={"help": f"Backends of the latency comparison, comma-separated, from {', '.join(BACKENDS)}."})
     latency_utterances: int = field(default=1000, metadata={"help": "Test utterances timed at batch 1 per model."})
 
 
-def gold_rows(utterances, tokenizer, labels, max_seq_length, has_gold: bool) -> List[dict]:
+def gold_rows(utterances, task: Task, has_gold: bool) -> List[dict]:
     """One training row per utterance: its first window (training truncates, as run_train.py)."""
-    rows = [utils.labelled_windows(tokenizer, u, labels, max_seq_length)[0] for u in utterances]
+    rows = [task.labelled_windows(u)[0] for u in utterances]
     return [{**row, "has_gold": float(has_gold)} for row in rows]
 
 
-def teacher_logits(teacher: utils.InferenceModel, rows: List[dict], cache: str) -> None:
+def teacher_logits(teacher: Predictor, rows: List[dict], cache: str) -> None:
     """Adds the teacher's logits to every row; reuses `cache` when it was made for the same rows."""
     ids = [np.asarray(r["input_ids"]) for r in rows]
     flat_ids = np.concatenate(ids)
@@ -87,7 +97,7 @@ def teacher_logits(teacher: utils.InferenceModel, rows: List[dict], cache: str) 
         start, intent, slots = time.time(), [], []
         for b in range(0, len(ids), 256):
             batch = ids[b : b + 256]
-            i_logits, s_logits = teacher.logits(utils.pad_batch(batch, teacher.tokenizer.pad_id))
+            i_logits, s_logits = teacher.logits_fn(pad_batch(batch, teacher.task.tokenizer.pad_id))
             intent.append(i_logits)
             slots += [s_logits[k, : len(row)] for k, row in enumerate(batch)]
         intent, slots = np.concatenate(intent), np.concatenate(slots)
@@ -98,8 +108,9 @@ def teacher_logits(teacher: utils.InferenceModel, rows: List[dict], cache: str) 
         row["teacher_intent"], row["teacher_slots"] = intent[k], slots[offsets[k] : offsets[k + 1]]
 
 
-def make_batch(rows, tokenizer, labels):
-    """run_train's training batch (ids, intent, slot tags) plus what distillation adds."""
+def make_batch(rows, task: Task):
+    """The Trainer's training batch (ids, intent, slot tags) plus what distillation adds."""
+    tokenizer, labels = task.tokenizer, task.labels
     batch = make_collator(tokenizer.pad_id, labels.pad_slot_id)(rows)
     ids = batch["input_ids"]
     batch["has_gold"] = np.array([r["has_gold"] for r in rows], dtype="float32")
@@ -115,7 +126,7 @@ def make_batch(rows, tokenizer, labels):
     return batch
 
 
-def fit(name, model, rows, loss_of_batch, dev, tokenizer, labels, slotless, args, max_seq_length):
+def fit(name, model, rows, loss_of_batch, dev, task: Task, args):
     """AdamW over shuffled rows; the epoch with the best dev sentence accuracy is kept."""
     optimizer = paddle.optimizer.AdamW(learning_rate=args.learning_rate, parameters=model.parameters())
     rng, best = np.random.RandomState(args.seed), (-1.0, None, 0)
@@ -124,12 +135,12 @@ def fit(name, model, rows, loss_of_batch, dev, tokenizer, labels, slotless, args
         model.train()
         order = rng.permutation(len(rows))
         for b in range(0, len(order), args.batch_size):
-            loss = loss_of_batch(model, make_batch([rows[i] for i in order[b : b + args.batch_size]], tokenizer, labels))
+            loss = loss_of_batch(model, make_batch([rows[i] for i in order[b : b + args.batch_size]], task))
             loss.backward()
             optimizer.step()
             optimizer.clear_grad()
             model_losses.append(float(loss))
-        dev_metrics = utils.evaluate_utterances(dev, tokenizer, dynamic_logits_fn(model), labels, max_seq_length, slotless)
+        dev_metrics = Predictor(task, dynamic_logits_fn(model)).evaluate(dev)
         logger.info(f"{name} epoch {epoch}/{args.num_train_epochs}: loss {np.mean(model_losses):.4f}, dev sentence_acc "
                     f"{dev_metrics['sentence_acc']:.4f}, intent_acc {dev_metrics['intent_acc']:.4f}, slot_f1 "
                     f"{dev_metrics['slot_f1']:.4f} ({time.time() - start:.0f} s, {len(rows)} rows)")
@@ -140,24 +151,20 @@ def fit(name, model, rows, loss_of_batch, dev, tokenizer, labels, slotless, args
     return model
 
 
-def export_student(model, tokenizer, labels, teacher_config: dict, directory: str) -> str:
+def export_student(model, task: Task, directory: str) -> str:
     model.save(directory)
-    export_dir = os.path.join(directory, "infer_model")
-    save_static_graph(model, os.path.join(export_dir, "model"))
-    write_inference_files(export_dir, tokenizer, labels, {**teacher_config, "architecture": "bilstm-student", "from_scratch": True,
-                                                          "onednn_int8": False})
-    return export_dir
+    return export(model, task, os.path.join(directory, "infer_model"), {"architecture": "bilstm-student", "from_scratch": True}).directory
 
 
 def compare(models: dict, test_file: str, args) -> dict:
     """Test metrics (Paddle Inference) and batch-1 latency per backend (a fresh process each)."""
-    test = utils.read_corpus(test_file)
-    timing = types.SimpleNamespace(test_file=test_file, num_utterances=args.latency_utterances, warmup=50)
     rows = {}
     for name, directory in models.items():
-        metrics = utils.InferenceModel(directory, cpu_threads=args.cpu_threads).evaluate(test)
-        cells = {backend: bench.run_cell(directory, backend, 1, timing) for backend in args.latency_backends.split(",")}
-        rows[name] = {"dir": directory, "size_mb": utils.model_size_mb(directory),
+        predictor = open_predictor(directory, "paddle-inference", args.cpu_threads)
+        metrics = predictor.evaluate(read_corpus(test_file, predictor.task.labels))
+        cells = {backend: measure_in_subprocess(directory, backend, 1, test_file, args.latency_utterances)
+                 for backend in args.latency_backends.split(",")}
+        rows[name] = {"dir": directory, "size_mb": model_size_mb(directory),
                       **{k: metrics[k] for k in ("intent_acc", "slot_f1", "sentence_acc", "sentence_acc_ref")},
                       "latency_p50_ms": {b: c.get("latency_ms", {}).get("p50") for b, c in cells.items()},
                       "latency_error": {b: c["error"] for b, c in cells.items() if "error" in c}}
@@ -166,65 +173,61 @@ def compare(models: dict, test_file: str, args) -> dict:
 
 
 def write_report(report: dict, output_dir: str) -> None:
-    utils.save_json(os.path.join(output_dir, "distill_report.json"), report)
+    save_json(os.path.join(output_dir, "distill_report.json"), report)
+    header = ["model", "intent acc", "slot F1", "sentence acc", "sentence acc (ref)", "size (MB)"]
+    header += [f"batch-1 p50 {b} (ms)" for b in report["latency_backends"]]
+    rows = [[name, f"{100 * r['intent_acc']:.2f}", f"{100 * r['slot_f1']:.2f}", f"{100 * r['sentence_acc']:.2f}",
+             f"{100 * r['sentence_acc_ref']:.2f}", f"{r['size_mb']:.2f}"]
+            + [f"{r['latency_p50_ms'][b]:.3f}" if r["latency_p50_ms"][b] is not None else "cannot run" for b in report["latency_backends"]]
+            for name, r in report["models"].items()]
     lines = [f"objective {report['objective']}, {report['augmented_rows']} augmented rows; batch-1 latency: "
-             f"1 thread, {report['latency_utterances']} test utterances", "",
-             "| model | intent acc | slot F1 | sentence acc | sentence acc (ref) | size (MB) | "
-             + " | ".join(f"batch-1 p50 {b} (ms)" for b in report["latency_backends"]) + " |",
-             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(report["latency_backends"])]
-    for name, r in report["models"].items():
-        latency = [f"{r['latency_p50_ms'][b]:.3f}" if r["latency_p50_ms"][b] is not None else "cannot run" for b in report["latency_backends"]]
-        lines.append(f"| {name} | {100 * r['intent_acc']:.2f} | {100 * r['slot_f1']:.2f} | {100 * r['sentence_acc']:.2f} "
-                     f"| {100 * r['sentence_acc_ref']:.2f} | {r['size_mb']:.2f} | " + " | ".join(latency) + " |")
+             f"1 thread, {report['latency_utterances']} test utterances", ""] + markdown_table(header, rows)
     lines += ["", f"Share of the teacher - student-alone sentence-accuracy gap recovered by distillation: "
                   f"{100 * report['gap_recovered']:.1f} %" if report["gap_recovered"] is not None else "",
               "Teacher / distilled student batch-1 latency: "
               + ", ".join(f"{ratio:.2f}x on {b}" for b, ratio in report["latency_ratio"].items() if ratio)]
     lines += [f"{name} cannot run on {b}: {error}" for name, r in report["models"].items() for b, error in r["latency_error"].items()]
-    with open(os.path.join(output_dir, "distill_report.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(output_dir, "distill_report.md"), "\n".join(lines) + "\n")
     logger.info("distillation report:\n" + "\n".join(lines))
 
 
 def main(argv=None):
     (args,) = PdArgumentParser((DistillArguments,)).parse_args_into_dataclasses(args=argv)
-    unknown = set(args.latency_backends.split(",")) - set(bench.BACKENDS)
-    if unknown:
-        raise ValueError(f"--latency_backends: unknown {sorted(unknown)}; choose from {sorted(bench.BACKENDS)}")
-    setup_logging(args.output_dir)
-    threads = utils.set_cpu_threads(args.cpu_threads)
+    for backend in args.latency_backends.split(","):
+        check_backend(backend)
+    setup_logging(args.output_dir, "distill.log")
+    threads = configure_cpu(args.cpu_threads)
     paddle.seed(args.seed)
-    teacher = utils.InferenceModel(args.teacher_dir, cpu_threads=threads)
-    tokenizer, labels, max_seq_length = teacher.tokenizer, teacher.labels, teacher.config["max_seq_length"]
-    train, dev = (read_split(args.data_dir, name, labels) for name in ("train", "dev"))
-    slotless = teacher.config["slotless_intents"]
+    teacher = open_predictor(args.teacher_dir, "paddle-inference", threads)
+    task = teacher.task
+    train, dev = (read_split(args.data_dir, name, task.labels) for name in ("train", "dev"))
     logger.info(f"teacher {args.teacher_dir}; data {args.data_dir}: train {len(train)}, dev {len(dev)}; CPU threads {threads}")
-    new_student = lambda: BiLSTMJoint(len(tokenizer), len(labels.intents), len(labels.slot_tags), tokenizer.pad_id,
+    new_student = lambda: BiLSTMJoint(len(task.tokenizer), len(task.labels.intents), len(task.labels.slot_tags), task.tokenizer.pad_id,
                                       args.embedding_dim, args.hidden_size, args.dropout)
 
-    gold = gold_rows(train, tokenizer, labels, max_seq_length, has_gold=True)
-    joint_loss = JointLoss(labels.pad_slot_id)
+    gold = gold_rows(train, task, has_gold=True)
+    joint_loss = JointLoss(task.labels.pad_slot_id)
     paddle.seed(args.seed)
     alone = fit("student alone", new_student(), gold, lambda m, b: joint_loss(m(b["input_ids"]), (b["intent_label"], b["slot_labels"])),
-                dev, tokenizer, labels, slotless, args, max_seq_length)
+                dev, task, args)
 
-    augmented = utils.augment_corpus(train, args.augment_copies, args.seed, p_mask=args.p_mask,
-                                     p_substitute=args.p_substitute, p_ngram=args.p_ngram)
+    augmented = augment_corpus(train, args.augment_copies, args.seed, p_mask=args.p_mask,
+                               p_substitute=args.p_substitute, p_ngram=args.p_ngram)
     logger.info(f"augmentation: {len(augmented)} new rows from {len(train)} training utterances x {args.augment_copies}")
-    rows = gold + gold_rows(augmented, tokenizer, labels, max_seq_length, has_gold=False)
+    rows = gold + gold_rows(augmented, task, has_gold=False)
     teacher_logits(teacher, rows, args.teacher_logits_file or os.path.join(args.output_dir, "teacher_logits.npz"))
-    distill_loss = DistillLoss(labels.pad_slot_id, args.objective, args.temperature, args.alpha)
+    distill_loss = DistillLoss(task.labels.pad_slot_id, args.objective, args.temperature, args.alpha)
     paddle.seed(args.seed)
     distilled = fit("distilled student", new_student(), rows,
                     lambda m, b: distill_loss(m(b["input_ids"]), (b["teacher_intent"], b["teacher_slots"]), b["token_mask"],
                                               (b["intent_label"], b["slot_labels"], b["has_gold"])),
-                    dev, tokenizer, labels, slotless, args, max_seq_length)
+                    dev, task, args)
 
     models = {"teacher (fp32 ERNIE)": args.teacher_dir}
     if args.compressed_dir:
         models["compressed ERNIE"] = args.compressed_dir
-    models["student alone"] = export_student(alone, tokenizer, labels, teacher.config, os.path.join(args.output_dir, "student_alone"))
-    models["distilled student"] = export_student(distilled, tokenizer, labels, teacher.config, os.path.join(args.output_dir, "distilled"))
+    models["student alone"] = export_student(alone, task, os.path.join(args.output_dir, "student_alone"))
+    models["distilled student"] = export_student(distilled, task, os.path.join(args.output_dir, "distilled"))
     results = compare(models, os.path.join(args.data_dir, "test.txt"), args)
     t, a, d = (results[k] for k in ("teacher (fp32 ERNIE)", "student alone", "distilled student"))
     gap = t["sentence_acc"] - a["sentence_acc"]

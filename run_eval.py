@@ -1,36 +1,39 @@
-"""Evaluate or run an exported model (any stage: infer_model/, compress/stages/*) through Paddle
-Inference on the CPU.
+"""Evaluate or run an exported model (any stage: infer_model/, compress/stages/*) on the CPU, through
+Paddle Inference by default or any backend of backends.py (--backend).
 
     python run_eval.py --model_dir output/demo/infer_model --eval_file data/prepared/test.txt
     python run_eval.py --model_dir output/demo/infer_model --text 导航去北京 --text 打电话给老王
     python run_eval.py --model_dir output/demo/infer_model --input_file utterances.txt   # one per line
     echo 播放周杰伦的稻香 | python run_eval.py --model_dir output/demo/infer_model     # stdin
 
-Prediction prints one JSON object per input line: text, intent, confidence and slots as
-{slot, entity, pos: [first, last]} (inclusive character offsets into the text as given).
-An empty line gives {"text": "", "error": "empty utterance"} instead of a guess. Utterances longer
-than the model window (max_seq_length - 2 characters) are predicted in consecutive windows, as in
-evaluation, and reported on stderr; characters outside the vocabulary are read as [UNK].
+Prediction prints one JSON object per input line, the result record of predictor.py: text,
+intent, confidence and slots as {slot, entity, pos: [first, last]} (inclusive character offsets
+into the text as given). A line with no visible character gives {"text": ..., "error": "empty
+utterance"} instead of a guess, an over-long one (inference_config.json's max_utterance_tokens)
+an error record too. Utterances longer than the model window (max_seq_length - 2 characters) are
+predicted in consecutive windows, as in evaluation, and reported on stderr; characters outside
+the vocabulary are read as [UNK]. Output files are written whole or not at all.
 """
-import utils  # first: it configures the CPU math library before paddle loads it
-
 import argparse
 import json
 import sys
 
-from utils import InferenceModel
+from backends import BACKENDS, open_predictor
+from data.corpus import read_corpus
+from utils import write_text
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="exported directory: model.pdmodel/.pdiparams, vocab.txt, labels, inference_config.json")
+    parser.add_argument("--model_dir", required=True, help="exported directory (export_format.py): graph, vocab, labels, inference_config.json")
     parser.add_argument("--eval_file", help="labelled file in the corpus format (e.g. a prepared test.txt): print metrics")
     parser.add_argument("--text", action="append", default=[], help="an utterance to predict; repeat for more")
     parser.add_argument("--input_file", help="utterances to predict, one per line ('-' for stdin)")
     parser.add_argument("--output_file", help="write the JSON lines / metrics here instead of stdout")
+    parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS),
+                        help="runtime (backends.py); the fastdeploy-* ones need a process without paddle, which this script keeps")
     parser.add_argument("--batch_size", type=int, default=64, help="windows per inference call")
     parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads; 0 = one per core")
-    parser.add_argument("--no_onednn", action="store_true", help="plain CPU kernels instead of oneDNN")
     return parser.parse_args(argv)
 
 
@@ -45,34 +48,26 @@ def read_utterances(args) -> list:
     return lines
 
 
-def predict(model: InferenceModel, texts: list, batch_size: int) -> list:
-    """Results in input order; empty utterances get an explicit error record."""
-    window = model.config["max_seq_length"] - 2
-    for i, text in enumerate(texts):
-        tokens = sum(not c.isspace() for c in text)
-        if tokens > window:
-            windows = len(utils.window_bounds(tokens, window))
-            print(f"utterance {i + 1}: {tokens} characters, predicted in {windows} windows of {window}", file=sys.stderr)
-    real = [t for t in texts if t.strip()]
-    results = iter(model.predict(real, batch_size))
-    return [next(results) if t.strip() else {"text": t, "error": "empty utterance"} for t in texts]
+def report_windows(index: int, tokens: int, windows: int, window: int) -> None:
+    print(f"utterance {index + 1}: {tokens} characters, predicted in {windows} windows of {window}", file=sys.stderr)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = utils.set_cpu_threads(args.cpu_threads)
-    model = InferenceModel(args.model_dir, cpu_threads=threads, use_onednn=not args.no_onednn)
-    out = open(args.output_file, "w", encoding="utf-8") if args.output_file else sys.stdout
-    try:
-        if args.eval_file:
-            metrics = model.evaluate(utils.read_corpus(args.eval_file, model.labels), args.batch_size)
-            out.write(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
-        texts = read_utterances(args)
-        for result in predict(model, texts, args.batch_size):
-            out.write(json.dumps(result, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads)
+    window = predictor.task.max_seq_length - 2
+    out = []
+    if args.eval_file:
+        metrics = predictor.evaluate(read_corpus(args.eval_file, predictor.task.labels), args.batch_size)
+        out.append(json.dumps(metrics, ensure_ascii=False, indent=2))
+    texts = read_utterances(args)
+    records, _ = predictor.predict_with_logits(texts, args.batch_size, lambda i, t, w: report_windows(i, t, w, window))
+    out += [json.dumps(record, ensure_ascii=False) for record in records]
+    text = "".join(line + "\n" for line in out)
+    if args.output_file:
+        write_text(args.output_file, text)
+    else:
+        sys.stdout.write(text)
 
 
 if __name__ == "__main__":

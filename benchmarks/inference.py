@@ -7,117 +7,33 @@
 For each cell: batch-1 latency p50/p90/p99 over --num_utterances test utterances after warm-up,
 split into tokenization, model and post-processing (decoding to the JSON result); batch-32
 throughput over the whole test file; test sentence accuracy; peak RSS; model size on disk.
-Every cell runs in a fresh process, so RSS is its own and FastDeploy never shares a process with
-paddle (FastDeploy 1.0.7 crashes when paddle 2.6 is loaded). A backend that cannot load or run a
+Every cell runs in a fresh process (latency.py), so RSS is its own and FastDeploy never shares a
+process with paddle (FastDeploy 1.0.7 crashes when paddle 2.6 is loaded). A backend that cannot load or run a
 stage is recorded with its error, not dropped. Speedups are ratios to the fp32 stage on the same
 backend and threads, measured in the same run. Writes benchmark.json, benchmark.md and PNG plots.
 """
 import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 
-PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, PROJECT_DIR)
-sys.path.insert(0, os.path.join(PROJECT_DIR, "deploy", "python"))
+from backends import BACKENDS, model_size_mb
+from export_format import GRAPH_FILE
+from latency import measure_in_subprocess
+from utils import load_json, markdown_table, save_json, write_text
 
-import utils  # noqa: E402
-
-BACKENDS = {
-    "paddle": "Paddle Inference 2.6 (paddle, oneDNN; oneDNN int8 kernels for QAT graphs) - run_eval.py's engine",
-    "ort": "ONNX Runtime (FastDeploy 1.0.7, via paddle2onnx)",
-    "openvino": "OpenVINO (FastDeploy 1.0.7, Paddle frontend)",
-}
-
-
-def load_engine(stage_dir: str, backend: str, threads: int) -> utils.ExportedModel:
-    if backend == "paddle":
-        return utils.InferenceModel(stage_dir, cpu_threads=threads)
-    import fastdeploy as fd
-    from infer_demo import FastDeployModel
-
-    fd.set_logger(enable_info=False)
-    return FastDeployModel(stage_dir, backend, threads)
-
-
-def rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-
-def measure_cell(stage_dir: str, backend: str, threads: int, test_file: str, num_utterances: int, warmup: int) -> dict:
-    """One stage on one backend with one thread count; runs in its own process."""
-    test = utils.read_corpus(test_file)
-    texts = [u.text for u in test]
-    rss_before_model = rss_mb()
-    model = load_engine(stage_dir, backend, threads)
-    pad = model.tokenizer.pad_id
-
-    def one(text):
-        t0 = time.perf_counter()
-        enc = model.encode(text)
-        ids = utils.pad_batch(enc.windows, pad)
-        t1 = time.perf_counter()
-        intent_logits, slot_logits = model.logits(ids)
-        t2 = time.perf_counter()
-        utils.describe(utils.merge_windows(intent_logits, slot_logits, [enc.windows])[0], enc, model.labels)
-        t3 = time.perf_counter()
-        return t1 - t0, t2 - t1, t3 - t2
-
-    latency_texts = [texts[i % len(texts)] for i in range(num_utterances)]
-    for text in latency_texts[:warmup]:
-        one(text)
-    phases = np.array([one(text) for text in latency_texts]) * 1000  # ms, [n, 3]
-    total = phases.sum(1)
-
-    model.predict(texts[:256], batch_size=32)  # warm-up of batch shapes
-    start = time.perf_counter()
-    model.predict(texts, batch_size=32)
-    throughput = len(texts) / (time.perf_counter() - start)
-
-    metrics = model.evaluate(test, batch_size=32)
-    return {
-        "latency_ms": {f"p{q}": float(np.percentile(total, q)) for q in (50, 90, 99)},
-        "latency_mean_ms": {name: float(phases[:, i].mean()) for i, name in enumerate(("tokenization", "model", "postprocess"))},
-        "latency_utterances": len(latency_texts),
-        "throughput_batch32_utt_per_s": throughput,
-        "sentence_acc": metrics["sentence_acc"],
-        "sentence_acc_ref": metrics["sentence_acc_ref"],
-        "test_utterances": len(test),
-        "rss_before_model_mb": rss_before_model,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
-def run_cell(stage_dir, backend, threads, args) -> dict:
-    cell = {"stage_dir": stage_dir, "backend": backend, "threads": threads}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(cell), "--test_file", args.test_file,
-           "--num_utterances", str(args.num_utterances), "--warmup", str(args.warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode == 0:
-        return {**cell, **json.loads(proc.stdout.strip().splitlines()[-1])}
-    # the backend's own words: which operators it lacks, and the final error line
-    output = (proc.stdout + "\n" + proc.stderr).splitlines()  # paddle2onnx reports on stdout
-    lines = [line.strip() for line in output if line.strip() and not line.strip().startswith("raise ")]
-    hints = [line for line in lines if any(k in line for k in ("not supported", "unsupported", "cannot run", "Error"))]
-    reason = " / ".join(dict.fromkeys(hints[-2:] or lines[-1:]))
-    return {**cell, "error": f"exit code {proc.returncode}: {reason[:400]}"}
+DEFAULT_BACKENDS = ["paddle-inference", "fastdeploy-ort", "fastdeploy-openvino"]
 
 
 def stage_dirs(stages_dir: str):
     """Stages in the order the compression report lists them, else alphabetical with fp32 first."""
     report = os.path.join(os.path.dirname(stages_dir), "compress_report.json")
     if os.path.isfile(report):
-        names = [s["stage"] for s in utils.load_json(report)["stages"]]
+        names = [s["stage"] for s in load_json(report)["stages"]]
     else:
         names = sorted(os.listdir(stages_dir), key=lambda n: (n != "fp32", n))
-    dirs = [os.path.join(stages_dir, n) for n in names if os.path.isfile(os.path.join(stages_dir, n, "model.pdmodel"))]
+    dirs = [os.path.join(stages_dir, n) for n in names if os.path.isfile(os.path.join(stages_dir, n, GRAPH_FILE))]
     if not dirs:
         raise SystemExit(f"{stages_dir}: no exported stage (model.pdmodel) found; run the compression first (make compress)")
     return dirs
@@ -140,26 +56,23 @@ def add_speedups(cells):
 
 
 def markdown(result) -> str:
-    lines = [
-        f"Test file: `{result['test_file']}` ({result['cells'][0].get('test_utterances', '?')} utterances); batch-1 latency over "
-        f"{result['num_utterances']} utterances after {result['warmup']} warm-up; CPU: {result['cpu']}.",
-        "",
-        "| stage | backend | threads | size (MB) | sentence acc / ref (%) | p50 / p90 / p99 (ms) | tokenize / model / post (ms) | batch-32 (utt/s) | peak RSS (MB) | p50 speedup vs fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["stage", "backend", "threads", "size (MB)", "sentence acc / ref (%)", "p50 / p90 / p99 (ms)",
+              "tokenize / model / post (ms)", "batch-32 (utt/s)", "peak RSS (MB)", "p50 speedup vs fp32"]
+    rows = []
     for c in result["cells"]:
-        head = f"| {c['stage']} | {c['backend']} | {c['threads']} | {c['size_mb']:.2f} "
+        head = [c["stage"], c["backend"], c["threads"], f"{c['size_mb']:.2f}"]
         if "error" in c:
-            lines.append(head + f"| cannot run: {c['error'].replace('|', '/')} | | | | | |")
+            rows.append(head + [f"cannot run: {c['error'].replace('|', '/')}"] + [""] * 5)
             continue
         lat, split = c["latency_ms"], c["latency_mean_ms"]
-        lines.append(
-            head + f"| {100 * c['sentence_acc']:.2f} / {100 * c['sentence_acc_ref']:.2f} "
-            f"| {lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f} "
-            f"| {split['tokenization']:.3f} / {split['model']:.3f} / {split['postprocess']:.3f} "
-            f"| {c['throughput_batch32_utt_per_s']:.0f} | {c['peak_rss_mb']:.0f} | {c.get('speedup_p50_vs_fp32', float('nan')):.2f}x |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append(head + [
+            f"{100 * c['sentence_acc']:.2f} / {100 * c['sentence_acc_ref']:.2f}",
+            f"{lat['p50']:.3f} / {lat['p90']:.3f} / {lat['p99']:.3f}",
+            f"{split['tokenization']:.3f} / {split['model']:.3f} / {split['postprocess']:.3f}",
+            f"{c['throughput_batch32_utt_per_s']:.0f}", f"{c['peak_rss_mb']:.0f}", f"{c.get('speedup_p50_vs_fp32', float('nan')):.2f}x"])
+    intro = (f"Test file: `{result['test_file']}` ({result['cells'][0].get('test_utterances', '?')} utterances); batch-1 latency over "
+             f"{result['num_utterances']} utterances after {result['warmup']} warm-up; CPU: {result['cpu']}.")
+    return "\n".join([intro, ""] + markdown_table(header, rows, right_aligned_from=2)) + "\n"
 
 
 def plot(result, output_dir: str) -> list:
@@ -232,17 +145,12 @@ def main(argv=None):
                         help="another exported directory to measure beside the stages (repeatable), e.g. a distilled student")
     parser.add_argument("--test_file", default="data/prepared/nlpcc2018/test.txt", help="labelled test split (prepare_data.py output)")
     parser.add_argument("--output_dir", default="benchmarks/results", help="where benchmark.json/.md and the PNG plots go")
-    parser.add_argument("--backends", default="paddle,ort,openvino", help=f"comma-separated, from {', '.join(BACKENDS)}")
+    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help=f"comma-separated, from {', '.join(BACKENDS)}")
     parser.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts")
     parser.add_argument("--num_utterances", type=int, default=1000, help="batch-1 latency samples (test utterances, cycled if fewer)")
     parser.add_argument("--warmup", type=int, default=50, help="batch-1 calls before timing starts")
-    parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: measure one cell in this process
     args = parser.parse_args(argv)
 
-    if args.cell:
-        cell = json.loads(args.cell)
-        print(json.dumps(measure_cell(cell["stage_dir"], cell["backend"], cell["threads"], args.test_file, args.num_utterances, args.warmup)))
-        return
     if not os.path.isfile(args.test_file):
         raise SystemExit(f"{args.test_file}: no such test file; prepare the data first (make data / make train-nlpcc)")
     backends = args.backends.split(",")
@@ -257,18 +165,18 @@ def main(argv=None):
     for stage in stages:
         for backend in backends:
             for t in threads:
-                cell = {"stage": stage_name(stage), "size_mb": utils.model_size_mb(stage), **run_cell(stage, backend, t, args)}
+                measured = measure_in_subprocess(stage, backend, t, args.test_file, args.num_utterances, args.warmup)
+                cell = {"stage": stage_name(stage), "size_mb": model_size_mb(stage), **measured}
                 cells.append(cell)
                 status = cell.get("error") or f"p50 {cell['latency_ms']['p50']:.3f} ms, {cell['throughput_batch32_utt_per_s']:.0f} utt/s"
                 print(f"[{len(cells)}/{total} {time.time() - start:.0f}s] {cell['stage']} / {backend} / {t} thread(s): {status}", flush=True)
     add_speedups(cells)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown")
     result = {"test_file": args.test_file, "stages_dir": args.stages_dir, "num_utterances": args.num_utterances,
-              "warmup": args.warmup, "cpu": f"{cpu}, {os.cpu_count()} cores", "backends": {b: BACKENDS[b] for b in backends}, "cells": cells}
-    utils.save_json(os.path.join(args.output_dir, "benchmark.json"), result)
+              "warmup": args.warmup, "cpu": f"{cpu}, {os.cpu_count()} cores", "backends": {b: BACKENDS[b].description for b in backends}, "cells": cells}
+    save_json(os.path.join(args.output_dir, "benchmark.json"), result)
     table = markdown(result)
-    with open(os.path.join(args.output_dir, "benchmark.md"), "w", encoding="utf-8") as f:
-        f.write(table)
+    write_text(os.path.join(args.output_dir, "benchmark.md"), table)
     plots = plot(result, args.output_dir)
     print(table)
     print("wrote", ", ".join([os.path.join(args.output_dir, "benchmark.json"), os.path.join(args.output_dir, "benchmark.md")] + plots))

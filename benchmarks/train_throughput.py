@@ -3,7 +3,7 @@ setup as found and with each fix added, measured in one run so the ratios compar
 
     python benchmarks/train_throughput.py [--data_dir data/prepared/nlpcc2018] [--max_steps 60]
 
-Each configuration runs in its own process: MKL reads MKL_DEBUG_CPU_TYPE when paddle loads it.
+Each configuration runs in its own process, with its own environment (MKL_DEBUG_CPU_TYPE, threads).
 Prints a Markdown table and writes JSON (default output/benchmarks/train_throughput.json).
 """
 import argparse
@@ -13,8 +13,8 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from utils import PROJECT_DIR as ROOT
+from utils import save_json
 
 # name, extra environment, --cpu_threads, batch size
 CONFIGS = [
@@ -38,8 +38,6 @@ def run(data_dir, out_dir, env, threads, batch, max_steps):
 
 
 def main():
-    import utils
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=None, help="prepared splits (default: NLPCC if prepared, else synthetic)")
     parser.add_argument("--max_steps", type=int, default=60, help="optimizer steps per configuration")
@@ -47,7 +45,7 @@ def main():
     args = parser.parse_args()
 
     data_dir = args.data_dir or next(
-        (d for d in (os.path.join(utils.DATA_DIR, "prepared", "nlpcc2018"), os.path.join(utils.DATA_DIR, "prepared"))
+        (d for d in (os.path.join(ROOT, "data", "prepared", "nlpcc2018"), os.path.join(ROOT, "data", "prepared"))
          if os.path.isfile(os.path.join(d, "train.txt"))), None)
     if data_dir is None:
         sys.exit("no prepared data: run `make data` (or `python data/prepare_data.py`) first")
@@ -63,7 +61,7 @@ def main():
         row["speedup"] = row["samples_per_second"] / base
     report = {"data_dir": os.path.abspath(data_dir), "max_steps": args.max_steps, "cpu_count": os.cpu_count(), "results": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    utils.save_json(args.output, report)
+    save_json(args.output, report)
     print("| configuration | threads | batch | samples/s | speedup |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['cpu_threads']} | {r['batch_size']} | {r['samples_per_second']:.1f} | {r['speedup']:.2f}x |")

@@ -6,15 +6,14 @@ random: this measures bytes on disk only, never accuracy.
 """
 import argparse
 import os
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import utils  # noqa: E402  (before paddle)
-import run_train  # noqa: E402
-from model import build_from_scratch  # noqa: E402
+from backends import model_size_mb
+from model import build_from_scratch
+from task import SPECIAL_TOKENS, CharTokenizer, LabelMaps, Task
+from training import save_static_graph
+from utils import PROJECT_DIR as ROOT
+from utils import load_json, save_json
 
 
 def main():
@@ -25,21 +24,21 @@ def main():
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "benchmarks", "vocab40k_size.json"))
     args = parser.parse_args()
 
-    vocab = utils.SPECIAL_TOKENS + [f"[unused{i}]" for i in range(args.vocab_size - len(utils.SPECIAL_TOKENS))]
-    model = build_from_scratch(args.architecture, utils.CharTokenizer(vocab), utils.LabelMaps.from_files())
+    vocab = SPECIAL_TOKENS + [f"[unused{i}]" for i in range(args.vocab_size - len(SPECIAL_TOKENS))]
+    model = build_from_scratch(args.architecture, Task(CharTokenizer(vocab), LabelMaps.from_files(), 16, []))
     with tempfile.TemporaryDirectory() as tmp:
-        run_train.save_static_graph(model, os.path.join(tmp, "model"))
-        size_mb = sum(os.path.getsize(os.path.join(tmp, f)) for f in ("model.pdmodel", "model.pdiparams")) / 1e6
+        save_static_graph(model, os.path.join(tmp, "model"))
+        size_mb = model_size_mb(tmp)
     result = {"architecture": args.architecture, "vocab_size": args.vocab_size, "fp32_size_mb": size_mb,
               "parameters": sum(p.size for p in model.parameters())}
     print(f"{args.architecture}, vocabulary {args.vocab_size}: fp32 export {size_mb:.2f} MB, {result['parameters']:,} parameters")
     if args.compress_report:
-        final = utils.load_json(args.compress_report)["stages"][-1]
+        final = load_json(args.compress_report)["stages"][-1]
         result.update(final_stage=final["stage"], final_size_mb=final["size_mb"], final_vs_40k_fp32=final["size_mb"] / size_mb)
         print(f"final stage {final['stage']}: {final['size_mb']:.2f} MB = {100 * result['final_vs_40k_fp32']:.1f} % of it "
               f"(reference: 5.4 / 69.0 MB = 7.8 %)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    utils.save_json(args.output, result)
+    save_json(args.output, result)
 
 
 if __name__ == "__main__":

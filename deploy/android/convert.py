@@ -21,12 +21,15 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-import utils  # noqa: E402
+import export_format
+from backends import open_predictor
+from data.corpus import read_corpus
+from predictor import run_windows
+from utils import PROJECT_DIR, save_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ASSETS = ["vocab.txt", "intent_label.txt", "slot_label.txt", utils.INFERENCE_CONFIG]
+# what the app ships besides model.nb: every file of the exported directory but the Paddle graph
+ASSETS = [f for f in export_format.FILES if f not in (export_format.GRAPH_FILE, export_format.PARAMS_FILE)]
 
 
 def lite_tool(lite_venv: str, name: str) -> str:
@@ -37,8 +40,8 @@ def lite_tool(lite_venv: str, name: str) -> str:
 
 
 def convert(model_dir: str, target: str, out_prefix: str, lite_venv: str) -> str:
-    cmd = [lite_tool(lite_venv, "paddle_lite_opt"), f"--model_file={os.path.join(model_dir, 'model.pdmodel')}",
-           f"--param_file={os.path.join(model_dir, 'model.pdiparams')}", f"--optimize_out={out_prefix}", f"--valid_targets={target}"]
+    cmd = [lite_tool(lite_venv, "paddle_lite_opt"), f"--model_file={os.path.join(model_dir, export_format.GRAPH_FILE)}",
+           f"--param_file={os.path.join(model_dir, export_format.PARAMS_FILE)}", f"--optimize_out={out_prefix}", f"--valid_targets={target}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.isfile(out_prefix + ".nb"):
         sys.exit(f"paddle_lite_opt could not convert {model_dir} for {target}:\n{(proc.stdout + proc.stderr)[-2000:]}")
@@ -47,15 +50,16 @@ def convert(model_dir: str, target: str, out_prefix: str, lite_venv: str) -> str
 
 def verify(model_dir: str, nb_x86: str, texts, lite_venv: str, threads: int) -> dict:
     """Predictions of the x86 .nb against Paddle Inference on the same windows and batches."""
-    reference = utils.InferenceModel(model_dir, cpu_threads=threads)
-    encoded = [reference.encode(t) for t in texts]
+    reference = open_predictor(model_dir, "paddle-inference", threads)
+    pad_id = reference.task.tokenizer.pad_id
+    encoded = [reference.task.encode(t) for t in texts]
     batches = []
 
     def recording(ids):
         batches.append(ids)
-        return reference.logits(ids)
+        return reference.logits_fn(ids)
 
-    expected = utils.predict_encoded(encoded, recording, reference.tokenizer.pad_id, batch_size=32)
+    expected = run_windows(encoded, recording, pad_id, batch_size=32)
     with tempfile.TemporaryDirectory() as tmp:
         inputs, outputs = os.path.join(tmp, "inputs.npz"), os.path.join(tmp, "outputs.npz")
         np.savez(inputs, **{f"b{i}": b for i, b in enumerate(batches)})
@@ -65,7 +69,7 @@ def verify(model_dir: str, nb_x86: str, texts, lite_venv: str, threads: int) -> 
             sys.exit(f"Paddle Lite's x86 runtime could not run {nb_x86}:\n{proc.stderr[-2000:]}")
         lite = np.load(outputs)
         replay = iter([(lite[f"b{i}_intent"], lite[f"b{i}_slots"]) for i in range(len(batches))])
-    got = utils.predict_encoded(encoded, lambda ids: next(replay), reference.tokenizer.pad_id, batch_size=32)
+    got = run_windows(encoded, lambda ids: next(replay), pad_id, batch_size=32)
     same = sum(g.intent_id == e.intent_id and g.tag_ids == e.tag_ids for g, e in zip(got, expected))
     return {
         "utterances": len(texts),
@@ -79,12 +83,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="an exported directory (infer_model/ or a compression stage)")
     parser.add_argument("--output_dir", required=True, help="gets model.nb (ARM) and the app's assets")
-    parser.add_argument("--lite_venv", default=os.path.join(utils.PROJECT_DIR, ".venv-lite"), help="the Paddle Lite tool virtualenv")
+    parser.add_argument("--lite_venv", default=os.path.join(PROJECT_DIR, ".venv-lite"), help="the Paddle Lite tool virtualenv")
     parser.add_argument("--verify_file", help="labelled split (e.g. data/prepared/test.txt): check an x86 .nb against Paddle Inference")
     parser.add_argument("--min_agreement", type=float, default=0.99, help="least share of identical predictions to pass")
     parser.add_argument("--cpu_threads", type=int, default=1, help="Paddle Inference threads in the check")
     args = parser.parse_args(argv)
 
+    export_format.read(args.model_dir)  # refuse a directory that breaks the contract before converting it
     os.makedirs(args.output_dir, exist_ok=True)
     nb = convert(args.model_dir, "arm", os.path.join(args.output_dir, "model"), args.lite_venv)
     for name in ASSETS:
@@ -94,10 +99,10 @@ def main(argv=None):
         return
     with tempfile.TemporaryDirectory() as tmp:
         nb_x86 = convert(args.model_dir, "x86", os.path.join(tmp, "model_x86"), args.lite_venv)
-        texts = [u.text for u in utils.read_corpus(args.verify_file)]
+        texts = [u.text for u in read_corpus(args.verify_file)]
         report = {"model_dir": args.model_dir, "verify_file": args.verify_file, "x86_nb_mb": os.path.getsize(nb_x86) / 1e6,
                   "arm_nb_mb": os.path.getsize(nb) / 1e6, **verify(args.model_dir, nb_x86, texts, args.lite_venv, args.cpu_threads)}
-    utils.save_json(os.path.join(args.output_dir, "verify.json"), report)
+    save_json(os.path.join(args.output_dir, "verify.json"), report)
     print(f"x86 .nb vs Paddle Inference on {report['utterances']} utterances: {100 * report['prediction_agreement']:.2f} % identical "
           f"predictions, largest logit difference {report['max_abs_logit_diff']:.2e}")
     if report["prediction_agreement"] < args.min_agreement:
