@@ -19,12 +19,14 @@ struct Args {
   std::string model_dir, precision = "f32";
   std::vector<std::string> texts;
   int cpu_threads = 0;
-  bool tokenize_only = false;
+  bool tokenize_only = false, print_contract = false;
 };
 
 const char* kUsage =
     "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--cpu_threads N] [--precision f32|bf16] [--tokenize_only]\n"
-    "  without --text, one utterance per stdin line; --tokenize_only prints token ids and offsets (tests)\n";
+    "       slu_demo --print_contract\n"
+    "  without --text, one utterance per stdin line; --tokenize_only prints token ids and offsets (tests);\n"
+    "  --print_contract prints the export contract this build reads (tests compare it with export_format.py)\n";
 
 Args ParseArgs(int argc, char** argv) {
   Args args;
@@ -39,9 +41,10 @@ Args ParseArgs(int argc, char** argv) {
     else if (flag == "--cpu_threads") args.cpu_threads = std::stoi(value());
     else if (flag == "--precision") args.precision = value();
     else if (flag == "--tokenize_only") args.tokenize_only = true;
+    else if (flag == "--print_contract") args.print_contract = true;
     else throw std::invalid_argument("unknown flag " + flag);
   }
-  if (args.model_dir.empty()) throw std::invalid_argument("--model_dir is required");
+  if (args.model_dir.empty() && !args.print_contract) throw std::invalid_argument("--model_dir is required");
   if (args.precision != "f32" && args.precision != "bf16") throw std::invalid_argument("--precision must be f32 or bf16");
   return args;
 }
@@ -64,6 +67,10 @@ int main(int argc, char** argv) {
     std::cerr << e.what() << "\n" << kUsage;
     return 2;
   }
+  if (args.print_contract) {
+    std::cout << slu::ContractJson() << "\n";
+    return 0;
+  }
   std::vector<std::string> texts = args.texts;
   if (texts.empty())
     for (std::string line; std::getline(std::cin, line);) texts.push_back(line.size() && line.back() == '\r' ? line.substr(0, line.size() - 1) : line);
@@ -78,7 +85,7 @@ int main(int argc, char** argv) {
       ov::AnyMap config{ov::hint::inference_precision(args.precision == "f32" ? ov::element::f32 : ov::element::bf16),
                         ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
       if (args.cpu_threads > 0) config.emplace(ov::inference_num_threads(args.cpu_threads));
-      compiled = core.compile_model(core.read_model(args.model_dir + "/model.pdmodel"), "CPU", config);
+      compiled = core.compile_model(core.read_model(model.graph_path()), "CPU", config);
     }
     ov::InferRequest request = args.tokenize_only ? ov::InferRequest() : compiled.create_infer_request();
     const size_t window = model.max_seq_length() - 2;
@@ -95,8 +102,9 @@ int main(int argc, char** argv) {
         std::cout << TokensJson(enc) << "\n";
         continue;
       }
-      if (slu::IsBlank(enc.text)) {
-        std::cout << slu::ErrorJson(texts[n], "empty utterance") << "\n";
+      const std::string error = model.Check(enc);
+      if (!error.empty()) {
+        std::cout << slu::ErrorJson(texts[n], error) << "\n";
         continue;
       }
       if (enc.offsets.size() > window)

@@ -2,14 +2,23 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
 #include <iterator>
-#include <sstream>
+
+#include "nlohmann/json.hpp"
 
 namespace slu {
+
+const std::vector<std::string> kFiles = {kGraphFile, kParamsFile, kVocabFile, kIntentLabelFile, kSlotLabelFile, kConfigFile};
+const std::vector<std::string> kRequiredKeys = {
+    "format_version", "max_seq_length", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
+    "num_slot_tags", "slotless_intents", "inputs", "outputs", "onednn_int8", "model"};
+const std::vector<std::string> kOutputRoles = {"intent_logits", "slot_logits"};
+
 namespace {
 #include "unicode_tables.inc"
+
+using Json = nlohmann::ordered_json;  // keeps keys in insertion order, as Python's json.dumps
 
 std::ifstream OpenOrThrow(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -22,25 +31,16 @@ std::string StripEol(std::string line) {
   return line;
 }
 
-// Non-blank lines (labels), as utils.read_lines.
+// Label lines with a visible character (utils.read_lines keeps the non-blank ones: the same for labels).
 std::vector<std::string> ReadLabels(const std::string& path) {
   std::ifstream in = OpenOrThrow(path);
   std::vector<std::string> out;
   for (std::string line; std::getline(in, line);) {
     line = StripEol(line);
-    if (!IsBlank(DecodeUtf8(line))) out.push_back(line);
+    std::u32string text = DecodeUtf8(line);
+    if (std::any_of(text.begin(), text.end(), CarriesToken)) out.push_back(line);
   }
   return out;
-}
-
-// The one integer field inference_config.json must have; a full JSON parser is not worth a dependency.
-int ReadIntField(const std::string& path, const std::string& key) {
-  std::ifstream in = OpenOrThrow(path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t at = text.find("\"" + key + "\"");
-  if (at == std::string::npos) throw std::runtime_error(path + ": no \"" + key + "\" field");
-  at = text.find(':', at);
-  return std::stoi(text.substr(at + 1));
 }
 
 std::string FoldChar(char32_t c) {
@@ -50,13 +50,6 @@ std::string FoldChar(char32_t c) {
   return EncodeUtf8(std::u32string(1, c));
 }
 
-std::string FormatConfidence(float p) {  // Python: round(p, 4) printed by json (shortest repr)
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.4f", static_cast<double>(p));
-  std::string s(buf);
-  while (s.back() == '0' && s[s.size() - 2] != '.') s.pop_back();
-  return s;
-}
 }  // namespace
 
 std::u32string DecodeUtf8(const std::string& text) {
@@ -101,33 +94,81 @@ std::string EncodeUtf8(const std::u32string& text) {
   return out;
 }
 
-bool IsSpace(char32_t c) {
-  return std::binary_search(std::begin(kWhitespace), std::end(kWhitespace), static_cast<uint32_t>(c));
+bool CarriesToken(char32_t c) {
+  return !std::binary_search(std::begin(kNoToken), std::end(kNoToken), static_cast<uint32_t>(c));
 }
 
-bool IsBlank(const std::u32string& text) { return std::all_of(text.begin(), text.end(), IsSpace); }
+std::string ContractJson() {
+  Json contract = {{"format_version", kFormatVersion}, {"files", kFiles}, {"required_keys", kRequiredKeys},
+                   {"output_roles", kOutputRoles}, {"empty_utterance", kEmptyUtterance}, {"too_long_error", TooLongError(600, 512)}};
+  return contract.dump();
+}
+
+std::string TooLongError(size_t num_tokens, size_t limit) {
+  return "utterance too long: " + std::to_string(num_tokens) + " tokens (at most " + std::to_string(limit) + ")";
+}
 
 Model::Model(const std::string& model_dir) {
-  // vocab.txt: one token per line, kept verbatim (a token may be whitespace-only).
-  std::ifstream vocab = OpenOrThrow(model_dir + "/vocab.txt");
-  int id = 0;
-  for (std::string line; std::getline(vocab, line); ++id) token_to_id_.emplace(StripEol(line), id);
-  auto special = [&](const char* token) {
-    auto it = token_to_id_.find(token);
-    if (it == token_to_id_.end()) throw std::runtime_error(model_dir + "/vocab.txt: lacks the special token " + token);
-    return it->second;
-  };
-  pad_id_ = special("[PAD]"), cls_id_ = special("[CLS]"), sep_id_ = special("[SEP]"), unk_id_ = special("[UNK]");
-  intents_ = ReadLabels(model_dir + "/intent_label.txt");
-  slot_tags_ = ReadLabels(model_dir + "/slot_label.txt");
-  max_seq_length_ = ReadIntField(model_dir + "/inference_config.json", "max_seq_length");
-  if (max_seq_length_ < 3) throw std::runtime_error(model_dir + "/inference_config.json: max_seq_length must be >= 3");
+  for (const std::string& name : kFiles) OpenOrThrow(model_dir + "/" + name);
+  graph_path_ = model_dir + "/" + kGraphFile;
+  const std::string config_path = model_dir + "/" + kConfigFile;
+  auto fail = [&](const std::string& file, const std::string& problem) { throw std::runtime_error(model_dir + "/" + file + ": " + problem); };
+  Json config;
+  try {
+    std::ifstream in = OpenOrThrow(config_path);
+    config = Json::parse(in);
+  } catch (const Json::exception& e) {
+    fail(kConfigFile, std::string("not valid JSON (") + e.what() + ")");
+  }
+  if (!config.is_object() || !config.contains("format_version") || config["format_version"] != kFormatVersion)
+    fail(kConfigFile, "format_version " + (config.is_object() && config.contains("format_version") ? config["format_version"].dump() : "missing") +
+                          "; this build reads format_version " + std::to_string(kFormatVersion) + " (re-export the model)");
+  for (const std::string& key : kRequiredKeys)
+    if (!config.contains(key)) fail(kConfigFile, "lacks " + key);
+  try {
+    max_seq_length_ = config["max_seq_length"].get<int>();
+    max_utterance_tokens_ = config["max_utterance_tokens"].get<size_t>();
+    std::vector<std::string> roles;
+    for (const Json& output : config["outputs"]) roles.push_back(output.at("role").get<std::string>());
+    if (roles != kOutputRoles) fail(kConfigFile, "outputs " + Json(roles).dump() + ", the contract wants " + Json(kOutputRoles).dump());
+
+    // vocab.txt: one token per line, kept verbatim (a token may be whitespace-only).
+    std::ifstream vocab = OpenOrThrow(model_dir + "/" + kVocabFile);
+    int id = 0;
+    for (std::string line; std::getline(vocab, line); ++id)
+      if (!token_to_id_.emplace(StripEol(line), id).second) fail(kVocabFile, "repeated token " + Json(StripEol(line)).dump());
+    if (id != config["vocab_size"].get<int>())
+      fail(kVocabFile, std::to_string(id) + " tokens, " + kConfigFile + " says " + config["vocab_size"].dump());
+    auto special = [&](const char* key) {
+      const std::string token = config["special_tokens"].at(key).get<std::string>();
+      auto it = token_to_id_.find(token);
+      if (it == token_to_id_.end()) fail(kVocabFile, "lacks the special token " + token);
+      return it->second;
+    };
+    pad_id_ = special("pad"), cls_id_ = special("cls"), sep_id_ = special("sep"), unk_id_ = special("unk");
+    intents_ = ReadLabels(model_dir + "/" + kIntentLabelFile);
+    slot_tags_ = ReadLabels(model_dir + "/" + kSlotLabelFile);
+    if (intents_.size() != config["num_intents"].get<size_t>())
+      fail(kIntentLabelFile, std::to_string(intents_.size()) + " intents, " + kConfigFile + " says " + config["num_intents"].dump());
+    if (slot_tags_.size() != config["num_slot_tags"].get<size_t>())
+      fail(kSlotLabelFile, std::to_string(slot_tags_.size()) + " slot tags, " + kConfigFile + " says " + config["num_slot_tags"].dump());
+  } catch (const Json::exception& e) {
+    fail(kConfigFile, std::string("unexpected content (") + e.what() + ")");
+  }
+  if (max_seq_length_ < 3) fail(kConfigFile, "max_seq_length must be >= 3");
+  if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
+}
+
+std::string Model::Check(const Encoded& enc) const {
+  if (enc.offsets.empty()) return kEmptyUtterance;
+  if (enc.offsets.size() > max_utterance_tokens_) return TooLongError(enc.offsets.size(), max_utterance_tokens_);
+  return "";
 }
 
 std::vector<int> Model::Tokenize(const std::u32string& text, std::vector<int>* offsets) const {
   std::vector<int> ids;
   for (size_t i = 0; i < text.size(); ++i) {
-    if (IsSpace(text[i])) continue;
+    if (!CarriesToken(text[i])) continue;
     auto it = token_to_id_.find(FoldChar(text[i]));
     ids.push_back(it == token_to_id_.end() ? unk_id_ : it->second);
     offsets->push_back(static_cast<int>(i));
@@ -183,12 +224,12 @@ std::vector<Span> BioSpans(const std::vector<std::string>& tags) {
 }
 
 std::string Model::Describe(const Encoded& enc, const float* intent_logits, const float* slot_logits, int seq_len) const {
-  // Intent from the first window (utils.merge_windows), softmax in float32 as numpy does.
+  // Intent from the first window (predictor.merge_windows), softmax in float32 as numpy does.
   const size_t n_intents = intents_.size(), n_tags = slot_tags_.size();
   size_t best = std::max_element(intent_logits, intent_logits + n_intents) - intent_logits;
   float sum = 0;
   for (size_t k = 0; k < n_intents; ++k) sum += std::exp(intent_logits[k] - intent_logits[best]);
-  const float confidence = 1.0f / sum;
+  const double confidence = std::round(static_cast<double>(1.0f / sum) * 1e4) / 1e4;  // Python: round(p, 4)
 
   std::vector<std::string> tags;
   for (size_t w = 0; w < enc.windows.size(); ++w) {
@@ -197,46 +238,17 @@ std::string Model::Describe(const Encoded& enc, const float* intent_logits, cons
       tags.push_back(slot_tags_[std::max_element(row, row + n_tags) - row]);
     }
   }
-  std::ostringstream json;
-  json << "{\"text\": " << JsonString(EncodeUtf8(enc.text)) << ", \"intent\": " << JsonString(intents_[best])
-       << ", \"confidence\": " << FormatConfidence(confidence) << ", \"slots\": [";
-  std::vector<Span> spans = BioSpans(tags);
-  for (size_t i = 0; i < spans.size(); ++i) {
-    int first = enc.offsets[spans[i].start], last = enc.offsets[spans[i].end - 1];
-    json << (i ? ", " : "") << "{\"slot\": " << JsonString(spans[i].type)
-         << ", \"entity\": " << JsonString(EncodeUtf8(enc.text.substr(first, last - first + 1)))
-         << ", \"pos\": [" << first << ", " << last << "]}";
+  Json slots = Json::array();
+  for (const Span& span : BioSpans(tags)) {
+    int first = enc.offsets[span.start], last = enc.offsets[span.end - 1];
+    slots.push_back({{"slot", span.type}, {"entity", EncodeUtf8(enc.text.substr(first, last - first + 1))}, {"pos", {first, last}}});
   }
-  json << "]}";
-  return json.str();
-}
-
-std::string JsonString(const std::string& utf8) {
-  std::string out = "\"";
-  for (unsigned char c : utf8) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
+  Json record = {{"text", EncodeUtf8(enc.text)}, {"intent", intents_[best]}, {"confidence", confidence}, {"slots", slots}};
+  return record.dump();
 }
 
 std::string ErrorJson(const std::string& utf8_text, const std::string& error) {
-  return "{\"text\": " + JsonString(utf8_text) + ", \"error\": " + JsonString(error) + "}";
+  return Json({{"text", utf8_text}, {"error", error}}).dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 }  // namespace slu

@@ -1,6 +1,7 @@
-// Tokenization and decoding of the joint intent + slot model, in C++ with no dependency: the
-// same results as utils.py (CharTokenizer, encode_for_inference, merge_windows, describe).
-// Shared by the desktop demo (infer_demo.cc, OpenVINO) and the Android JNI code (Paddle Lite).
+// The export contract (export_format.py) and the prediction path (predictor.py) in C++: reading
+// and validating an exported directory, tokenization, windows, decoding and the result record,
+// with the same results as Python. Shared by the desktop demo (infer_demo.cc, OpenVINO) and the
+// Android JNI code (Paddle Lite). Its one dependency is nlohmann/json, vendored in third_party/.
 #pragma once
 
 #include <cstdint>
@@ -11,11 +12,27 @@
 
 namespace slu {
 
+// The export contract, as export_format.py states it (tests/test_deploy_cpp.py compares the two).
+constexpr int kFormatVersion = 1;
+constexpr const char* kGraphFile = "model.pdmodel";
+constexpr const char* kParamsFile = "model.pdiparams";
+constexpr const char* kVocabFile = "vocab.txt";
+constexpr const char* kIntentLabelFile = "intent_label.txt";
+constexpr const char* kSlotLabelFile = "slot_label.txt";
+constexpr const char* kConfigFile = "inference_config.json";
+extern const std::vector<std::string> kFiles;          // every file of an exported directory
+extern const std::vector<std::string> kRequiredKeys;   // of inference_config.json
+extern const std::vector<std::string> kOutputRoles;    // graph outputs, in fetch order
+std::string ContractJson();                            // the above as one JSON object
+
+// The result records of predictor.py.
+constexpr const char* kEmptyUtterance = "empty utterance";
+std::string TooLongError(size_t num_tokens, size_t limit);
+
 // Code points of a UTF-8 string; throws std::invalid_argument on malformed UTF-8.
 std::u32string DecodeUtf8(const std::string& text);
 std::string EncodeUtf8(const std::u32string& text);
-bool IsSpace(char32_t c);  // Python's str.isspace()
-bool IsBlank(const std::u32string& text);
+bool CarriesToken(char32_t c);  // task.carries_token: not whitespace, control or format character
 
 struct Encoded {
   std::u32string text;
@@ -23,13 +40,16 @@ struct Encoded {
   std::vector<std::vector<int64_t>> windows;  // [CLS] + up to max_seq_length-2 ids + [SEP]
 };
 
-// An exported model directory's vocabulary, labels and window length (vocab.txt,
-// intent_label.txt, slot_label.txt, inference_config.json).
+// An exported model directory, read and checked against its inference_config.json; throws
+// std::runtime_error naming the file and the problem.
 class Model {
  public:
   explicit Model(const std::string& model_dir);
 
-  // One token per non-whitespace character, folded as utils.normalize_char does.
+  // Why an utterance gets no prediction (the error of its record), or "" (predictor.Predictor.check).
+  std::string Check(const Encoded& enc) const;
+
+  // One token per character that carries one, folded as task.normalize_char does.
   std::vector<int> Tokenize(const std::u32string& text, std::vector<int>* offsets) const;
   Encoded Encode(const std::string& utf8_text) const;
 
@@ -42,6 +62,7 @@ class Model {
   std::string Describe(const Encoded& enc, const float* intent_logits, const float* slot_logits, int seq_len) const;
 
   int max_seq_length() const { return max_seq_length_; }
+  const std::string& graph_path() const { return graph_path_; }
   size_t num_intents() const { return intents_.size(); }
   size_t num_slot_tags() const { return slot_tags_.size(); }
 
@@ -49,16 +70,17 @@ class Model {
   std::unordered_map<std::string, int> token_to_id_;
   std::vector<std::string> intents_, slot_tags_;
   int pad_id_ = 0, cls_id_ = 0, sep_id_ = 0, unk_id_ = 0, max_seq_length_ = 0;
+  size_t max_utterance_tokens_ = 0;
+  std::string graph_path_;
 };
 
-// BIO spans (type, start, end-exclusive), conlleval style, as utils.bio_spans.
+// BIO spans (type, start, end-exclusive), conlleval style, as task.bio_spans.
 struct Span {
   std::string type;
   int start, end;
 };
 std::vector<Span> BioSpans(const std::vector<std::string>& tags);
 
-std::string JsonString(const std::string& utf8);  // as json.dumps(..., ensure_ascii=False)
 std::string ErrorJson(const std::string& utf8_text, const std::string& error);
 
 }  // namespace slu

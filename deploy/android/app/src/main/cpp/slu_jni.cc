@@ -13,13 +13,16 @@
 namespace {
 
 using paddle::lite_api::MobileConfig;
+
+// The app ships the exported directory with model.nb (deploy/android/convert.py) in place of the Paddle graph.
+constexpr const char* kLiteModelFile = "model.nb";
 using paddle::lite_api::PaddlePredictor;
 
 class Session {
  public:
   Session(const std::string& model_dir, int threads) : model_(model_dir) {
     MobileConfig config;
-    config.set_model_from_file(model_dir + "/model.nb");
+    config.set_model_from_file(model_dir + "/" + kLiteModelFile);
     config.set_threads(threads);
     config.set_power_mode(paddle::lite_api::LITE_POWER_HIGH);
     predictor_ = paddle::lite_api::CreatePaddlePredictor<MobileConfig>(config);
@@ -33,7 +36,8 @@ class Session {
     } catch (const std::invalid_argument& e) {
       return slu::ErrorJson("", e.what());
     }
-    if (slu::IsBlank(enc.text)) return slu::ErrorJson(text, "empty utterance");
+    const std::string error = model_.Check(enc);
+    if (!error.empty()) return slu::ErrorJson(text, error);
     size_t seq_len = 0;
     std::vector<int64_t> padded = model_.PadWindows(enc, &seq_len);
     std::unique_ptr<paddle::lite_api::Tensor> input(predictor_->GetInput(0));
@@ -89,6 +93,14 @@ extern "C" JNIEXPORT jbyteArray JNICALL Java_org_ernietiny_slu_SluPredictor_nati
     ThrowJava(env, e);
     return nullptr;
   }
+}
+
+// The files the app copies from its assets: model.nb and the exported directory's non-graph files.
+extern "C" JNIEXPORT jbyteArray JNICALL Java_org_ernietiny_slu_SluPredictor_nativeAssetNames(JNIEnv* env, jclass) {
+  std::string names = kLiteModelFile;
+  for (const std::string& name : slu::kFiles)
+    if (name != slu::kGraphFile && name != slu::kParamsFile) names += "\n" + name;
+  return ToBytes(env, names);
 }
 
 extern "C" JNIEXPORT void JNICALL Java_org_ernietiny_slu_SluPredictor_nativeRelease(JNIEnv*, jclass, jlong handle) {

@@ -14,8 +14,6 @@ import java.io.OutputStream;
 
 /** Type an utterance, get the intent and slots back, with the on-device time. */
 public class MainActivity extends Activity {
-    private static final String[] MODEL_FILES = {
-        "model.nb", "vocab.txt", "intent_label.txt", "slot_label.txt", "inference_config.json"};
     private SluPredictor predictor;
 
     @Override
@@ -45,7 +43,7 @@ public class MainActivity extends Activity {
         File dir = new File(getFilesDir(), "slu_model");
         if (!dir.isDirectory() && !dir.mkdirs()) throw new IOException("cannot create " + dir);
         byte[] buffer = new byte[1 << 16];
-        for (String name : MODEL_FILES) {
+        for (String name : SluPredictor.assetNames()) {
             try (InputStream in = getAssets().open(name); OutputStream out = new FileOutputStream(new File(dir, name))) {
                 for (int n; (n = in.read(buffer)) > 0; ) out.write(buffer, 0, n);
             }

@@ -10,7 +10,12 @@ public final class SluPredictor implements AutoCloseable {
 
     private long handle;
 
-    /** modelDir holds model.nb, vocab.txt, intent_label.txt, slot_label.txt, inference_config.json. */
+    /** The files a model directory holds (model.nb and the export contract's files besides the graph), from slu.cc. */
+    public static String[] assetNames() {
+        return new String(nativeAssetNames(), StandardCharsets.UTF_8).split("\n");
+    }
+
+    /** modelDir holds the files of assetNames(). */
     public SluPredictor(String modelDir, int threads) {
         handle = nativeCreate(modelDir.getBytes(StandardCharsets.UTF_8), threads);
     }
@@ -33,4 +38,6 @@ public final class SluPredictor implements AutoCloseable {
     private static native byte[] nativePredict(long handle, byte[] utterance);
 
     private static native void nativeRelease(long handle);
+
+    private static native byte[] nativeAssetNames();
 }
