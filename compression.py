@@ -104,10 +104,9 @@ def make_custom_evaluate(dev, task: Task):
 def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: dict, strategy: str) -> List[str]:
     """Every static model the compress API wrote under `compress_dir` (width_mult_*/model,
     .../int8, .../quant_emb, PTQ outputs) as an exported directory of its own. QAT stages are
-    marked for oneDNN's int8 kernels (3-4x faster than running their quantize/dequantize pairs in
-    fp32, same predictions as the dynamic QAT model: checked by qat_agreement); PTQ stages are
-    not: on oneDNN int8 a PTQ test model lost a third of its intent accuracy, while the fp32
-    simulation of the same graph keeps it."""
+    marked for oneDNN's int8 kernels (faster than running their quantize/dequantize pairs in
+    fp32, and the same predictions as the dynamic QAT model: checked by qat_agreement); PTQ
+    stages are not, because a PTQ model loses accuracy on those kernels (README, Compression)."""
     stages = []
     pipeline_order = {"model.pdmodel": 0, "int8.pdmodel": 1, "quant_emb.pdmodel": 2}
     for root, _, files in sorted(os.walk(compress_dir)):

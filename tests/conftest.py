@@ -1,21 +1,53 @@
-"""Shared fixtures: the synthetic splits, the real corpus when present, and one small model
-trained, evaluated and exported once per session through run_train.py itself."""
+"""Shared fixtures: the synthetic splits, the real corpus when present, one small model trained,
+evaluated and exported once per session through run_train.py itself, the edge-case utterances
+every front end is run on, and how their results are compared."""
+import json
 import os
+import subprocess
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import utils  # noqa: E402  (before paddle: CPU math library setup)
-from data import prepare_data  # noqa: E402
+import task
+import utils
+from data import prepare_data
+from data.corpus import read_corpus
 
 SHARED_CORPUS = os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")
+EDGE_CASES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "edge_cases.json")
+FASTDEPLOY_DEMO = os.path.join(utils.PROJECT_DIR, "deploy", "python", "infer_demo.py")
+
+
+def strip_confidence(records):
+    return [{k: v for k, v in r.items() if k != "confidence"} for r in records]
+
+
+def assert_same_records(got, expected, confidence_tolerance=2e-4):
+    """Result records identical but for the rounding of confidences."""
+    assert strip_confidence(got) == strip_confidence(expected)
+    for g, e in zip(got, expected):
+        assert g.get("confidence", 0) == pytest.approx(e.get("confidence", 0), abs=confidence_tolerance)
+
+
+def run_fastdeploy_demo(model_dir, backend, texts, *flags):
+    """deploy/python/infer_demo.py's records for `texts` (stdin lines), in a subprocess:
+    FastDeploy cannot share a process with paddle 2.6."""
+    proc = subprocess.run([sys.executable, FASTDEPLOY_DEMO, "--model_dir", model_dir, "--backend", backend, *flags],
+                          input="".join(t + "\n" for t in texts), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.fixture(scope="session")
+def edge_cases():
+    """Utterances a front end must answer the same way as every other (tests/edge_cases.json)."""
+    with open(EDGE_CASES, encoding="utf-8") as f:
+        return [case["text"] for case in json.load(f)]
 
 
 @pytest.fixture(scope="session")
 def labels():
-    return utils.LabelMaps.from_files()
+    return task.LabelMaps.from_files()
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +59,7 @@ def corpus_path():
 
 @pytest.fixture(scope="session")
 def corpus(corpus_path, labels):
-    return utils.read_corpus(corpus_path, labels)
+    return read_corpus(corpus_path, labels)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +71,7 @@ def synthetic_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synthetic_splits(synthetic_dir, labels):
-    return {name: utils.read_corpus(os.path.join(synthetic_dir, f"{name}.txt"), labels) for name in ("train", "dev", "test")}
+    return {name: read_corpus(os.path.join(synthetic_dir, f"{name}.txt"), labels) for name in ("train", "dev", "test")}
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +88,11 @@ def trained(synthetic_dir, tmp_path_factory):
         "--per_device_train_batch_size", "64", "--logging_steps", "10", "--seed", "42", "--disable_tqdm", "true",
     ])
     return out
+
+
+@pytest.fixture(scope="session")
+def cpp_demo():
+    """deploy/cpp's slu_demo, built with `make cpp` (cmake + g++ + the openvino pip wheel)."""
+    proc = subprocess.run(["make", "-s", "cpp"], cwd=utils.PROJECT_DIR, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return os.path.join(utils.PROJECT_DIR, "build", "cpp", "slu_demo")

@@ -6,10 +6,16 @@ import numpy as np
 import paddle
 import pytest
 
+import backends
 import compat
+import export_format
 import run_train
+import task
 import utils
-from model import build_from_scratch, prune_vocabulary
+from compression import check_strategy, prune_vocabulary
+from model import build_from_scratch
+
+LABELS = task.LabelMaps.from_files()
 
 STAGES = ["fp32", "pruned_vocab", "width_mult_0.75-model", "width_mult_0.75-int8", "width_mult_0.75-quant_emb"]
 
@@ -40,22 +46,22 @@ def test_every_stage_is_exported_scored_and_self_contained(compressed, synthetic
     assert os.path.isfile(os.path.join(compressed, "compress_report.md"))
     texts = [u.text for u in synthetic_splits["test"][:20]]
     for stage in report["stages"]:
-        model = utils.InferenceModel(stage["dir"])
+        model = backends.open_predictor(stage["dir"])
         results = model.predict(texts)
         assert [r["text"] for r in results] == texts
-        assert all(r["intent"] in model.labels.intents for r in results)
+        assert all(r["intent"] in model.task.labels.intents for r in results)
         assert 0.0 <= stage["sentence_acc"] <= stage["sentence_acc_ref"] <= 1.0
         assert stage["size_mb"] == pytest.approx(
             sum(os.path.getsize(os.path.join(stage["dir"], f)) for f in ("model.pdmodel", "model.pdiparams")) / 1e6)
     by_name = {s["stage"]: s for s in report["stages"]}
-    vocab_size = lambda stage: len(utils.CharTokenizer.from_file(os.path.join(by_name[stage]["dir"], "vocab.txt")))
+    vocab_size = lambda stage: len(task.CharTokenizer.from_file(os.path.join(by_name[stage]["dir"], "vocab.txt")))
     assert vocab_size("pruned_vocab") == 250 < vocab_size("fp32")
     # DynaBERT at width 0.75 narrows the encoder; int8 weights are stored in a quarter of the bytes
     assert by_name["width_mult_0.75-model"]["parameters"] < by_name["pruned_vocab"]["parameters"]
     assert by_name["width_mult_0.75-int8"]["size_mb"] < 0.4 * by_name["width_mult_0.75-model"]["size_mb"]
     assert by_name["width_mult_0.75-quant_emb"]["size_mb"] < by_name["width_mult_0.75-int8"]["size_mb"]
     # QAT stages run on oneDNN's int8 kernels, the others in fp32
-    int8_kernels = {s["stage"]: utils.load_json(os.path.join(s["dir"], utils.INFERENCE_CONFIG)).get("onednn_int8", False) for s in report["stages"]}
+    int8_kernels = {s["stage"]: utils.load_json(os.path.join(s["dir"], export_format.CONFIG_FILE)).get("onednn_int8", False) for s in report["stages"]}
     assert int8_kernels == {name: name.endswith(("-int8", "-quant_emb")) for name in STAGES}
     # the trained model starts far above chance and compression keeps it useful
     assert by_name["fp32"]["intent_acc"] > 0.9 and by_name["width_mult_0.75-quant_emb"]["intent_acc"] > 0.8
@@ -68,22 +74,23 @@ def test_exported_int8_graph_agrees_with_dynamic_qat_model(compressed):
 
 def test_pruned_vocabulary_round_trips(tmp_path, labels):
     texts = ["导航去北京", "北京北京", "播放 la la", "去"]
-    tokenizer = utils.CharTokenizer.build(texts + ["冷门字"])
+    tokenizer = task.CharTokenizer.build(texts + ["冷门字"])
     paddle.seed(0)
-    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", tokenizer, labels)
+    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, []))
     model.eval()
-    pruned, pruned_tok = prune_vocabulary(model, tokenizer, texts, max_vocab_size=9, max_seq_length=16, output_dir=str(tmp_path))
+    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, []), texts, max_vocab_size=9, output_dir=str(tmp_path))
+    pruned_tok = pruned_task.tokenizer
     pruned.eval()
     # specials first, then by frequency in `texts` (ties by old id)
-    assert pruned_tok.vocab == utils.SPECIAL_TOKENS + ["京", "北", "a", "l"]  # 3, 3, 2, 2 uses; 去 (2) has a higher old id
-    assert utils.CharTokenizer.from_file(os.path.join(tmp_path, "vocab.txt")).vocab == pruned_tok.vocab
+    assert pruned_tok.vocab == task.SPECIAL_TOKENS + ["京", "北", "a", "l"]  # 3, 3, 2, 2 uses; 去 (2) has a higher old id
+    assert task.CharTokenizer.from_file(os.path.join(tmp_path, "vocab.txt")).vocab == pruned_tok.vocab
     old_emb = model.ernie.embeddings.word_embeddings.weight.numpy()
     new_emb = pruned.ernie.embeddings.word_embeddings.weight.numpy()
     for new_id, token in enumerate(pruned_tok.vocab):
         np.testing.assert_array_equal(new_emb[new_id], old_emb[tokenizer.token_to_id[token]])
     assert pruned.ernie.embeddings.position_embeddings.weight.shape == [16, 312]
     # text inside the kept vocabulary: identical logits; dropped characters become [UNK]
-    same = lambda tok, text: paddle.to_tensor([utils.encode_for_inference(tok, text, 16).windows[0]])
+    same = lambda tok, text: paddle.to_tensor([task.Task(tok, LABELS, 16, []).encode(text).windows[0]])
     np.testing.assert_allclose(model(same(tokenizer, "北京 la"))[1].numpy(), pruned(same(pruned_tok, "北京 la"))[1].numpy(), atol=1e-6)
     assert pruned_tok.tokenize("导北")[0] == [pruned_tok.unk_id, pruned_tok.token_to_id["北"]]
 
@@ -111,32 +118,26 @@ def test_super_layer_norm_fix_matches_layer_norm():
 ])
 def test_unsupported_strategies_fail_clearly(strategy, message):
     with pytest.raises(ValueError, match=message):
-        run_train.check_strategy(strategy)
-    run_train.check_strategy("dynabert+qat+embeddings")
-
-
-def test_export_leaves_the_model_in_dygraph(tmp_path, labels):
-    tokenizer = utils.CharTokenizer.build(["导航去北京"])
-    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", tokenizer, labels)
-    forward = model.forward
-    run_train.save_static_graph(model, str(tmp_path / "model"))
-    assert model.forward == forward and os.path.isfile(tmp_path / "model.pdmodel")
+        check_strategy(strategy)
+    check_strategy("dynabert+qat+embeddings")
 
 
 def test_prunes_a_40k_vocabulary_pretrained_directory(tmp_path, labels):
     """A plain ERNIE directory with the published vocabulary size, as a pretrained download has."""
     from paddlenlp.transformers import ErnieConfig, ErnieModel
 
-    from model import load_pretrained, pretrained_tokenizer
+    from model import load_pretrained
+    from training import pretrained_tokenizer
 
     chars = list("导航去北京播放音乐")
-    vocab = utils.SPECIAL_TOKENS + chars + [f"[unused{i}]" for i in range(40000 - len(utils.SPECIAL_TOKENS) - len(chars))]
+    vocab = task.SPECIAL_TOKENS + chars + [f"[unused{i}]" for i in range(40000 - len(task.SPECIAL_TOKENS) - len(chars))]
     config = ErnieConfig(**{**ErnieConfig.pretrained_init_configuration["ernie-3.0-tiny-nano-v2-zh"], "vocab_size": 40000})
     ErnieModel(config).save_pretrained(str(tmp_path / "ernie"))
-    utils.CharTokenizer(vocab).save(str(tmp_path / "ernie"))
+    export_format.write_vocab(str(tmp_path / "ernie"), task.CharTokenizer(vocab))
     model, tokenizer = load_pretrained(str(tmp_path / "ernie"), labels), pretrained_tokenizer(str(tmp_path / "ernie"))
-    pruned, pruned_tok = prune_vocabulary(model, tokenizer, ["导航去北京", "播放音乐"], 8000, 16, str(tmp_path / "pruned"))
-    assert len(pruned_tok) == len(utils.SPECIAL_TOKENS) + len(chars)  # only what the data uses survives
+    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, []), ["导航去北京", "播放音乐"], 8000, str(tmp_path / "pruned"))
+    pruned_tok = pruned_task.tokenizer
+    assert len(pruned_tok) == len(task.SPECIAL_TOKENS) + len(chars)  # only what the data uses survives
     assert pruned.ernie.embeddings.word_embeddings.weight.shape == [len(pruned_tok), 312]
     assert load_pretrained(str(tmp_path / "pruned"), labels).config.vocab_size == len(pruned_tok)
 
@@ -151,7 +152,7 @@ def test_ptq_strategy_exports_an_int8_stage(trained, synthetic_dir, tmp_path):
     report = utils.load_json(os.path.join(out, "compress", "compress_report.json"))
     assert [s["stage"] for s in report["stages"]] == ["fp32", "hist8_2-int8"]
     fp32, int8 = report["stages"]
-    assert not utils.load_json(os.path.join(int8["dir"], utils.INFERENCE_CONFIG))["onednn_int8"]
+    assert not utils.load_json(os.path.join(int8["dir"], export_format.CONFIG_FILE))["onednn_int8"]
     assert int8["size_mb"] < 0.5 * fp32["size_mb"] and int8["intent_acc"] > 0.9 * fp32["intent_acc"]
 
 
@@ -165,7 +166,7 @@ def test_dynabert_without_a_saved_width_saves_the_final_weights(tmp_path, labels
 
     os.makedirs(tmp_path / "width_mult_0.5")
     open(tmp_path / "width_mult_0.5" / "model_state.pdparams", "wb").close()  # an evaluation saved this one
-    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", utils.CharTokenizer.build(["导航"]), labels)
+    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(task.CharTokenizer.build(["导航"]), labels, 16, []))
     training = compat._always_save_dynabert(lambda trainer, ofa_model, model: "ofa")
     assert training(Trainer(), None, model) == "ofa"
     assert os.path.getsize(tmp_path / "width_mult_0.5" / "model_state.pdparams") == 0  # left alone

@@ -1,12 +1,12 @@
-"""Corpus parsing, malformed-line errors, the session split and data preparation."""
+"""Corpus parsing and writing, malformed-line errors, the synthetic corpus, reading a corpus by flag."""
 import collections
 import os
-import random
 
 import pytest
 
 import utils
 from data import prepare_data, synthetic
+from data.corpus import CorpusError, Slot, read_corpus, write_corpus
 
 GOOD = (
     "s1\t再来一个菲菲唱的那个船鞋\tmusic.play\t再来一个<singer>菲菲||云菲菲</singer>唱的那个<song>船鞋</song>\r\n"
@@ -24,24 +24,24 @@ def write(tmp_path, text, name="corpus.txt"):
 
 
 def test_parse_corrections_spans_and_tags(tmp_path, labels):
-    utts = utils.read_corpus(write(tmp_path, "\ufeff" + GOOD), labels)
+    utts = read_corpus(write(tmp_path, "\ufeff" + GOOD), labels)
     assert [u.line_no for u in utts] == [1, 2, 4, 5]
     first = utts[0]
     assert first.session_id == "s1" and first.intent == "music.play"
-    assert first.slots == (utils.Slot("singer", 4, 6, "云菲菲"), utils.Slot("song", 10, 12, "船鞋"))
+    assert first.slots == (Slot("singer", 4, 6, "云菲菲"), Slot("song", 10, 12, "船鞋"))
     assert first.has_correction and not utts[3].has_correction
     assert first.char_tags() == ["O"] * 4 + ["B-singer", "I-singer"] + ["O"] * 4 + ["B-song", "I-song"]
     assert utts[1].slots == () and utts[1].char_tags() == ["O", "O"]
     # the space inside "la la" belongs to the slot span
-    assert utts[2].slots == (utils.Slot("singer", 3, 8, "娜娜"),)
+    assert utts[2].slots == (Slot("singer", 3, 8, "娜娜"),)
     assert utts[2].text[3:8] == "la la"
 
 
 def test_write_then_read_round_trips(tmp_path, labels):
-    utts = utils.read_corpus(write(tmp_path, GOOD), labels)
+    utts = read_corpus(write(tmp_path, GOOD), labels)
     out = str(tmp_path / "again.txt")
-    utils.write_corpus(out, utts)
-    again = utils.read_corpus(out, labels)
+    write_corpus(out, utts)
+    again = read_corpus(out, labels)
     assert [(u.session_id, u.text, u.intent, u.slots) for u in again] == [(u.session_id, u.text, u.intent, u.slots) for u in utts]
     assert open(out, encoding="utf-8").read().count("\n\n") == 1  # one blank line between the two sessions
 
@@ -66,8 +66,8 @@ def test_write_then_read_round_trips(tmp_path, labels):
 )
 def test_malformed_line_names_file_line_and_problem(tmp_path, labels, line, problem):
     path = write(tmp_path, GOOD + "\r\n" + line + "\r\n")
-    with pytest.raises(utils.CorpusError) as err:
-        utils.read_corpus(path, labels)
+    with pytest.raises(CorpusError) as err:
+        read_corpus(path, labels)
     assert err.value.path == path and err.value.line_no == 7
     assert problem in err.value.problem
     assert str(err.value).startswith(f"{path}:7: ")
@@ -76,8 +76,8 @@ def test_malformed_line_names_file_line_and_problem(tmp_path, labels, line, prob
 def test_non_utf8_line_is_reported(tmp_path, labels):
     path = tmp_path / "latin1.txt"
     path.write_bytes(GOOD.encode("utf-8") + "s3\tcafé\tOTHERS\tcafé\r\n".encode("latin-1"))
-    with pytest.raises(utils.CorpusError, match=r"latin1.txt:6: not UTF-8"):
-        utils.read_corpus(str(path), labels)
+    with pytest.raises(CorpusError, match=r"latin1.txt:6: not UTF-8"):
+        read_corpus(str(path), labels)
 
 
 def test_whole_corpus_parses_without_loss(corpus, corpus_path):
@@ -95,60 +95,15 @@ def test_whole_corpus_parses_without_loss(corpus, corpus_path):
         assert lines[u.line_no - 1].split("\t")[3] == u.annotated()
 
 
-def check_split(splits, utterances):
-    assert sum(len(v) for v in splits.values()) == len(utterances)
-    sessions = {name: {u.session_id for u in utts} for name, utts in splits.items()}
-    assert not (sessions["train"] & sessions["dev"]) and not (sessions["train"] & sessions["test"])
-    assert not (sessions["dev"] & sessions["test"])
-
-
-def test_split_is_deterministic_session_disjoint_and_order_independent(synthetic_splits):
-    utterances = [u for utts in synthetic_splits.values() for u in utts]
-    splits = utils.split_by_session(utterances, seed=3)
-    check_split(splits, utterances)
-    by_session = collections.defaultdict(list)
-    for u in utterances:
-        by_session[u.session_id].append(u)
-    shuffled_sessions = list(by_session.values())
-    random.Random(0).shuffle(shuffled_sessions)
-    shuffled = [u for s in shuffled_sessions for u in s]
-    again = utils.split_by_session(shuffled, seed=3)
-    assert {k: sorted(u.line_no for u in v) for k, v in again.items()} == {k: sorted(u.line_no for u in v) for k, v in splits.items()}
-    assert utils.split_by_session(utterances, seed=4)["test"] != splits["test"]
-
-
-def test_corpus_split_is_80_10_10(corpus):
-    splits = utils.split_by_session(corpus)
-    check_split(splits, corpus)
-    sizes = {k: len(v) / len(corpus) for k, v in splits.items()}
-    assert sizes["train"] == pytest.approx(0.8, abs=0.01)
-    assert sizes["dev"] == pytest.approx(0.1, abs=0.01) and sizes["test"] == pytest.approx(0.1, abs=0.01)
-    # the README's counts
-    assert {k: len(v) for k, v in splits.items()} == {"train": 17088, "dev": 2131, "test": 2133}
-
-
-def test_slotless_intents_come_from_the_data(corpus):
-    assert utils.intents_without_slots(corpus) == [
-        "OTHERS", "music.next", "music.pause", "music.prev", "navigation.cancel_navigation",
-        "navigation.open", "navigation.start_navigation", "phone_call.cancel",
-    ]
-    utts = [utils.Utterance("a", "放歌", "music.play"), utils.Utterance("a", "放x", "music.play", (utils.Slot("song", 1, 2, "x"),))]
-    assert utils.intents_without_slots(utts) == []
-
-
-def test_prepare_data_writes_identical_files_and_stats(tmp_path, labels):
-    outs = []
-    for name in ("a", "b"):
-        out = str(tmp_path / name)
-        prepare_data.main(["--synthetic", "--synthetic_size", "500", "--output_dir", out])
-        outs.append(out)
-    for fname in ("train.txt", "dev.txt", "test.txt", "stats.json"):
-        assert open(os.path.join(outs[0], fname), "rb").read() == open(os.path.join(outs[1], fname), "rb").read()
-    stats = utils.load_json(os.path.join(outs[0], "stats.json"))
-    assert stats["utterances"] == 500 and stats["source"] == {"synthetic": True, "utterances": 500}
-    splits = {n: utils.read_corpus(os.path.join(outs[0], f"{n}.txt"), labels) for n in ("train", "dev", "test")}
-    assert {n: len(v) for n, v in splits.items()} == {n: s["utterances"] for n, s in stats["splits"].items()}
-    assert stats["corrections"] == sum(u.has_correction for v in splits.values() for u in v) > 0
+def test_synthetic_corpus_covers_every_label_and_hard_case(labels):
+    utts = synthetic.generate(3000)
+    assert synthetic.generate(3000) == utts  # seeded
+    assert {u.intent for u in utts} == set(labels.intents)
+    assert {s.type for u in utts for s in u.slots} == set(labels.slot_types)
+    assert any(u.has_correction for u in utts)
+    assert any(" " in u.text[s.start : s.end] for u in utts for s in u.slots)  # Latin words with spaces
+    assert any(any(c.isdigit() for c in u.text) for u in utts)
+    assert any("１" in u.text for u in utts)  # full-width digits
 
 
 def test_prepare_data_reads_a_corpus_file_given_by_flag(tmp_path):
@@ -159,14 +114,3 @@ def test_prepare_data_reads_a_corpus_file_given_by_flag(tmp_path):
     assert len(stats["source"]["sha256"]) == 64
     with pytest.raises(FileNotFoundError, match="corpus file not found"):
         prepare_data.main(["--corpus_file", str(tmp_path / "missing.txt"), "--output_dir", out])
-
-
-def test_synthetic_corpus_covers_every_label_and_hard_case(labels):
-    utts = synthetic.generate(3000)
-    assert synthetic.generate(3000) == utts  # seeded
-    assert {u.intent for u in utts} == set(labels.intents)
-    assert {s.type for u in utts for s in u.slots} == set(labels.slot_types)
-    assert any(u.has_correction for u in utts)
-    assert any(" " in u.text[s.start : s.end] for u in utts for s in u.slots)  # Latin words with spaces
-    assert any(any(c.isdigit() for c in u.text) for u in utts)
-    assert any("１" in u.text for u in utts)  # full-width digits

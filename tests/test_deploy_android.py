@@ -5,7 +5,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
+import backends
+import export_format
 import utils
+from data.corpus import read_corpus
 
 CONVERT = os.path.join(utils.PROJECT_DIR, "deploy", "android", "convert.py")
 
@@ -17,9 +22,10 @@ def test_lite_conversion_matches_paddle_inference(trained, synthetic_dir, tmp_pa
     proc = subprocess.run([sys.executable, CONVERT, "--model_dir", os.path.join(trained, "infer_model"), "--output_dir", str(out),
                            "--verify_file", os.path.join(synthetic_dir, "test.txt")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert sorted(os.listdir(out)) == sorted(["model.nb", "verify.json", "vocab.txt", "intent_label.txt", "slot_label.txt", utils.INFERENCE_CONFIG])
+    shipped = [f for f in export_format.FILES if f not in (export_format.GRAPH_FILE, export_format.PARAMS_FILE)]
+    assert sorted(os.listdir(out)) == sorted(["model.nb", "verify.json"] + shipped)
     report = utils.load_json(str(out / "verify.json"))
-    assert report["utterances"] == len(utils.read_corpus(os.path.join(synthetic_dir, "test.txt"))) and report["prediction_agreement"] == 1.0 and report["max_abs_logit_diff"] <= 1e-4
+    assert report["utterances"] == len(read_corpus(os.path.join(synthetic_dir, "test.txt"))) and report["prediction_agreement"] == 1.0 and report["max_abs_logit_diff"] <= 1e-4
     assert report["arm_nb_mb"] > 1
 
 
@@ -35,19 +41,31 @@ def test_lite_conversion_of_the_bilstm_student(trained, synthetic_dir, tmp_path)
     import paddle
 
     from model import BiLSTMJoint
-    from run_train import save_static_graph
+    from training import export
 
-    teacher = utils.InferenceModel(os.path.join(trained, "infer_model"))
+    teacher = backends.open_predictor(os.path.join(trained, "infer_model"))
     paddle.seed(0)
-    student = BiLSTMJoint(len(teacher.tokenizer), len(teacher.labels.intents), len(teacher.labels.slot_tags), teacher.tokenizer.pad_id,
+    student = BiLSTMJoint(len(teacher.task.tokenizer), len(teacher.task.labels.intents), len(teacher.task.labels.slot_tags), teacher.task.tokenizer.pad_id,
                           embedding_dim=32, hidden_size=32)
-    student_dir = str(tmp_path / "student")
-    save_static_graph(student, os.path.join(student_dir, "model"))
-    for name in ("vocab.txt", "intent_label.txt", "slot_label.txt", utils.INFERENCE_CONFIG):
-        shutil.copy(os.path.join(trained, "infer_model", name), student_dir)
+    student_dir = export(student, teacher.task, str(tmp_path / "student"), {"architecture": "bilstm-student"}).directory
     out = tmp_path / "android-student"
     proc = subprocess.run([sys.executable, CONVERT, "--model_dir", student_dir, "--output_dir", str(out),
                            "--verify_file", os.path.join(synthetic_dir, "test.txt")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = utils.load_json(str(out / "verify.json"))
     assert report["prediction_agreement"] == 1.0 and report["max_abs_logit_diff"] <= 1e-4
+
+
+def test_jni_bridge_compiles_against_slu_cc():
+    """slu_jni.cc with the real slu.h, nlohmann/json and the JDK's jni.h, and a declaration-only
+    stub of Paddle Lite's API (tests/stubs): catches a bridge that no longer fits slu.cc."""
+    javac = shutil.which("javac")
+    if javac is None:
+        pytest.skip("no JDK (javac) on this machine")
+    jdk = os.path.dirname(os.path.dirname(os.path.realpath(javac)))
+    cpp = os.path.join(utils.PROJECT_DIR, "deploy", "cpp")
+    bridge = os.path.join(utils.PROJECT_DIR, "deploy", "android", "app", "src", "main", "cpp", "slu_jni.cc")
+    stubs = os.path.join(utils.PROJECT_DIR, "tests", "stubs")
+    proc = subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", f"-I{stubs}", f"-I{jdk}/include",
+                           f"-I{jdk}/include/linux", f"-I{cpp}", f"-I{cpp}/third_party", bridge], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,5 +1,5 @@
-"""deploy/cpp: the C++ tokenizer against the Python one, and the OpenVINO C++ demo against
-run_eval.py. The demo is built here with `make cpp` (cmake + g++ + the openvino pip wheel)."""
+"""deploy/cpp: the export contract as slu.cc reads it against export_format.py, the C++ tokenizer
+against the Python one, and the OpenVINO C++ demo against the Python prediction path."""
 import json
 import os
 import shutil
@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_same_records
 
+import backends
+import export_format
+import predictor
+import task
 import utils
 
-sys.path.insert(0, os.path.join(utils.PROJECT_DIR, "deploy", "cpp"))
-import gen_unicode_tables  # noqa: E402
-from test_deploy_python import strip_confidence  # noqa: E402
-
-DEMO = os.path.join(utils.PROJECT_DIR, "build", "cpp", "slu_demo")
 TRICKY = [
     "ＡＢＣ１２３导航去北京", "İstanbul ﬁle ß", "播放\u3000周杰伦\t的  稻香", "😀 导航 🚗", "\x1f控制\x7f字符",
     'quote " and back\\slash', "打电话给13812345678然后再导航去上海市浦东新区世纪大道一百号", "Ⅻ ㈱ ｶﾀｶﾅ ½",
@@ -22,10 +22,8 @@ TRICKY = [
 
 
 @pytest.fixture(scope="module")
-def demo():
-    proc = subprocess.run(["make", "-s", "cpp"], cwd=utils.PROJECT_DIR, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return DEMO
+def demo(cpp_demo):
+    return cpp_demo
 
 
 def run(demo, model_dir, texts, *flags):
@@ -36,8 +34,39 @@ def run(demo, model_dir, texts, *flags):
 
 
 def test_unicode_tables_are_current():
-    with open(gen_unicode_tables.OUTPUT, encoding="utf-8") as f:
-        assert f.read() == gen_unicode_tables.render(), "run python deploy/cpp/gen_unicode_tables.py"
+    script = os.path.join(utils.PROJECT_DIR, "deploy", "cpp", "gen_unicode_tables.py")
+    proc = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cpp_reads_the_contract_python_writes(demo):
+    contract = json.loads(subprocess.run([demo, "--print_contract"], capture_output=True, text=True, check=True).stdout)
+    assert contract == {
+        "format_version": export_format.FORMAT_VERSION, "files": export_format.FILES, "required_keys": export_format.REQUIRED_KEYS,
+        "output_roles": export_format.OUTPUT_ROLES, "empty_utterance": predictor.EMPTY_UTTERANCE,
+        "too_long_error": predictor.too_long_error(600, 512),
+    }
+
+
+def edit_config(directory, **changes):
+    path = os.path.join(directory, export_format.CONFIG_FILE)
+    utils.save_json(path, {**utils.load_json(path), **changes})
+
+
+@pytest.mark.parametrize("name, change, cpp_error", [
+    ("format_version", {"format_version": 2}, "format_version 2; this build reads format_version 1"),
+    ("vocab_size", {"vocab_size": 7}, "vocab.txt: 312 tokens, inference_config.json says 7"),
+    ("num_intents", {"num_intents": 12}, "intent_label.txt: 11 intents, inference_config.json says 12"),
+    ("missing key", {"max_utterance_tokens": None}, "inference_config.json: unexpected content"),
+])
+def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_path, name, change, cpp_error):
+    broken = shutil.copytree(os.path.join(trained, "infer_model"), str(tmp_path / "broken"))
+    edit_config(broken, **change)
+    with pytest.raises(export_format.ExportError):
+        export_format.read(broken)
+    proc = subprocess.run([demo, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)
+    expected = cpp_error.replace("312", str(len(utils.read_lines(os.path.join(broken, "vocab.txt")))))
+    assert proc.returncode == 1 and f"slu_demo: {broken}/" in proc.stderr and expected in proc.stderr, proc.stderr
 
 
 def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path, request):
@@ -48,10 +77,12 @@ def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path,
     if os.path.isfile(os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")):
         corpus = request.getfixturevalue("corpus")
         corpus_dir = shutil.copytree(model_dir, str(tmp_path / "corpus_vocab"))
-        utils.CharTokenizer.build(u.text for u in corpus).save(corpus_dir)
+        corpus_tokenizer = task.CharTokenizer.build(u.text for u in corpus)
+        export_format.write_vocab(corpus_dir, corpus_tokenizer)
+        edit_config(corpus_dir, vocab_size=len(corpus_tokenizer))
         cases.append((corpus_dir, [u.text for u in corpus] + TRICKY))
     for directory, texts in cases:
-        tokenizer = utils.CharTokenizer.from_file(os.path.join(directory, "vocab.txt"))
+        tokenizer = task.CharTokenizer.from_file(os.path.join(directory, "vocab.txt"))
         got = run(demo, directory, texts, "--tokenize_only")
         expected = [dict(zip(("ids", "offsets"), tokenizer.tokenize(t))) for t in texts]
         assert len(got) == len(texts)
@@ -59,16 +90,10 @@ def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path,
         assert not mismatches, mismatches[:3]
 
 
-def test_cpp_demo_matches_run_eval(demo, trained, synthetic_splits):
+def test_cpp_demo_matches_the_python_prediction_path(demo, trained, synthetic_splits):
     model_dir = os.path.join(trained, "infer_model")
     texts = [u.text for u in synthetic_splits["test"][:150]] + TRICKY + ["", "   "]
-    got = run(demo, model_dir, texts)
-    import run_eval
-
-    expected = run_eval.predict(utils.InferenceModel(model_dir), texts, batch_size=64)
-    assert strip_confidence(got) == strip_confidence(expected)
-    for g, e in zip(got, expected):
-        assert g.get("confidence", 0) == pytest.approx(e.get("confidence", 0), abs=2e-4)
+    assert_same_records(run(demo, model_dir, texts), backends.open_predictor(model_dir).predict(texts))
 
 
 def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):

@@ -1,53 +1,16 @@
 """Distillation: slot-preserving augmentation, the two objectives on hand-computed values, the
 teacher-logit cache, and a tiny end-to-end run of run_distill.py."""
-import json
 import os
-import random
 
 import numpy as np
 import paddle
 import pytest
+from conftest import run_fastdeploy_demo, strip_confidence
 
+import backends
 import run_distill
 import utils
 from model import BiLSTMJoint, DistillLoss
-
-
-def check_aligned(aug: utils.Utterance, source: utils.Utterance, lexicon):
-    tags = aug.char_tags()
-    assert len(tags) == len(aug.text) and aug.text.strip()
-    for i, tag in enumerate(tags):  # BIO well formed
-        if tag.startswith("I-"):
-            assert tags[i - 1] in ("B-" + tag[2:], tag)
-    kept, types = [s.type for s in aug.slots], [s.type for s in source.slots]  # n-gram sampling keeps a run of slots
-    assert any(types[i : i + len(kept)] == kept for i in range(len(types) - len(kept) + 1))
-    for slot in aug.slots:
-        span = aug.text[slot.start : slot.end]
-        originals = [source.text[s.start : s.end] for s in source.slots if s.type == slot.type]
-        assert span in originals or span == utils.MASK_CHAR * len(span) or span in lexicon["slot:" + slot.type]
-        assert tags[slot.start] == "B-" + slot.type and all(t == "I-" + slot.type for t in tags[slot.start + 1 : slot.end])
-
-
-def test_augmentation_keeps_every_tag_aligned(synthetic_splits, request):
-    sources = synthetic_splits["train"]
-    if os.path.isfile(os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")):
-        sources = sources + request.getfixturevalue("corpus")[:3000]
-    lexicon = utils.augmentation_lexicon(sources)
-    rng, changed = random.Random(0), 0
-    for seed_round in range(3):
-        for utt in sources:
-            aug = utils.augment(utt, lexicon, rng, p_mask=0.2, p_substitute=0.3, p_ngram=0.4)
-            if aug.text.strip():
-                check_aligned(aug, utt, lexicon)
-            changed += aug.text != utt.text
-    assert changed > len(sources)  # the operations do fire
-
-
-def test_augmentation_is_deterministic_under_a_seed(synthetic_splits):
-    train = synthetic_splits["train"][:300]
-    first, again, other = (utils.augment_corpus(train, 2, seed) for seed in (1, 1, 2))
-    assert first == again and first != other
-    assert all(a.text.strip() for a in first)
 
 
 def test_mse_objective_on_hand_computed_values():
@@ -101,16 +64,16 @@ def test_student_matches_after_save_load_and_ignores_padding(tmp_path):
 
 
 def test_teacher_logits_are_cached_and_reused(trained, synthetic_splits, labels, tmp_path, monkeypatch):
-    teacher = utils.InferenceModel(os.path.join(trained, "infer_model"))
-    rows = run_distill.gold_rows(synthetic_splits["dev"][:40], teacher.tokenizer, labels, 16, has_gold=True)
+    teacher = backends.open_predictor(os.path.join(trained, "infer_model"))
+    rows = run_distill.gold_rows(synthetic_splits["dev"][:40], teacher.task, has_gold=True)
     cache = str(tmp_path / "teacher.npz")
     run_distill.teacher_logits(teacher, rows, cache)
     first = [(r["teacher_intent"].copy(), r["teacher_slots"].copy()) for r in rows]
     assert all(len(r["teacher_slots"]) == len(r["input_ids"]) for r in rows)
-    direct = teacher.logits(utils.pad_batch([rows[3]["input_ids"]], teacher.tokenizer.pad_id))
+    direct = teacher.logits_fn(utils.pad_batch([rows[3]["input_ids"]], teacher.task.tokenizer.pad_id))
     np.testing.assert_allclose(first[3][0], direct[0][0], atol=1e-4)
 
-    monkeypatch.setattr(teacher, "logits", lambda ids: pytest.fail("the cache should have been reused"))
+    monkeypatch.setattr(teacher, "logits_fn", lambda ids: pytest.fail("the cache should have been reused"))
     run_distill.teacher_logits(teacher, rows, cache)
     assert all(np.array_equal(r["teacher_intent"], f[0]) for r, f in zip(rows, first))
 
@@ -122,24 +85,20 @@ def test_tiny_distillation_run(trained, synthetic_dir, synthetic_splits, tmp_pat
         "--num_train_epochs", "2", "--augment_copies", "1", "--latency_utterances", "30", "--objective", "kd",
     ])
     assert list(report["models"]) == ["teacher (fp32 ERNIE)", "student alone", "distilled student"]
-    assert report["augmented_rows"] > 1000 and report["latency_ratio"]["paddle"] > 1 and report["latency_ratio"]["ort"] > 1
+    assert report["augmented_rows"] > 1000 and report["latency_ratio"]["paddle-inference"] > 1 and report["latency_ratio"]["fastdeploy-ort"] > 1
     assert os.path.isfile(os.path.join(out, "distill_report.md"))
     for name in ("student_alone", "distilled"):
-        student = utils.InferenceModel(os.path.join(out, name, "infer_model"))
+        student = backends.open_predictor(os.path.join(out, name, "infer_model"))
         results = student.predict(["导航去人民公园", "下一首"])
-        assert all(r["intent"] in student.labels.intents for r in results)
+        assert all(r["intent"] in student.task.labels.intents for r in results)
     assert report["models"]["student alone"]["size_mb"] < 0.2 * report["models"]["teacher (fp32 ERNIE)"]["size_mb"]
 
     # the exported student on FastDeploy, padded batches included: its reversal must not depend
     # on sequence_length, which ONNX Runtime ignores (OpenVINO runs in bf16 here: near-identical)
-    from test_deploy_python import run_demo, strip_confidence
-
     student_dir = os.path.join(out, "distilled", "infer_model")
     texts = [u.text for u in synthetic_splits["test"][:60]]
-    expected = utils.InferenceModel(student_dir).predict(texts, batch_size=16)
-    for backend, share in (("ort", 1.0), ("openvino", 0.95)):
-        proc, _ = run_demo(student_dir, backend, texts, tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        got = [json.loads(line) for line in proc.stdout.splitlines()]
+    expected = backends.open_predictor(student_dir).predict(texts, batch_size=16)
+    for backend, share in (("fastdeploy-ort", 1.0), ("fastdeploy-openvino", 0.95)):
+        got = run_fastdeploy_demo(student_dir, backend, texts, "--batch_size", "16")
         same = sum(g == e for g, e in zip(strip_confidence(got), strip_confidence(expected)))
         assert len(got) == len(texts) and same >= share * len(texts), backend

@@ -1,19 +1,17 @@
-"""Metrics on hand-computed examples."""
+"""Metrics on hand-computed examples, and the slot scores against seqeval."""
+import os
+import random
+
 import pytest
+from conftest import SHARED_CORPUS
 
-import utils
-
-
-def test_bio_spans_conlleval_rules():
-    assert utils.bio_spans(["B-song", "I-song", "O", "B-singer"]) == [("song", 0, 2), ("singer", 3, 4)]
-    assert utils.bio_spans(["I-song", "I-song"]) == [("song", 0, 2)]  # I- without B- starts a span
-    assert utils.bio_spans(["B-song", "I-singer"]) == [("song", 0, 1), ("singer", 1, 2)]  # type change
-    assert utils.bio_spans(["B-song", "B-song"]) == [("song", 0, 1), ("song", 1, 2)]
-    assert utils.bio_spans(["O", "PAD"]) == [] and utils.bio_spans([]) == []
+import metrics
+import task
+from data.corpus import Slot, Utterance
 
 
 def utt(text, intent, *slots):
-    return utils.Utterance("s", text, intent, tuple(utils.Slot(k, s, e, text[s:e]) for k, s, e in slots))
+    return Utterance("s", text, intent, tuple(Slot(k, s, e, text[s:e]) for k, s, e in slots))
 
 
 def test_slu_metrics_by_hand():
@@ -29,7 +27,7 @@ def test_slu_metrics_by_hand():
         ("music.pause", ["B-song", "O"]),  # intent right, spurious slot: wrong strictly, right leniently
         ("music.prev", ["O", "O", "O"]),  # intent wrong: wrong either way
     ]
-    m = utils.slu_metrics(gold, predicted, slotless_intents=["music.pause", "music.next"])
+    m = metrics.slu_metrics(gold, predicted, slotless_intents=["music.pause", "music.next"])
     assert m["intent_acc"] == pytest.approx(3 / 4)
     # gold spans: destination(3,5), song(2,4); predicted: destination(3,5), song(2,3), song(0,1)
     assert m["slot_precision"] == pytest.approx(1 / 3) and m["slot_recall"] == pytest.approx(1 / 2)
@@ -42,14 +40,52 @@ def test_slu_metrics_by_hand():
 
 def test_predicted_pad_counts_as_outside_and_spaces_carry_no_tag():
     gold = [utt("la la", "music.play", ("singer", 0, 5))]
-    m = utils.slu_metrics(gold, [("music.play", ["B-singer", "I-singer", "I-singer", "I-singer"])], [])
+    m = metrics.slu_metrics(gold, [("music.play", ["B-singer", "I-singer", "I-singer", "I-singer"])], [])
     assert m["sentence_acc"] == 1.0 and m["slot_f1"] == 1.0
-    m = utils.slu_metrics([utt("暂停", "music.pause")], [("music.pause", ["PAD", "O"])], [])
+    m = metrics.slu_metrics([utt("暂停", "music.pause")], [("music.pause", ["PAD", "O"])], [])
     assert m["sentence_acc"] == 1.0 and m["slot_precision"] == 0.0 and m["slot_f1"] == 0.0
 
 
 def test_slu_metrics_rejects_misaligned_predictions():
     with pytest.raises(ValueError, match="2 predicted tags for 3 tokens"):
-        utils.slu_metrics([utt("下一首", "music.next")], [("music.next", ["O", "O"])], [])
+        metrics.slu_metrics([utt("下一首", "music.next")], [("music.next", ["O", "O"])], [])
     with pytest.raises(ValueError, match="1 gold utterances but 0 predictions"):
-        utils.slu_metrics([utt("下一首", "music.next")], [], [])
+        metrics.slu_metrics([utt("下一首", "music.next")], [], [])
+
+
+def seqeval_scores(gold_tags, predicted_tags):
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    return [f(gold_tags, predicted_tags) for f in (precision_score, recall_score, f1_score)]
+
+
+def test_slot_scores_agree_with_seqeval_on_model_predictions(trained, synthetic_splits):
+    """seqeval (default mode: conlleval rules) on the shared model's test-split predictions."""
+    import backends
+
+    test = synthetic_splits["test"]
+    model = backends.open_predictor(os.path.join(trained, "infer_model"))
+    labels = model.task.labels
+    predicted = [[labels.slot_tags[t] for t in p.tag_ids] for p in model.predictions(test)]
+    predicted = [["O" if t == "PAD" else t for t in tags] for tags in predicted]
+    m = metrics.slu_metrics(test, [(u.intent, tags) for u, tags in zip(test, predicted)], [])
+    expected = seqeval_scores([u.token_tags() for u in test], predicted)
+    assert [m["slot_precision"], m["slot_recall"], m["slot_f1"]] == pytest.approx(expected, abs=1e-12)
+
+
+def test_slot_scores_agree_with_seqeval_on_broken_tag_sequences(synthetic_splits, request):
+    """Gold tags with random damage (I- without B-, type changes, dropped and spurious tags):
+    the corner cases of the span rules, on the synthetic test split and, when present, the corpus."""
+    gold = list(synthetic_splits["test"])
+    if os.path.isfile(SHARED_CORPUS):
+        gold += request.getfixturevalue("corpus")
+    rng = random.Random(7)
+    tag_set = task.LabelMaps.from_files().slot_tags[1:]  # without PAD
+    predicted = []
+    for utt in gold:
+        tags = utt.token_tags()
+        predicted.append([rng.choice(tag_set) if rng.random() < 0.15 else t for t in tags])
+    m = metrics.slu_metrics(gold, [(u.intent, tags) for u, tags in zip(gold, predicted)], [])
+    expected = seqeval_scores([u.token_tags() for u in gold], predicted)
+    assert 0.2 < m["slot_f1"] < 0.95
+    assert [m["slot_precision"], m["slot_recall"], m["slot_f1"]] == pytest.approx(expected, abs=1e-12)

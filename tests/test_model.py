@@ -4,24 +4,35 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
+import export_format
+import task
 import utils
-from model import JointErnie, JointLoss, build_from_scratch, load_pretrained, padding_mask, pretrained_tokenizer
+from model import (
+    JointErnie,
+    JointLoss,
+    build_from_scratch,
+    load_pretrained,
+    padding_mask,
+)
+from training import pretrained_tokenizer
+
+LABELS = task.LabelMaps.from_files()
 
 TEXTS = ["导航去北京", "播放周杰伦的稻香", "打电话给13812345678", "暂停"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return utils.CharTokenizer.build(TEXTS)
+    return task.CharTokenizer.build(TEXTS)
 
 
 def small_model(tokenizer, labels, **overrides):
     paddle.seed(0)
-    return build_from_scratch("ernie-3.0-tiny-nano-v2-zh", tokenizer, labels, **overrides)
+    return build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, []), **overrides)
 
 
 def batch(tokenizer, texts=TEXTS):
-    return paddle.to_tensor(utils.pad_batch([utils.encode_for_inference(tokenizer, t, 32).windows[0] for t in texts], tokenizer.pad_id))
+    return paddle.to_tensor(utils.pad_batch([task.Task(tokenizer, LABELS, 32, []).encode(t).windows[0] for t in texts], tokenizer.pad_id))
 
 
 def test_from_scratch_has_the_published_nano_architecture(tokenizer, labels):
@@ -50,7 +61,7 @@ def test_padding_mask_gives_the_outputs_of_ernies_own_mask(tokenizer, labels):
 
 def test_unknown_architecture_lists_the_tiny_sizes(tokenizer, labels):
     with pytest.raises(ValueError, match="ernie-3.0-tiny-nano-v2-zh"):
-        build_from_scratch("ernie-9-huge", tokenizer, labels)
+        build_from_scratch("ernie-9-huge", task.Task(tokenizer, labels, 16, []))
 
 
 def test_loss_is_intent_ce_plus_slot_ce_over_real_tokens(labels):
@@ -76,7 +87,7 @@ def test_save_and_load_round_trip(tmp_path, tokenizer, labels):
     model = small_model(tokenizer, labels)
     model.eval()
     model.save_pretrained(str(tmp_path))
-    tokenizer.save(str(tmp_path))
+    export_format.write_vocab(str(tmp_path), tokenizer)
     loaded = load_pretrained(str(tmp_path), labels)
     loaded.eval()
     assert isinstance(loaded, JointErnie)
@@ -130,7 +141,7 @@ def test_loads_a_plain_pretrained_ernie_directory(tmp_path, tokenizer, labels):
     paddle.seed(3)
     encoder = ErnieModel(config)
     encoder.save_pretrained(str(tmp_path))
-    tokenizer.save(str(tmp_path))
+    export_format.write_vocab(str(tmp_path), tokenizer)
     model = load_pretrained(str(tmp_path), labels)
     assert model.config.num_intents == len(labels.intents) and model.config.num_slot_tags == len(labels.slot_tags)
     saved = encoder.state_dict()

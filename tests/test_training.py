@@ -1,4 +1,4 @@
-"""run_train.py end to end (one shared short run): training, best-model selection, whole-utterance
+"""run_train.py end to end (one shared short run) and training.py: training, best-model selection,
 evaluation, and the exported static graph against the dynamic graph."""
 import glob
 import os
@@ -8,10 +8,13 @@ import numpy as np
 import paddle
 import pytest
 
+import backends
+import export_format
+import task
 import utils
-from model import JointErnie
+from model import JointErnie, build_from_scratch
+from training import save_static_graph
 
-EXPORTED = ["model.pdmodel", "model.pdiparams", "vocab.txt", "intent_label.txt", "slot_label.txt", utils.INFERENCE_CONFIG]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def dynamic(trained):
 
 @pytest.fixture(scope="module")
 def static(trained):
-    return utils.InferenceModel(os.path.join(trained, "infer_model"), cpu_threads=2)
+    return backends.open_predictor(os.path.join(trained, "infer_model"), threads=2)
 
 
 def test_outputs_logs_and_metrics(trained, synthetic_splits):
@@ -58,12 +61,12 @@ def test_best_checkpoint_is_the_one_kept(trained):
 
 def test_export_is_self_contained(trained, tmp_path, static):
     export = os.path.join(trained, "infer_model")
-    assert all(os.path.isfile(os.path.join(export, f)) for f in EXPORTED)
-    config = utils.load_json(os.path.join(export, utils.INFERENCE_CONFIG))
+    assert all(os.path.isfile(os.path.join(export, f)) for f in export_format.FILES)
+    config = utils.load_json(os.path.join(export, export_format.CONFIG_FILE))
     assert config["max_seq_length"] == 16 and "OTHERS" in config["slotless_intents"]
     moved = shutil.copytree(export, str(tmp_path / "elsewhere"))
     texts = ["导航去人民公园", "打电话给 13812345678", ""]
-    assert utils.InferenceModel(moved).predict(texts) == static.predict(texts)
+    assert backends.open_predictor(moved).predict(texts) == static.predict(texts)
 
 
 def test_export_has_no_scalar_fill_constant(trained):
@@ -80,14 +83,14 @@ def test_export_has_no_scalar_fill_constant(trained):
 
 
 def test_static_graph_matches_dynamic_graph(dynamic, static, synthetic_splits):
-    tokenizer = static.tokenizer
-    encoded = [static.encode(u.text) for u in synthetic_splits["test"]]
+    tokenizer = static.task.tokenizer
+    encoded = [static.task.encode(u.text) for u in synthetic_splits["test"]]
     windows = [w for e in encoded for w in e.windows]
     for b in range(0, len(windows), 64):
         ids = utils.pad_batch(windows[b : b + 64], tokenizer.pad_id)
         with paddle.no_grad():
             dyn_intent, dyn_slot = (t.numpy() for t in dynamic(paddle.to_tensor(ids)))
-        st_intent, st_slot = static.logits(ids)
+        st_intent, st_slot = static.logits_fn(ids)
         assert st_intent.shape == dyn_intent.shape and st_slot.shape == dyn_slot.shape
         assert np.abs(st_intent - dyn_intent).max() <= 1e-4
         assert np.abs(st_slot - dyn_slot).max() <= 1e-4
@@ -95,11 +98,11 @@ def test_static_graph_matches_dynamic_graph(dynamic, static, synthetic_splits):
 
 def test_static_graph_takes_any_batch_and_length(static):
     for shape in [(1, 3), (7, 5), (2, 40)]:
-        ids = np.full(shape, static.tokenizer.unk_id, dtype="int64")
-        ids[:, 0], ids[:, -1] = static.tokenizer.cls_id, static.tokenizer.sep_id
-        intent, slots = static.logits(ids)
-        assert intent.shape == (shape[0], len(static.labels.intents))
-        assert slots.shape == (*shape, len(static.labels.slot_tags))
+        ids = np.full(shape, static.task.tokenizer.unk_id, dtype="int64")
+        ids[:, 0], ids[:, -1] = static.task.tokenizer.cls_id, static.task.tokenizer.sep_id
+        intent, slots = static.logits_fn(ids)
+        assert intent.shape == (shape[0], len(static.task.labels.intents))
+        assert slots.shape == (*shape, len(static.task.labels.slot_tags))
 
 
 def test_static_evaluation_reproduces_training_evaluation(trained, static, synthetic_splits):
@@ -113,7 +116,7 @@ def test_static_evaluation_reproduces_training_evaluation(trained, static, synth
 def test_long_utterances_are_scored_whole(static):
     text = "播放林小雨的晚风轻轻吹然后导航去第一人民医院再打电话给老王"  # 29 chars, two windows
     result = static.predict([text])[0]
-    assert len(static.encode(text).windows) == 3
+    assert len(static.task.encode(text).windows) == 3
     for slot in result["slots"]:
         first, last = slot["pos"]
         assert text[first : last + 1] == slot["entity"] and 0 <= first <= last < len(text)
@@ -122,20 +125,29 @@ def test_long_utterances_are_scored_whole(static):
 def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_dir, synthetic_splits):
     """The non-scratch path: --model_name_or_path is a directory holding a plain ERNIE encoder
     and its vocab.txt; the vocabulary is taken from there, not rebuilt from the data."""
-    import run_train
     from paddlenlp.transformers import ErnieConfig, ErnieModel
 
+    import run_train
+
     pretrained = str(tmp_path / "ernie")
-    tokenizer = utils.CharTokenizer.build(u.text for u in synthetic_splits["dev"])  # deliberately not train's
+    tokenizer = task.CharTokenizer.build(u.text for u in synthetic_splits["dev"])  # deliberately not train's
     config = ErnieConfig(**{**ErnieConfig.pretrained_init_configuration["ernie-3.0-tiny-nano-v2-zh"], "vocab_size": len(tokenizer)})
     ErnieModel(config).save_pretrained(pretrained)
-    tokenizer.save(pretrained)
+    export_format.write_vocab(pretrained, tokenizer)
     out = str(tmp_path / "out")
     run_train.main([
         "--model_name_or_path", pretrained, "--data_dir", synthetic_dir, "--output_dir", out,
         "--do_train", "--do_eval", "--max_steps", "3", "--evaluation_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--disable_tqdm", "true",
     ])
-    assert utils.CharTokenizer.from_file(os.path.join(out, "vocab.txt")).vocab == tokenizer.vocab
+    assert task.CharTokenizer.from_file(os.path.join(out, "vocab.txt")).vocab == tokenizer.vocab
     assert utils.load_json(os.path.join(out, "eval_results.json"))["test"]["num_utterances"] == len(synthetic_splits["test"])
     assert JointErnie.from_pretrained(out).config.vocab_size == len(tokenizer)
+
+
+def test_export_leaves_the_model_in_dygraph(tmp_path, labels):
+    tokenizer = task.CharTokenizer.build(["导航去北京"])
+    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, []))
+    forward = model.forward
+    save_static_graph(model, str(tmp_path / "model"))
+    assert model.forward == forward and os.path.isfile(tmp_path / "model.pdmodel")

@@ -1,0 +1,66 @@
+"""The deterministic session split, what is derived from the training split, and data/prepare_data.py."""
+import collections
+import os
+import random
+
+import pytest
+
+import utils
+from data import prepare_data, split
+from data.corpus import Slot, Utterance, read_corpus
+
+
+def check_split(splits, utterances):
+    assert sum(len(v) for v in splits.values()) == len(utterances)
+    sessions = {name: {u.session_id for u in utts} for name, utts in splits.items()}
+    assert not (sessions["train"] & sessions["dev"]) and not (sessions["train"] & sessions["test"])
+    assert not (sessions["dev"] & sessions["test"])
+
+
+def test_split_is_deterministic_session_disjoint_and_order_independent(synthetic_splits):
+    utterances = [u for utts in synthetic_splits.values() for u in utts]
+    splits = split.split_by_session(utterances, seed=3)
+    check_split(splits, utterances)
+    by_session = collections.defaultdict(list)
+    for u in utterances:
+        by_session[u.session_id].append(u)
+    shuffled_sessions = list(by_session.values())
+    random.Random(0).shuffle(shuffled_sessions)
+    shuffled = [u for s in shuffled_sessions for u in s]
+    again = split.split_by_session(shuffled, seed=3)
+    assert {k: sorted(u.line_no for u in v) for k, v in again.items()} == {k: sorted(u.line_no for u in v) for k, v in splits.items()}
+    assert split.split_by_session(utterances, seed=4)["test"] != splits["test"]
+
+
+def test_corpus_split_is_80_10_10(corpus):
+    splits = split.split_by_session(corpus)
+    check_split(splits, corpus)
+    sizes = {k: len(v) / len(corpus) for k, v in splits.items()}
+    assert sizes["train"] == pytest.approx(0.8, abs=0.01)
+    assert sizes["dev"] == pytest.approx(0.1, abs=0.01) and sizes["test"] == pytest.approx(0.1, abs=0.01)
+    # the README's counts
+    assert {k: len(v) for k, v in splits.items()} == {"train": 17088, "dev": 2131, "test": 2133}
+
+
+def test_slotless_intents_come_from_the_data(corpus):
+    assert split.intents_without_slots(corpus) == [
+        "OTHERS", "music.next", "music.pause", "music.prev", "navigation.cancel_navigation",
+        "navigation.open", "navigation.start_navigation", "phone_call.cancel",
+    ]
+    utts = [Utterance("a", "放歌", "music.play"), Utterance("a", "放x", "music.play", (Slot("song", 1, 2, "x"),))]
+    assert split.intents_without_slots(utts) == []
+
+
+def test_prepare_data_writes_identical_files_and_stats(tmp_path, labels):
+    outs = []
+    for name in ("a", "b"):
+        out = str(tmp_path / name)
+        prepare_data.main(["--synthetic", "--synthetic_size", "500", "--output_dir", out])
+        outs.append(out)
+    for fname in ("train.txt", "dev.txt", "test.txt", "stats.json"):
+        assert open(os.path.join(outs[0], fname), "rb").read() == open(os.path.join(outs[1], fname), "rb").read()
+    stats = utils.load_json(os.path.join(outs[0], "stats.json"))
+    assert stats["utterances"] == 500 and stats["source"] == {"synthetic": True, "utterances": 500}
+    splits = {n: read_corpus(os.path.join(outs[0], f"{n}.txt"), labels) for n in ("train", "dev", "test")}
+    assert {n: len(v) for n, v in splits.items()} == {n: s["utterances"] for n, s in stats["splits"].items()}
+    assert stats["corrections"] == sum(u.has_correction for v in splits.values() for u in v) > 0

@@ -1,0 +1,61 @@
+"""tests/edge_cases.json through every front end: run_eval.py, the FastDeploy demo on each backend
+and the C++ demo must answer each utterance with the same record (confidences may differ in
+rounding; OpenVINO through FastDeploy runs bf16, so its confidences by more), and a blank,
+invisible-only or over-long utterance always gets an error record, never a guess."""
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import assert_same_records, run_fastdeploy_demo
+
+import backends
+import export_format
+import predictor
+import run_eval
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained):
+    return os.path.join(trained, "infer_model")
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir, edge_cases, tmp_path_factory):
+    """run_eval.py's records for the edge cases, from a file of one utterance per line."""
+    path = tmp_path_factory.mktemp("edge") / "edge_cases.txt"
+    path.write_text("".join(t + "\n" for t in edge_cases), encoding="utf-8")
+    out = path.with_suffix(".jsonl")
+    run_eval.main(["--model_dir", model_dir, "--input_file", str(path), "--output_file", str(out)])
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def test_run_eval_answers_every_edge_case_as_specified(reference, edge_cases, model_dir):
+    limit = export_format.read(model_dir).config["max_utterance_tokens"]
+    assert [r["text"] for r in reference] == edge_cases
+    for text, record in zip(edge_cases, reference):
+        visible = [c for c in text if not c.isspace() and c not in "\u200b\u0000\ufeff\u001f\u007f"]
+        if not visible:
+            assert record == {"text": text, "error": predictor.EMPTY_UTTERANCE}
+        elif len(visible) > limit:
+            assert record == {"text": text, "error": predictor.too_long_error(len(visible), limit)}
+        else:
+            assert set(record) == {"text", "intent", "confidence", "slots"}
+            for slot in record["slots"]:  # spans never start or end on an invisible character
+                first, last = slot["pos"]
+                assert text[first : last + 1] == slot["entity"] and text[first] in visible and text[last] in visible
+    errors = [r["error"] for r in reference if "error" in r]
+    assert errors.count(predictor.EMPTY_UTTERANCE) == 7 and len(errors) == 9  # as tests/edge_cases.json is written
+
+
+@pytest.mark.parametrize("backend", backends.FASTDEPLOY_BACKENDS)
+def test_fastdeploy_demo_agrees(backend, reference, edge_cases, model_dir):
+    got = run_fastdeploy_demo(model_dir, backend, edge_cases)
+    assert_same_records(got, reference, confidence_tolerance=0.05 if backend == "fastdeploy-openvino" else 2e-4)
+
+
+def test_cpp_demo_agrees(cpp_demo, reference, edge_cases, model_dir):
+    proc = subprocess.run([cpp_demo, "--model_dir", model_dir], input="".join(t + "\n" for t in edge_cases),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_records([json.loads(line) for line in proc.stdout.splitlines()], reference)

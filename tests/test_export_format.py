@@ -1,0 +1,111 @@
+"""The export contract (export_format.py): a directory is written whole or not at all, read back
+as it was written, and every way its files can disagree is refused with the file named. The
+C++ side of the contract is checked in test_deploy_cpp.py."""
+import json
+import os
+
+import pytest
+
+import export_format
+import task
+import utils
+
+LABELS = task.LabelMaps.from_files()
+TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, ["OTHERS", "music.pause"])
+
+
+def fake_graph(prefix):
+    """A GraphWriter that needs no paddle: the contract only moves the graph files."""
+    for ext in (".pdmodel", ".pdiparams"):
+        with open(prefix + ext, "wb") as f:
+            f.write(b"graph" + ext.encode())
+    return [export_format.INPUT_NAME], ["intent_out", "slot_out"]
+
+
+@pytest.fixture
+def exported(tmp_path):
+    return export_format.write(str(tmp_path / "infer_model"), TASK, fake_graph, {"architecture": "test"}).directory
+
+
+def test_write_then_read_round_trips(exported):
+    assert sorted(os.listdir(exported)) == sorted(export_format.FILES)
+    model = export_format.read(exported)
+    assert model.task.tokenizer.vocab == TASK.tokenizer.vocab and model.task.labels == LABELS
+    assert model.task.max_seq_length == 16 and model.task.slotless_intents == ["OTHERS", "music.pause"]
+    config = model.config
+    assert config["format_version"] == export_format.FORMAT_VERSION and set(config) == set(export_format.REQUIRED_KEYS)
+    assert config["vocab_size"] == len(TASK.tokenizer) and config["num_intents"] == 11 and config["num_slot_tags"] == 32
+    assert [o["name"] for o in config["outputs"]] == ["intent_out", "slot_out"]
+    assert config["outputs"][1]["shape"] == [-1, -1, 32] and config["model"] == {"architecture": "test"}
+
+
+def corrupt(directory, name, edit):
+    path = os.path.join(directory, name)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(edit(text))
+
+
+def edit_config(**changes):
+    return lambda text: json.dumps({**json.loads(text), **changes})
+
+
+@pytest.mark.parametrize("name, edit, problem", [
+    ("vocab.txt", lambda t: t + "导\n", r"vocab.txt: vocabulary has repeated tokens \['导'\]"),
+    ("vocab.txt", lambda t: t + "新\n", r"vocab.txt: \d+ tokens, inference_config.json says \d+"),
+    ("vocab.txt", lambda t: t.replace("[UNK]\n", "[unk]\n"), r"vocab.txt: vocabulary lacks special tokens \['\[UNK\]'\]"),
+    ("intent_label.txt", lambda t: t + "weather.query\n", r"intent_label.txt: 12 intents, inference_config.json says 11"),
+    ("slot_label.txt", lambda t: t.replace("B-song\n", ""), r"slot_label.txt: 31 slot tags, inference_config.json says 32"),
+    ("intent_label.txt", lambda t: t + "OTHERS\n", r"duplicate intent labels \['OTHERS'\]"),
+    ("inference_config.json", edit_config(format_version=2), r"inference_config.json: format_version 2; this code reads format_version 1"),
+    ("inference_config.json", lambda t: t[:-10], r"inference_config.json: not valid JSON"),
+    ("inference_config.json", edit_config(max_seq_length=2), r"inference_config.json: max_seq_length 2: must hold"),
+    ("inference_config.json", edit_config(slotless_intents=["weather.query"]), r"intents without slots \['weather.query'\] are not intent labels"),
+    ("inference_config.json", edit_config(max_utterance_tokens=0), r"max_utterance_tokens must be a positive integer"),
+    ("inference_config.json", edit_config(outputs=[{"role": "slot_logits"}, {"role": "intent_logits"}]), r"outputs \['slot_logits', 'intent_logits'\]"),
+])
+def test_a_directory_that_breaks_the_contract_is_refused(exported, name, edit, problem):
+    corrupt(exported, name, edit)
+    with pytest.raises(export_format.ExportError, match=problem):
+        export_format.read(exported)
+
+
+def test_missing_files_and_keys_are_named(exported):
+    corrupt(exported, export_format.CONFIG_FILE, lambda t: json.dumps({k: v for k, v in json.loads(t).items() if k != "vocab_size"}))
+    with pytest.raises(export_format.ExportError, match="lacks vocab_size"):
+        export_format.read(exported)
+    os.remove(os.path.join(exported, export_format.PARAMS_FILE))
+    with pytest.raises(export_format.ExportError, match="missing model.pdiparams"):
+        export_format.read(exported)
+
+
+def test_a_failed_export_leaves_the_previous_one_whole(exported, tmp_path):
+    """A fault injected after the graph is written (and a graph with the wrong inputs) must leave
+    the earlier export exactly as it was, and no temporary directory behind."""
+    before = {name: open(os.path.join(exported, name), "rb").read() for name in export_format.FILES}
+    other = task.Task(task.CharTokenizer.build(["打电话给老王"]), LABELS, 12, [])
+
+    def failing_graph(prefix):
+        fake_graph(prefix)
+        raise OSError("disk full (injected)")
+
+    with pytest.raises(OSError, match="injected"):
+        export_format.write(exported, other, failing_graph, {})
+    with pytest.raises(export_format.ExportError, match=r"takes \['ids'\]"):
+        export_format.write(exported, other, lambda prefix: (fake_graph(prefix), (["ids"], ["a", "b"]))[1], {})
+    assert {name: open(os.path.join(exported, name), "rb").read() for name in export_format.FILES} == before
+    assert os.listdir(tmp_path) == ["infer_model"]
+    # a successful export replaces the directory as a whole
+    export_format.write(exported, other, fake_graph, {})
+    assert export_format.read(exported).task.max_seq_length == 12 and os.listdir(tmp_path) == ["infer_model"]
+
+
+def test_atomic_path_replaces_a_file_whole(tmp_path):
+    path = str(tmp_path / "results.json")
+    utils.save_json(path, {"a": 1})
+    with pytest.raises(ZeroDivisionError):
+        with utils.atomic_path(path) as tmp, open(tmp, "w") as f:
+            f.write('{"a": ')
+            1 / 0
+    assert utils.load_json(path) == {"a": 1} and os.listdir(tmp_path) == ["results.json"]
