@@ -7,6 +7,7 @@ A result record (one JSON object per utterance):
     {"text": ..., "intent": ..., "confidence": p (4 decimals), "slots": [{"slot", "entity", "pos": [first, last]}]}
     {"text": ..., "error": "empty utterance"}                      no visible character
     {"text": ..., "error": "utterance too long: N tokens (at most M)"}
+    {"line": N, "error": "invalid UTF-8"}                          input line N (1-based) is not UTF-8
 
 `pos` holds inclusive character offsets into the text as given (as the PaddleNLP demo).
 Plain Python + numpy: FastDeploy front ends use it without loading paddle.
@@ -26,10 +27,27 @@ from utils import pad_batch, softmax
 LogitsFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 EMPTY_UTTERANCE = "empty utterance"
+INVALID_UTF8 = "invalid UTF-8"
 
 
 def too_long_error(num_tokens: int, limit: int) -> str:
     return f"utterance too long: {num_tokens} tokens (at most {limit})"
+
+
+def decode_lines(data: bytes) -> List[Optional[str]]:
+    """The lines of a UTF-8 input (LF or CRLF ends), None for a line that is not valid UTF-8."""
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    out = []
+    for raw in lines:
+        try:
+            out.append(raw.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError:
+            out.append(None)
+    return out
 
 
 @dataclasses.dataclass
@@ -104,12 +122,13 @@ class Predictor:
             return too_long_error(len(enc.offsets), self.max_utterance_tokens)
         return None
 
-    def predict_with_logits(self, texts: Sequence[str], batch_size: int = 64,
+    def predict_with_logits(self, texts: Sequence[Optional[str]], batch_size: int = 64,
                             on_windows: Optional[Callable[[int, int, int], None]] = None) -> Tuple[List[dict], List[Optional[Prediction]]]:
-        """Result records in input order, and the merged logits behind each (None for errors).
-        `on_windows(index, tokens, windows)` is told of every utterance that needs several windows."""
-        encoded = [self.task.encode(t) for t in texts]
-        errors = [self.check(enc) for enc in encoded]
+        """Result records in input order, and the merged logits behind each (None for errors); a
+        None text is an input line that was not UTF-8 (decode_lines). `on_windows(index, tokens,
+        windows)` is told of every utterance that needs several windows."""
+        encoded = [self.task.encode(t if t is not None else "") for t in texts]
+        errors = [self.check(enc) if t is not None else INVALID_UTF8 for t, enc in zip(texts, encoded)]
         todo = [i for i, error in enumerate(errors) if error is None]
         if on_windows:
             for i in todo:
@@ -118,8 +137,8 @@ class Predictor:
         preds: List[Optional[Prediction]] = [None] * len(texts)
         for i, p in zip(todo, run_windows([encoded[i] for i in todo], self.logits_fn, self.task.tokenizer.pad_id, batch_size)):
             preds[i] = p
-        records = [{"text": t, "error": e} if e else describe(p, enc, self.task.labels)
-                   for t, e, p, enc in zip(texts, errors, preds, encoded)]
+        records = [{"line": i + 1, "error": e} if t is None else {"text": t, "error": e} if e else describe(p, enc, self.task.labels)
+                   for i, (t, e, p, enc) in enumerate(zip(texts, errors, preds, encoded))]
         return records, preds
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> List[dict]:

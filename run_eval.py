@@ -10,7 +10,7 @@ Prediction prints one JSON object per input line, the result record of predictor
 intent, confidence and slots as {slot, entity, pos: [first, last]} (inclusive character offsets
 into the text as given). A line with no visible character gives {"text": ..., "error": "empty
 utterance"} instead of a guess, an over-long one (inference_config.json's max_utterance_tokens)
-an error record too. Utterances longer than the model window (max_seq_length - 2 characters) are
+an error record too, and a line that is not UTF-8 {"line": N, "error": "invalid UTF-8"}. Utterances longer than the model window (max_seq_length - 2 characters) are
 predicted in consecutive windows, as in evaluation, and reported on stderr; characters outside
 the vocabulary are read as [UNK]. Output files are written whole or not at all.
 """
@@ -20,6 +20,7 @@ import sys
 
 from backends import BACKENDS, open_predictor
 from data.corpus import read_corpus
+from predictor import decode_lines
 from utils import write_text
 
 
@@ -38,13 +39,13 @@ def parse_args(argv=None):
 
 
 def read_utterances(args) -> list:
+    """--text values, then the lines of --input_file (or stdin); None for a line that is not UTF-8."""
     lines = list(args.text)
-    if args.input_file:
-        stream = sys.stdin if args.input_file == "-" else open(args.input_file, encoding="utf-8")
-        with stream:
-            lines += [line.rstrip("\r\n") for line in stream]
-    elif not args.text and not args.eval_file:
-        lines += [line.rstrip("\r\n") for line in sys.stdin]
+    if args.input_file and args.input_file != "-":
+        with open(args.input_file, "rb") as f:
+            lines += decode_lines(f.read())
+    elif args.input_file == "-" or (not args.text and not args.eval_file):
+        lines += decode_lines(sys.stdin.buffer.read())
     return lines
 
 

@@ -43,7 +43,7 @@ def test_cpp_reads_the_contract_python_writes(demo):
     contract = json.loads(subprocess.run([demo, "--print_contract"], capture_output=True, text=True, check=True).stdout)
     assert contract == {
         "format_version": export_format.FORMAT_VERSION, "files": export_format.FILES, "required_keys": export_format.REQUIRED_KEYS,
-        "output_roles": export_format.OUTPUT_ROLES, "empty_utterance": predictor.EMPTY_UTTERANCE,
+        "output_roles": export_format.OUTPUT_ROLES, "empty_utterance": predictor.EMPTY_UTTERANCE, "invalid_utf8": predictor.INVALID_UTF8,
         "too_long_error": predictor.too_long_error(600, 512),
     }
 

@@ -5,14 +5,16 @@ invisible-only or over-long utterance always gets an error record, never a guess
 import json
 import os
 import subprocess
+import sys
 
 import pytest
-from conftest import assert_same_records, run_fastdeploy_demo
+from conftest import FASTDEPLOY_DEMO, assert_same_records, run_fastdeploy_demo
 
 import backends
 import export_format
 import predictor
 import run_eval
+import utils
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +61,25 @@ def test_cpp_demo_agrees(cpp_demo, reference, edge_cases, model_dir):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_records([json.loads(line) for line in proc.stdout.splitlines()], reference)
+
+
+def test_lines_that_are_not_utf8_get_the_same_record_everywhere(model_dir, cpp_demo):
+    """Bytes on stdin: a line that is not UTF-8 is named by its number, the others are predicted
+    (before, Python front ends stopped with a UnicodeDecodeError or echoed the raw bytes)."""
+    data = "导航去北京\n".encode() + b"\xff\xfe\xe5\n" + "\u200b\r\n下一首\n".encode() + b"\xe5\xaf\n"
+    runs = {
+        "run_eval.py": [sys.executable, os.path.join(utils.PROJECT_DIR, "run_eval.py"), "--model_dir", model_dir, "--input_file", "-"],
+        "fastdeploy-ort": [sys.executable, FASTDEPLOY_DEMO, "--model_dir", model_dir, "--backend", "fastdeploy-ort"],
+        "slu_demo": [cpp_demo, "--model_dir", model_dir],
+    }
+    records = {}
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+        records[name] = [json.loads(line) for line in proc.stdout.decode("utf-8").splitlines()]
+    reference = records["run_eval.py"]
+    assert reference[1] == {"line": 2, "error": predictor.INVALID_UTF8} == reference[4] | {"line": 2}
+    assert reference[2] == {"text": "\u200b", "error": predictor.EMPTY_UTTERANCE}
+    assert [r.get("text") for r in reference] == ["导航去北京", None, "\u200b", "下一首", None]
+    for name in ("fastdeploy-ort", "slu_demo"):
+        assert_same_records(records[name], reference)

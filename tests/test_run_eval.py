@@ -29,7 +29,7 @@ def model_dir(trained):
 
 def run(argv, capsys, stdin=None, monkeypatch=None):
     if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8")), encoding="utf-8"))
     run_eval.main(argv)
     out = capsys.readouterr()
     return out.out, out.err

@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
       try {
         enc = model.Encode(texts[n]);
       } catch (const std::invalid_argument& e) {  // malformed UTF-8: name the line
-        std::cout << "{\"line\": " << n + 1 << ", \"error\": \"" << e.what() << "\"}" << std::endl;
+        std::cout << slu::LineErrorJson(n + 1, e.what()) << "\n";
         continue;
       }
       if (args.tokenize_only) {

@@ -57,15 +57,15 @@ std::u32string DecodeUtf8(const std::string& text) {
   for (size_t i = 0; i < text.size();) {
     unsigned char b = text[i];
     int extra = b < 0x80 ? 0 : (b >> 5) == 0x6 ? 1 : (b >> 4) == 0xe ? 2 : (b >> 3) == 0x1e ? 3 : -1;
-    if (extra < 0 || i + extra >= text.size()) throw std::invalid_argument("invalid UTF-8");
+    if (extra < 0 || i + extra >= text.size()) throw std::invalid_argument(kInvalidUtf8);
     char32_t c = extra == 0 ? b : b & (0x3f >> extra);
     for (int k = 1; k <= extra; ++k) {
       unsigned char cont = text[i + k];
-      if ((cont >> 6) != 0x2) throw std::invalid_argument("invalid UTF-8");
+      if ((cont >> 6) != 0x2) throw std::invalid_argument(kInvalidUtf8);
       c = (c << 6) | (cont & 0x3f);
     }
     static const char32_t kMin[] = {0, 0x80, 0x800, 0x10000};
-    if (c < kMin[extra] || c > 0x10ffff || (c >= 0xd800 && c < 0xe000)) throw std::invalid_argument("invalid UTF-8");
+    if (c < kMin[extra] || c > 0x10ffff || (c >= 0xd800 && c < 0xe000)) throw std::invalid_argument(kInvalidUtf8);
     out.push_back(c);
     i += extra + 1;
   }
@@ -100,7 +100,7 @@ bool CarriesToken(char32_t c) {
 
 std::string ContractJson() {
   Json contract = {{"format_version", kFormatVersion}, {"files", kFiles}, {"required_keys", kRequiredKeys},
-                   {"output_roles", kOutputRoles}, {"empty_utterance", kEmptyUtterance}, {"too_long_error", TooLongError(600, 512)}};
+                   {"output_roles", kOutputRoles}, {"empty_utterance", kEmptyUtterance}, {"invalid_utf8", kInvalidUtf8}, {"too_long_error", TooLongError(600, 512)}};
   return contract.dump();
 }
 
@@ -246,6 +246,8 @@ std::string Model::Describe(const Encoded& enc, const float* intent_logits, cons
   Json record = {{"text", EncodeUtf8(enc.text)}, {"intent", intents_[best]}, {"confidence", confidence}, {"slots", slots}};
   return record.dump();
 }
+
+std::string LineErrorJson(size_t line, const std::string& error) { return Json({{"line", line}, {"error", error}}).dump(); }
 
 std::string ErrorJson(const std::string& utf8_text, const std::string& error) {
   return Json({{"text", utf8_text}, {"error", error}}).dump(-1, ' ', false, Json::error_handler_t::replace);

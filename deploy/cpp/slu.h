@@ -27,6 +27,7 @@ std::string ContractJson();                            // the above as one JSON 
 
 // The result records of predictor.py.
 constexpr const char* kEmptyUtterance = "empty utterance";
+constexpr const char* kInvalidUtf8 = "invalid UTF-8";
 std::string TooLongError(size_t num_tokens, size_t limit);
 
 // Code points of a UTF-8 string; throws std::invalid_argument on malformed UTF-8.
@@ -82,5 +83,6 @@ struct Span {
 std::vector<Span> BioSpans(const std::vector<std::string>& tags);
 
 std::string ErrorJson(const std::string& utf8_text, const std::string& error);
+std::string LineErrorJson(size_t line, const std::string& error);  // {"line": N, "error": ...}
 
 }  // namespace slu

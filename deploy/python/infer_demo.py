@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from backends import FASTDEPLOY_BACKENDS, open_predictor
+from predictor import decode_lines
 
 
 def main(argv=None):
@@ -31,7 +32,7 @@ def main(argv=None):
         predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads)
     except (RuntimeError, ValueError) as e:
         sys.exit(f"infer_demo: {e}")
-    texts = args.text or [line.rstrip("\r\n") for line in sys.stdin]
+    texts = args.text or decode_lines(sys.stdin.buffer.read())  # None: a line that is not UTF-8
     start = time.perf_counter()
     records, predictions = predictor.predict_with_logits(texts, args.batch_size)
     elapsed = time.perf_counter() - start
