@@ -149,9 +149,11 @@ def read(directory: str) -> ExportedModel:
         if not ok:
             raise ExportError(f"{os.path.join(directory, path)}: {problem}")
 
+    for key in ("max_seq_length", "max_utterance_tokens", "vocab_size", "num_intents", "num_slot_tags"):
+        value = config[key]
+        check(isinstance(value, int) and not isinstance(value, bool), CONFIG_FILE, f"{key} must be an integer, not {value!r}")
     check(config["special_tokens"] == SPECIAL_TOKENS, CONFIG_FILE, f"special_tokens {config['special_tokens']} differ from {SPECIAL_TOKENS}")
-    check(isinstance(config["max_utterance_tokens"], int) and config["max_utterance_tokens"] >= 1, CONFIG_FILE,
-          "max_utterance_tokens must be a positive integer")
+    check(config["max_utterance_tokens"] >= 1, CONFIG_FILE, "max_utterance_tokens must be a positive integer")
     inputs = [i.get("name") for i in config["inputs"]]
     roles = [o.get("role") for o in config["outputs"]]
     check(inputs == [INPUT_NAME] and roles == OUTPUT_ROLES, CONFIG_FILE, f"inputs {inputs} / outputs {roles}: the contract wants "

@@ -57,11 +57,17 @@ def edit_config(directory, **changes):
     ("format_version", {"format_version": 2}, "format_version 2; this build reads format_version 1"),
     ("vocab_size", {"vocab_size": 7}, "vocab.txt: 312 tokens, inference_config.json says 7"),
     ("num_intents", {"num_intents": 12}, "intent_label.txt: 11 intents, inference_config.json says 12"),
-    ("missing key", {"max_utterance_tokens": None}, "inference_config.json: unexpected content"),
+    ("missing key", {"max_utterance_tokens": None}, "inference_config.json: max_utterance_tokens must be an integer, not null"),
+    ("not an integer", {"max_seq_length": 16.5}, "inference_config.json: max_seq_length must be an integer, not 16.5"),
+    ("invalid JSON", "{", "inference_config.json: not valid JSON"),
 ])
 def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_path, name, change, cpp_error):
     broken = shutil.copytree(os.path.join(trained, "infer_model"), str(tmp_path / "broken"))
-    edit_config(broken, **change)
+    if isinstance(change, str):
+        with open(os.path.join(broken, export_format.CONFIG_FILE), "w") as f:
+            f.write(change)
+    else:
+        edit_config(broken, **change)
     with pytest.raises(export_format.ExportError):
         export_format.read(broken)
     proc = subprocess.run([demo, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)

@@ -63,6 +63,9 @@ def edit_config(**changes):
     ("inference_config.json", edit_config(max_seq_length=2), r"inference_config.json: max_seq_length 2: must hold"),
     ("inference_config.json", edit_config(slotless_intents=["weather.query"]), r"intents without slots \['weather.query'\] are not intent labels"),
     ("inference_config.json", edit_config(max_utterance_tokens=0), r"max_utterance_tokens must be a positive integer"),
+    ("inference_config.json", edit_config(max_seq_length=16.5), r"max_seq_length must be an integer, not 16.5"),
+    ("inference_config.json", edit_config(max_seq_length="16"), r"max_seq_length must be an integer, not '16'"),
+    ("inference_config.json", edit_config(num_intents=True), r"num_intents must be an integer, not True"),
     ("inference_config.json", edit_config(outputs=[{"role": "slot_logits"}, {"role": "intent_logits"}]), r"outputs \['slot_logits', 'intent_logits'\]"),
 ])
 def test_a_directory_that_breaks_the_contract_is_refused(exported, name, edit, problem):

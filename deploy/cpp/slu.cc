@@ -125,6 +125,8 @@ Model::Model(const std::string& model_dir) {
                           "; this build reads format_version " + std::to_string(kFormatVersion) + " (re-export the model)");
   for (const std::string& key : kRequiredKeys)
     if (!config.contains(key)) fail(kConfigFile, "lacks " + key);
+  for (const char* key : {"max_seq_length", "max_utterance_tokens", "vocab_size", "num_intents", "num_slot_tags"})
+    if (!config[key].is_number_integer()) fail(kConfigFile, std::string(key) + " must be an integer, not " + config[key].dump());
   try {
     max_seq_length_ = config["max_seq_length"].get<int>();
     max_utterance_tokens_ = config["max_utterance_tokens"].get<size_t>();
