@@ -3,6 +3,7 @@ the one object that carries them (with the window length and the intents without
 training, compression, distillation, export and prediction. Plain Python + numpy."""
 import collections
 import dataclasses
+import functools
 import os
 import unicodedata
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -87,6 +88,13 @@ def carries_token(ch: str) -> bool:
     return not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def token_text(ch: str) -> Optional[str]:
+    """What a character is looked up as: its normalized form, or None if it carries no token
+    (cached: the Unicode calls are most of a tokenizer's time)."""
+    return normalize_char(ch) if carries_token(ch) else None
+
+
 class CharTokenizer:
     """One token per visible character of the query (see carries_token).
 
@@ -131,8 +139,9 @@ class CharTokenizer:
         """Token ids and, for each token, the offset of its character in `text`."""
         ids, offsets = [], []
         for i, ch in enumerate(text):
-            if carries_token(ch):
-                ids.append(self.token_to_id.get(normalize_char(ch), self.unk_id))
+            looked_up = token_text(ch)
+            if looked_up is not None:
+                ids.append(self.token_to_id.get(looked_up, self.unk_id))
                 offsets.append(i)
         return ids, offsets
 
