@@ -137,9 +137,15 @@ class Predictor:
         preds: List[Optional[Prediction]] = [None] * len(texts)
         for i, p in zip(todo, run_windows([encoded[i] for i in todo], self.logits_fn, self.task.tokenizer.pad_id, batch_size)):
             preds[i] = p
-        records = [{"line": i + 1, "error": e} if t is None else {"text": t, "error": e} if e else describe(p, enc, self.task.labels)
-                   for i, (t, e, p, enc) in enumerate(zip(texts, errors, preds, encoded))]
-        return records, preds
+
+        def record(i: int) -> dict:
+            if texts[i] is None:
+                return {"line": i + 1, "error": errors[i]}
+            if errors[i]:
+                return {"text": texts[i], "error": errors[i]}
+            return describe(preds[i], encoded[i], self.task.labels)
+
+        return [record(i) for i in range(len(texts))], preds
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> List[dict]:
         return self.predict_with_logits(texts, batch_size)[0]

@@ -23,7 +23,7 @@ from compression import compress
 from data.corpus import read_split
 from data.split import intents_without_slots
 from model import build_from_scratch, load_pretrained
-from predictor import run_windows, score
+from predictor import Predictor
 from task import (
     DEFAULT_INTENT_LABEL_FILE,
     DEFAULT_SLOT_LABEL_FILE,
@@ -140,9 +140,7 @@ def main(argv=None):
     if training_args.do_eval and trainer.is_world_process_zero():
         results = {}
         for name, utts in (("dev", dev), ("test", test)):
-            encoded = [task.encode(u.text) for u in utts]
-            predictions = run_windows(encoded, dynamic_logits_fn(model), task.tokenizer.pad_id, training_args.per_device_eval_batch_size)
-            results[name] = score(utts, predictions, task)
+            results[name] = Predictor(task, dynamic_logits_fn(model)).evaluate(utts, training_args.per_device_eval_batch_size)
             scalars = {k: v for k, v in results[name].items() if k != "per_intent"}
             logger.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
         save_json(os.path.join(training_args.output_dir, "eval_results.json"), results)
