@@ -8,7 +8,6 @@ import pytest
 
 import export_format
 import task
-import utils
 
 LABELS = task.LabelMaps.from_files()
 TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, ["OTHERS", "music.pause"])
@@ -102,13 +101,3 @@ def test_a_failed_export_leaves_the_previous_one_whole(exported, tmp_path):
     # a successful export replaces the directory as a whole
     export_format.write(exported, other, fake_graph, {})
     assert export_format.read(exported).task.max_seq_length == 12 and os.listdir(tmp_path) == ["infer_model"]
-
-
-def test_atomic_path_replaces_a_file_whole(tmp_path):
-    path = str(tmp_path / "results.json")
-    utils.save_json(path, {"a": 1})
-    with pytest.raises(ZeroDivisionError):
-        with utils.atomic_path(path) as tmp, open(tmp, "w") as f:
-            f.write('{"a": ')
-            1 / 0
-    assert utils.load_json(path) == {"a": 1} and os.listdir(tmp_path) == ["results.json"]
