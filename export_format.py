@@ -45,8 +45,8 @@ from task import (
 from utils import atomic_path, load_json, save_json, write_lines
 
 FORMAT_VERSION = 1
-GRAPH_FILE, PARAMS_FILE = "model.pdmodel", "model.pdiparams"
-GRAPH_PREFIX = "model"  # GRAPH_FILE and PARAMS_FILE without their extensions
+GRAPH_PREFIX = "model"  # the path prefix Paddle saves a static graph at
+GRAPH_FILE, PARAMS_FILE = GRAPH_PREFIX + ".pdmodel", GRAPH_PREFIX + ".pdiparams"
 VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE = "vocab.txt", "intent_label.txt", "slot_label.txt"
 CONFIG_FILE = "inference_config.json"
 FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CONFIG_FILE]
@@ -73,10 +73,6 @@ class ExportedModel:
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
-
-    @property
-    def graph_prefix(self) -> str:
-        return self.path(GRAPH_PREFIX)
 
 
 def write_vocab(directory: str, tokenizer: CharTokenizer) -> None:
@@ -120,8 +116,8 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
             "onednn_int8": onednn_int8,
             "model": model_info,
         })
-        read(tmp)
-    return read(directory)
+        exported = read(tmp)  # validated before it goes live
+    return dataclasses.replace(exported, directory=directory)
 
 
 def read(directory: str) -> ExportedModel:
