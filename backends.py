@@ -94,11 +94,12 @@ def check_backend(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
-def open_predictor(model_dir: str, backend: str = "paddle-inference", threads: int = 0) -> Predictor:
-    """The Predictor of an exported directory on a backend; `threads` 0 = one per core."""
+def open_predictor(model_dir: str, backend: str = "paddle-inference", threads: int = 0, **options) -> Predictor:
+    """The Predictor of an exported directory on a backend; `threads` 0 = one per core; `options`
+    go to Predictor (min_confidence, decoder)."""
     check_backend(backend)
     exported = export_format.read(model_dir)
-    return Predictor.from_exported(exported, BACKENDS[backend].load(exported, cpu_threads(threads)))
+    return Predictor.from_exported(exported, BACKENDS[backend].load(exported, cpu_threads(threads)), **options)
 
 
 def model_size_mb(model_dir: str) -> float:

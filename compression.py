@@ -17,11 +17,13 @@ import paddle
 import compat
 import export_format
 from backends import model_size_mb, open_predictor
+from decoding import Decoder
 from model import JointErnie
 from predictor import merge_windows, run_windows, score
 from task import SPECIAL_TOKENS, CharTokenizer, Task
 from training import (
     build_trainer,
+    calibrate_export,
     dynamic_logits_fn,
     export,
     graph_io,
@@ -56,7 +58,7 @@ def prune_vocabulary(model: JointErnie, task: Task, texts: Iterable[str], max_vo
     specials = [tokenizer.token_to_id[t] for t in SPECIAL_TOKENS]
     ranked = sorted((i for i in counts if i not in specials), key=lambda i: (-counts[i], i))
     keep = specials + ranked[: max(max_vocab_size - len(specials), 0)]
-    pruned_task = Task(CharTokenizer([tokenizer.vocab[i] for i in keep]), task.labels, task.max_seq_length, task.slotless_intents)
+    pruned_task = Task(CharTokenizer([tokenizer.vocab[i] for i in keep]), task.labels, task.max_seq_length, task.intent_slot_types)
 
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     state["ernie.embeddings.word_embeddings.weight"] = state["ernie.embeddings.word_embeddings.weight"][keep]
@@ -75,7 +77,7 @@ def make_custom_evaluate(dev, task: Task):
     """trainer.compress's evaluation hook: dev sentence accuracy from the same metric code as
     training. The data loader yields the dev windows in order; during DynaBERT the OFA wrapper
     returns (student outputs, teacher outputs), so nested outputs are unwrapped."""
-    dev_windows = window_ids(task, dev)
+    dev_windows, decoder = window_ids(task, dev), Decoder.for_task(task)
 
     @paddle.no_grad()
     def custom_evaluate(trainer, model, data_loader):
@@ -92,7 +94,7 @@ def make_custom_evaluate(dev, task: Task):
                 outputs = outputs[0]
             intent_rows.extend(outputs[0].numpy())
             slot_rows.extend(outputs[1].numpy())
-        metrics = score(dev, merge_windows(intent_rows, slot_rows, dev_windows), task)
+        metrics = score(dev, merge_windows(intent_rows, slot_rows, dev_windows, decoder), task)
         logger.info(f"compress eval: sentence_acc {metrics['sentence_acc']:.4f}, intent_acc {metrics['intent_acc']:.4f}, "
                     f"slot_f1 {metrics['slot_f1']:.4f}")
         model.train()
@@ -165,8 +167,9 @@ def qat_agreement(qat_model, task: Task, test, int8_stage: str, threads: int) ->
     """Share of test utterances whose intent and every tag agree between the dynamic QAT model
     and its exported int8 graph run by Paddle Inference."""
     encoded = [task.encode(u.text) for u in test]
-    dynamic = run_windows(encoded, dynamic_logits_fn(qat_model), task.tokenizer.pad_id)
-    static = run_windows(encoded, open_predictor(int8_stage, "paddle-inference", threads).logits_fn, task.tokenizer.pad_id)
+    decoder = Decoder.for_task(task)
+    dynamic = run_windows(encoded, dynamic_logits_fn(qat_model), task.tokenizer.pad_id, decoder)
+    static = run_windows(encoded, open_predictor(int8_stage, "paddle-inference", threads).logits_fn, task.tokenizer.pad_id, decoder)
     same = sum(d.intent_id == s.intent_id and d.tag_ids == s.tag_ids for d, s in zip(dynamic, static))
     return same / len(test)
 
@@ -211,6 +214,8 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
         export_dynabert_widths(original, args)
 
     stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy)
+    for stage in stages:  # each stage's confidences are its own
+        calibrate_export(stage, dev, threads)
     report = {"strategy": args.strategy, "prune_embeddings": training_args.prune_embeddings, "stages": []}
     for stage in stages:
         metrics = open_predictor(stage, "paddle-inference", threads).evaluate(test)

@@ -3,7 +3,7 @@ validated by `read`. Every front end (run_eval.py, the FastDeploy demo, the benc
 demo and the Android app through deploy/cpp/slu.cc) reads directories through this contract;
 slu.cc checks the same keys and `tests/test_deploy_cpp.py` holds the two sides together.
 
-A directory (format_version 1):
+A directory (format_version 2):
 
     model.pdmodel, model.pdiparams   the static graph and its weights (Paddle 2.x program)
     vocab.txt                        one token per line, the line number is the id
@@ -12,7 +12,8 @@ A directory (format_version 1):
 
 inference_config.json:
 
-    format_version        1; a reader refuses a version it does not know
+    format_version        2; a reader refuses a version it does not know (1 had no
+                          intent_slot_types and no calibration)
     max_seq_length        tokens per model window, [CLS] and [SEP] included (>= 3)
     max_utterance_tokens  longest utterance (in tokens) a front end predicts; longer ones get an
                           error record, never a truncated guess
@@ -20,7 +21,12 @@ inference_config.json:
     special_tokens        {"pad", "cls", "sep", "unk"}: the tokens the windows are built from
     num_intents           lines of intent_label.txt = width of the intent logits
     num_slot_tags         lines of slot_label.txt = width of the slot logits
-    slotless_intents      intents that never carry a slot in training (reference-compatible metric)
+    intent_slot_types     {intent: [slot types seen with it in training]} for every intent: the
+                          slot types constrained decoding allows (decoding.py); intents with none
+                          are scored on intent alone by the reference-compatible metric
+    calibration           {"intent_temperature", "slot_temperature" (> 0), "fitted_on"}: the
+                          temperatures of the confidences (decoding.Calibration), fitted on dev
+                          at export; fitted_on null means not fitted (both 1.0)
     inputs                [{"name": "input_ids", "dtype": "int64", "shape": [-1, -1]}]
                           (batch of windows x tokens, padded with the pad token)
     outputs               [{"role": "intent_logits", "name", "dtype": "float32", "shape": [-1, num_intents]},
@@ -33,6 +39,7 @@ import dataclasses
 import os
 from typing import Callable, List, Sequence, Tuple
 
+from decoding import Calibration
 from task import (
     CLS_TOKEN,
     PAD_TOKEN,
@@ -44,7 +51,7 @@ from task import (
 )
 from utils import atomic_path, load_json, save_json, write_lines
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GRAPH_PREFIX = "model"  # the path prefix Paddle saves a static graph at
 GRAPH_FILE, PARAMS_FILE = GRAPH_PREFIX + ".pdmodel", GRAPH_PREFIX + ".pdiparams"
 VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE = "vocab.txt", "intent_label.txt", "slot_label.txt"
@@ -55,7 +62,7 @@ INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
 MAX_UTTERANCE_TOKENS = 512
 REQUIRED_KEYS = ["format_version", "max_seq_length", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
-                 "num_slot_tags", "slotless_intents", "inputs", "outputs", "onednn_int8", "model"]
+                 "num_slot_tags", "intent_slot_types", "calibration", "inputs", "outputs", "onednn_int8", "model"]
 
 # (input names, output names) of a graph written at a path prefix
 GraphWriter = Callable[[str], Tuple[List[str], List[str]]]
@@ -70,6 +77,10 @@ class ExportedModel:
     directory: str
     config: dict
     task: Task
+
+    @property
+    def calibration(self) -> Calibration:
+        return Calibration(**self.config["calibration"])
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, name)
@@ -89,9 +100,10 @@ def write_task_files(directory: str, task: Task) -> None:
     write_lines(os.path.join(directory, SLOT_LABEL_FILE), labels.slot_tags)
 
 
-def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict, onednn_int8: bool = False) -> ExportedModel:
+def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict, onednn_int8: bool = False,
+          calibration: Calibration = Calibration()) -> ExportedModel:
     """Write a complete exported directory: the graph (by `write_graph`, at the GRAPH_PREFIX
-    path), the task files and inference_config.json. It is built beside `directory`, validated,
+    path), the task files and inference_config.json (with the confidences' `calibration`). It is built beside `directory`, validated,
     and renamed into place, replacing any earlier one: readers never see half of it."""
     with atomic_path(directory) as tmp:
         os.makedirs(tmp)
@@ -109,7 +121,8 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
             "special_tokens": SPECIAL_TOKENS,
             "num_intents": n_intents,
             "num_slot_tags": n_tags,
-            "slotless_intents": list(task.slotless_intents),
+            "intent_slot_types": task.intent_slot_types,
+            "calibration": calibration.as_dict(),
             "inputs": [{"name": INPUT_NAME, "dtype": "int64", "shape": [-1, -1]}],
             "outputs": [{"role": role, "name": name, "dtype": "float32", "shape": shape}
                         for role, name, shape in zip(OUTPUT_ROLES, output_names, ([-1, n_intents], [-1, -1, n_tags]))],
@@ -118,6 +131,14 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
         })
         exported = read(tmp)  # validated before it goes live
     return dataclasses.replace(exported, directory=directory)
+
+
+def write_calibration(directory: str, calibration: Calibration) -> ExportedModel:
+    """Replace the calibration of an exported directory (inference_config.json is rewritten
+    whole, atomically) and return the directory as read back."""
+    exported = read(directory)
+    save_json(exported.path(CONFIG_FILE), {**exported.config, "calibration": calibration.as_dict()})
+    return read(directory)
 
 
 def read(directory: str) -> ExportedModel:
@@ -167,10 +188,18 @@ def read(directory: str) -> ExportedModel:
           f"{len(labels.intents)} intents, inference_config.json says {config['num_intents']}")
     check(len(labels.slot_tags) == config["num_slot_tags"], SLOT_LABEL_FILE,
           f"{len(labels.slot_tags)} slot tags, inference_config.json says {config['num_slot_tags']}")
+    keys = sorted(Calibration().as_dict())
+    check(isinstance(config["calibration"], dict) and sorted(config["calibration"]) == keys, CONFIG_FILE,
+          f"calibration {config['calibration']!r} must hold exactly {keys}")
     try:
-        task = Task(tokenizer, labels, config["max_seq_length"], config["slotless_intents"])
+        task = Task(tokenizer, labels, config["max_seq_length"], config["intent_slot_types"])
+        calibration = Calibration(**config["calibration"])
     except (ValueError, TypeError) as e:
         raise ExportError(f"{config_path}: {e}") from None
+    for key in ("intent_temperature", "slot_temperature"):
+        value = getattr(calibration, key)
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, CONFIG_FILE,
+              f"calibration {key} must be a positive number, not {value!r}")
     return ExportedModel(directory, config, task)
 
 

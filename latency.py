@@ -40,7 +40,7 @@ def measure(model_dir: str, backend: str, threads: int, test_file: str, num_utte
         t1 = time.perf_counter()
         intent_logits, slot_logits = predictor.logits_fn(ids)
         t2 = time.perf_counter()
-        describe(merge_windows(intent_logits, slot_logits, [enc.windows])[0], enc, task.labels)
+        describe(merge_windows(intent_logits, slot_logits, [enc.windows], predictor.decoder)[0], enc, task.labels)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 

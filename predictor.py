@@ -4,23 +4,27 @@ predict through `Predictor`; deploy/cpp/slu.cc is its C++ twin (tested identical
 
 A result record (one JSON object per utterance):
 
-    {"text": ..., "intent": ..., "confidence": p (4 decimals), "slots": [{"slot", "entity", "pos": [first, last]}]}
+    {"text": ..., "intent": ..., "confidence": p, "intent_ranking": [{"intent", "confidence"}] (top 3),
+     "slots": [{"slot", "entity", "pos": [first, last], "confidence": p}], "fallback": false}
     {"text": ..., "error": "empty utterance"}                      no visible character
     {"text": ..., "error": "utterance too long: N tokens (at most M)"}
     {"line": N, "error": "invalid UTF-8"}                          input line N (1-based) is not UTF-8
 
 `pos` holds inclusive character offsets into the text as given (as the PaddleNLP demo).
+Confidences are calibrated probabilities (4 decimals; decoding.py says how): the intent's, and
+each slot span's. `fallback` is true when the weakest of them is below `min_confidence`: the
+assistant should ask again rather than act (the intent stays in the ranking).
 Plain Python + numpy: FastDeploy front ends use it without loading paddle.
 """
-import dataclasses
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from decoding import CONSTRAINED, RANKING_SIZE, Calibration, Decoder, Prediction
 from export_format import MAX_UTTERANCE_TOKENS, ExportedModel
 from metrics import slu_metrics
-from task import Encoded, LabelMaps, Task, bio_spans
-from utils import pad_batch, softmax
+from task import Encoded, LabelMaps, Task
+from utils import pad_batch
 
 # padded input ids [batch, seq] -> (intent logits [batch, I], slot logits [batch, seq, T]);
 # every runtime (dynamic graph, Paddle Inference, FastDeploy, Paddle Lite replay) provides one
@@ -50,30 +54,20 @@ def decode_lines(data: bytes) -> List[Optional[str]]:
     return out
 
 
-@dataclasses.dataclass
-class Prediction:
-    intent_id: int
-    intent_probs: np.ndarray
-    tag_ids: List[int]  # one per token
-    intent_logits: np.ndarray
-    slot_logits: np.ndarray  # [tokens, T]
-
-
-def merge_windows(intent_logits, slot_logits, windows: Sequence[Sequence[Sequence[int]]]) -> List[Prediction]:
+def merge_windows(intent_logits, slot_logits, windows: Sequence[Sequence[Sequence[int]]], decoder: Decoder) -> List[Prediction]:
     """Per-utterance predictions from per-window logits (rows in window order; `windows[u]` are
-    the id rows of utterance u). Slot logits of the real tokens are concatenated; the intent
-    comes from the first window, where the command words of an over-long utterance are."""
+    the id rows of utterance u). Slot logits of the real tokens are concatenated and decoded
+    together; the intent comes from the first window, where the command words of an over-long
+    utterance are."""
     predictions, r = [], 0
     for rows in windows:
-        intent = np.asarray(intent_logits[r], dtype="float32")
         slots = np.concatenate([np.asarray(slot_logits[r + k][1 : len(w) - 1], dtype="float32") for k, w in enumerate(rows)])
+        predictions.append(decoder(intent_logits[r], slots))
         r += len(rows)
-        probs = softmax(intent)
-        predictions.append(Prediction(int(probs.argmax()), probs, slots.argmax(-1).tolist(), intent, slots))
     return predictions
 
 
-def run_windows(encoded: Sequence[Encoded], logits_fn: LogitsFn, pad_id: int, batch_size: int = 64) -> List[Prediction]:
+def run_windows(encoded: Sequence[Encoded], logits_fn: LogitsFn, pad_id: int, decoder: Decoder, batch_size: int = 64) -> List[Prediction]:
     """All windows of all utterances in batches of `batch_size` rows, merged back per utterance."""
     rows = [w for enc in encoded for w in enc.windows]
     intent_rows, slot_rows = [], []
@@ -81,20 +75,23 @@ def run_windows(encoded: Sequence[Encoded], logits_fn: LogitsFn, pad_id: int, ba
         intent_logits, slot_logits = logits_fn(pad_batch(rows[b : b + batch_size], pad_id))
         intent_rows.extend(intent_logits)
         slot_rows.extend(slot_logits)
-    return merge_windows(intent_rows, slot_rows, [enc.windows for enc in encoded])
+    return merge_windows(intent_rows, slot_rows, [enc.windows for enc in encoded], decoder)
 
 
-def describe(pred: Prediction, enc: Encoded, labels: LabelMaps) -> dict:
+def describe(pred: Prediction, enc: Encoded, labels: LabelMaps, min_confidence: float = 0.0) -> dict:
     """The result record of one utterance."""
     slots = []
-    for kind, s, e in bio_spans([labels.slot_tags[t] for t in pred.tag_ids]):
+    for (kind, s, e), confidence in zip(pred.spans, pred.span_confidences):
         first, last = enc.offsets[s], enc.offsets[e - 1]
-        slots.append({"slot": kind, "entity": enc.text[first : last + 1], "pos": [first, last]})
+        slots.append({"slot": kind, "entity": enc.text[first : last + 1], "pos": [first, last], "confidence": round(confidence, 4)})
+    ranking = np.argsort(-pred.intent_probs, kind="stable")[:RANKING_SIZE]
     return {
         "text": enc.text,
         "intent": labels.intents[pred.intent_id],
-        "confidence": round(float(pred.intent_probs[pred.intent_id]), 4),
+        "confidence": round(pred.confidence, 4),
+        "intent_ranking": [{"intent": labels.intents[i], "confidence": round(float(pred.intent_probs[i]), 4)} for i in ranking],
         "slots": slots,
+        "fallback": pred.answer_score < min_confidence,
     }
 
 
@@ -105,14 +102,21 @@ def score(utterances, predictions: Sequence[Prediction], task: Task) -> dict:
 
 
 class Predictor:
-    """An exported model's task and a runtime's logits function, put together."""
+    """An exported model's task and calibration and a runtime's logits function, put together.
+    `min_confidence`: results whose answer score (decoding.answer_score) is below it say
+    `"fallback": true`; `decoder`: decoding.CONSTRAINED, or GREEDY for comparison."""
 
-    def __init__(self, task: Task, logits_fn: LogitsFn, max_utterance_tokens: int = MAX_UTTERANCE_TOKENS):
+    def __init__(self, task: Task, logits_fn: LogitsFn, max_utterance_tokens: int = MAX_UTTERANCE_TOKENS,
+                 calibration: Calibration = Calibration(), min_confidence: float = 0.0, decoder: str = CONSTRAINED):
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence {min_confidence}: must lie in [0, 1]")
         self.task, self.logits_fn, self.max_utterance_tokens = task, logits_fn, max_utterance_tokens
+        self.min_confidence = min_confidence
+        self.decoder = Decoder.for_task(task, calibration, decoder)
 
     @classmethod
-    def from_exported(cls, exported: ExportedModel, logits_fn: LogitsFn) -> "Predictor":
-        return cls(exported.task, logits_fn, exported.config["max_utterance_tokens"])
+    def from_exported(cls, exported: ExportedModel, logits_fn: LogitsFn, **options) -> "Predictor":
+        return cls(exported.task, logits_fn, exported.config["max_utterance_tokens"], exported.calibration, **options)
 
     def check(self, enc: Encoded) -> Optional[str]:
         """Why an utterance gets no prediction, or None."""
@@ -135,7 +139,7 @@ class Predictor:
                 if len(encoded[i].windows) > 1:
                     on_windows(i, len(encoded[i].offsets), len(encoded[i].windows))
         preds: List[Optional[Prediction]] = [None] * len(texts)
-        for i, p in zip(todo, run_windows([encoded[i] for i in todo], self.logits_fn, self.task.tokenizer.pad_id, batch_size)):
+        for i, p in zip(todo, run_windows([encoded[i] for i in todo], self.logits_fn, self.task.tokenizer.pad_id, self.decoder, batch_size)):
             preds[i] = p
 
         def record(i: int) -> dict:
@@ -143,7 +147,7 @@ class Predictor:
                 return {"line": i + 1, "error": errors[i]}
             if errors[i]:
                 return {"text": texts[i], "error": errors[i]}
-            return describe(preds[i], encoded[i], self.task.labels)
+            return describe(preds[i], encoded[i], self.task.labels, self.min_confidence)
 
         return [record(i) for i in range(len(texts))], preds
 
@@ -153,7 +157,7 @@ class Predictor:
     def predictions(self, utterances, batch_size: int = 64) -> List[Prediction]:
         """Predictions for corpus utterances, every one scored whole (no request checks)."""
         encoded = [self.task.encode(u.text) for u in utterances]
-        return run_windows(encoded, self.logits_fn, self.task.tokenizer.pad_id, batch_size)
+        return run_windows(encoded, self.logits_fn, self.task.tokenizer.pad_id, self.decoder, batch_size)
 
     def evaluate(self, utterances, batch_size: int = 64) -> dict:
         return score(utterances, self.predictions(utterances, batch_size), self.task)

@@ -151,9 +151,10 @@ def fit(name, model, rows, loss_of_batch, dev, task: Task, args):
     return model
 
 
-def export_student(model, task: Task, directory: str) -> str:
+def export_student(model, task: Task, directory: str, dev, threads: int) -> str:
     model.save(directory)
-    return export(model, task, os.path.join(directory, "infer_model"), {"architecture": "bilstm-student", "from_scratch": True}).directory
+    return export(model, task, os.path.join(directory, "infer_model"), {"architecture": "bilstm-student", "from_scratch": True},
+                  dev, threads).directory
 
 
 def compare(models: dict, test_file: str, args) -> dict:
@@ -226,8 +227,8 @@ def main(argv=None):
     models = {"teacher (fp32 ERNIE)": args.teacher_dir}
     if args.compressed_dir:
         models["compressed ERNIE"] = args.compressed_dir
-    models["student alone"] = export_student(alone, task, os.path.join(args.output_dir, "student_alone"))
-    models["distilled student"] = export_student(distilled, task, os.path.join(args.output_dir, "distilled"))
+    models["student alone"] = export_student(alone, task, os.path.join(args.output_dir, "student_alone"), dev, threads)
+    models["distilled student"] = export_student(distilled, task, os.path.join(args.output_dir, "distilled"), dev, threads)
     results = compare(models, os.path.join(args.data_dir, "test.txt"), args)
     t, a, d = (results[k] for k in ("teacher (fp32 ERNIE)", "student alone", "distilled student"))
     gap = t["sentence_acc"] - a["sentence_acc"]

@@ -7,8 +7,10 @@ Paddle Inference by default or any backend of backends.py (--backend).
     echo 播放周杰伦的稻香 | python run_eval.py --model_dir output/demo/infer_model     # stdin
 
 Prediction prints one JSON object per input line, the result record of predictor.py: text,
-intent, confidence and slots as {slot, entity, pos: [first, last]} (inclusive character offsets
-into the text as given). A line with no visible character gives {"text": ..., "error": "empty
+intent, confidence, intent_ranking (top 3), slots as {slot, entity, pos: [first, last],
+confidence} (inclusive character offsets into the text as given) and fallback, true when a
+confidence is below --min_confidence (ask the driver again rather than act). Confidences are
+calibrated on dev at export; slots are decoded under BIO and intent constraints (decoding.py). A line with no visible character gives {"text": ..., "error": "empty
 utterance"} instead of a guess, an over-long one (inference_config.json's max_utterance_tokens)
 an error record too, and a line that is not UTF-8 {"line": N, "error": "invalid UTF-8"}. Utterances longer than the model window (max_seq_length - 2 characters) are
 predicted in consecutive windows, as in evaluation, and reported on stderr; characters outside
@@ -33,6 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--output_file", help="write the JSON lines / metrics here instead of stdout")
     parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS),
                         help="runtime (backends.py); the fastdeploy-* ones need a process without paddle, which this script keeps")
+    parser.add_argument("--min_confidence", type=float, default=0.0,
+                        help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
     parser.add_argument("--batch_size", type=int, default=64, help="windows per inference call")
     parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads; 0 = one per core")
     return parser.parse_args(argv)
@@ -55,7 +59,7 @@ def report_windows(index: int, tokens: int, windows: int, window: int) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads)
+    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
     window = predictor.task.max_seq_length - 2
     out = []
     if args.eval_file:

@@ -21,7 +21,7 @@ import export_format
 from backends import open_predictor
 from compression import compress
 from data.corpus import read_split
-from data.split import intents_without_slots
+from data.split import intent_slot_types
 from model import build_from_scratch, load_pretrained
 from predictor import Predictor
 from task import (
@@ -111,16 +111,16 @@ def main(argv=None):
 
     labels = LabelMaps.from_files(data_args.intent_label_file, data_args.slot_label_file)
     train, dev, test = (read_split(data_args.data_dir, name, labels) for name in ("train", "dev", "test"))
-    slotless = intents_without_slots(train)
+    slot_types = intent_slot_types(train, labels.intents)
     logger.info(f"data {data_args.data_dir}: train {len(train)}, dev {len(dev)}, test {len(test)} utterances; "
-                f"intents without slots in train: {slotless}")
+                f"slot types per intent in train: {slot_types}")
 
     if model_args.from_scratch:
-        task = Task(CharTokenizer.build(u.text for u in train), labels, model_args.max_seq_length, slotless)
+        task = Task(CharTokenizer.build(u.text for u in train), labels, model_args.max_seq_length, slot_types)
         model = build_from_scratch(model_args.model_name_or_path, task)
         logger.info(f"from scratch: {model_args.model_name_or_path} architecture, vocabulary of {len(task.tokenizer)} from train")
     else:
-        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, model_args.max_seq_length, slotless)
+        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, model_args.max_seq_length, slot_types)
         model = load_pretrained(model_args.model_name_or_path, labels)
     logger.info(f"parameters: {sum(p.size for p in model.parameters()):,}")
     if model_args.max_seq_length > model.config.max_position_embeddings:
@@ -146,7 +146,7 @@ def main(argv=None):
         save_json(os.path.join(training_args.output_dir, "eval_results.json"), results)
 
     if training_args.do_export and trainer.is_world_process_zero():
-        exported = export(model, task, os.path.join(training_args.output_dir, "infer_model"), model_info)
+        exported = export(model, task, os.path.join(training_args.output_dir, "infer_model"), model_info, dev, threads)
         logger.info(f"exported static graph and inference files to {exported.directory}; its predictions on test utterances:")
         for record in open_predictor(exported.directory, "paddle-inference", threads).predict([u.text for u in test[:3]]):
             logger.info(json.dumps(record, ensure_ascii=False))

@@ -161,6 +161,11 @@ class Encoded:
     windows: List[List[int]]  # [CLS] + up to max_seq_length-2 token ids + [SEP]
 
 
+def any_slot_types(labels: LabelMaps) -> Dict[str, List[str]]:
+    """Every slot type allowed under every intent: a Task without training data to learn the table from."""
+    return {intent: labels.slot_types for intent in labels.intents}
+
+
 @dataclasses.dataclass
 class Task:
     """What a model is trained for and what its exported directory must describe."""
@@ -168,14 +173,22 @@ class Task:
     tokenizer: CharTokenizer
     labels: LabelMaps
     max_seq_length: int  # tokens per model window, [CLS] and [SEP] included
-    slotless_intents: List[str]  # intents that never carry a slot in training (lenient metric)
+    # slot types seen with each intent in training: what constrained decoding allows
+    intent_slot_types: Dict[str, List[str]]
 
     def __post_init__(self):
         if self.max_seq_length < 3:
             raise ValueError(f"max_seq_length {self.max_seq_length}: must hold [CLS], one token and [SEP]")
-        unknown = sorted(set(self.slotless_intents) - set(self.labels.intents))
+        if not isinstance(self.intent_slot_types, dict) or sorted(self.intent_slot_types) != sorted(self.labels.intents):
+            raise ValueError(f"intent_slot_types must name every intent label once, not {sorted(self.intent_slot_types)}")
+        unknown = sorted({t for types in self.intent_slot_types.values() for t in types} - set(self.labels.slot_types))
         if unknown:
-            raise ValueError(f"intents without slots {unknown} are not intent labels")
+            raise ValueError(f"intent_slot_types holds slot types {unknown} that are not in the slot labels")
+
+    @property
+    def slotless_intents(self) -> List[str]:
+        """Intents with no slot type in training (the reference-compatible metric scores them on intent alone)."""
+        return [i for i in self.labels.intents if not self.intent_slot_types[i]]
 
     def encode(self, text: str) -> Encoded:
         """Model windows of an utterance, so that no character is left unscored."""

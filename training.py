@@ -3,7 +3,7 @@ the Trainer over a Task, the dynamic graph as a logits function, and static expo
 import logging
 import os
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -15,6 +15,8 @@ from paddlenlp.utils.log import logger as paddlenlp_logger
 import export_format
 from data.corpus import Utterance
 from model import JointLoss, offline_hint
+from decoding import Calibration, Decoder
+from backends import open_predictor
 from predictor import LogitsFn, merge_windows, score
 from task import CharTokenizer, Task
 from utils import cpu_threads, pad_batch, prefer_avx2_mkl
@@ -86,11 +88,11 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
         truncated += len(windows) > 1
     logger.info(f"max_seq_length {task.max_seq_length}: {truncated} of {len(train)} training utterances "
                 f"truncated for training; evaluation scores whole utterances")
-    dev_windows = window_ids(task, dev)
+    dev_windows, decoder = window_ids(task, dev), Decoder.for_task(task)
 
     def compute_metrics(p):
         intent_logits, slot_logits = p.predictions
-        metrics = score(dev, merge_windows(intent_logits, slot_logits, dev_windows), task)
+        metrics = score(dev, merge_windows(intent_logits, slot_logits, dev_windows, decoder), task)
         metrics.pop("per_intent")  # the Trainer logs scalars only
         return metrics
 
@@ -141,6 +143,23 @@ def save_static_graph(model, path_prefix: str) -> Tuple[List[str], List[str]]:
     return graph_io(path_prefix)
 
 
-def export(model, task: Task, directory: str, model_info: dict) -> export_format.ExportedModel:
-    """A dygraph model as a complete exported directory (export_format)."""
-    return export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info)
+def calibrate_export(directory: str, dev: List[Utterance], threads: int = 0) -> Calibration:
+    """Fit the confidences' temperatures of an exported directory on labelled utterances, through
+    its own graph (Paddle Inference), and write them into its inference_config.json. Every stage
+    (fp32, pruned, DynaBERT widths, int8) is calibrated this one way."""
+    predictor = open_predictor(directory, "paddle-inference", threads)
+    calibration = predictor.decoder.fit(predictor.predictions(dev), dev, f"dev ({len(dev)} utterances)")
+    export_format.write_calibration(directory, calibration)
+    logger.info(f"{directory}: calibrated on dev, intent temperature {calibration.intent_temperature:.3f}, "
+                f"slot temperature {calibration.slot_temperature:.3f}")
+    return calibration
+
+
+def export(model, task: Task, directory: str, model_info: dict, dev: Optional[List[Utterance]] = None,
+           threads: int = 0) -> export_format.ExportedModel:
+    """A dygraph model as a complete exported directory (export_format), its confidences
+    calibrated on `dev` (without dev: temperatures 1, marked not fitted)."""
+    export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info)
+    if dev:
+        calibrate_export(directory, dev, threads)
+    return export_format.read(directory)

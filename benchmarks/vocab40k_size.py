@@ -10,7 +10,7 @@ import tempfile
 
 from backends import model_size_mb
 from model import build_from_scratch
-from task import SPECIAL_TOKENS, CharTokenizer, LabelMaps, Task
+from task import SPECIAL_TOKENS, CharTokenizer, LabelMaps, Task, any_slot_types
 from training import save_static_graph
 from utils import PROJECT_DIR as ROOT
 from utils import load_json, save_json
@@ -25,7 +25,8 @@ def main():
     args = parser.parse_args()
 
     vocab = SPECIAL_TOKENS + [f"[unused{i}]" for i in range(args.vocab_size - len(SPECIAL_TOKENS))]
-    model = build_from_scratch(args.architecture, Task(CharTokenizer(vocab), LabelMaps.from_files(), 16, []))
+    labels = LabelMaps.from_files()
+    model = build_from_scratch(args.architecture, Task(CharTokenizer(vocab), labels, 16, any_slot_types(labels)))
     with tempfile.TemporaryDirectory() as tmp:
         save_static_graph(model, os.path.join(tmp, "model"))
         size_mb = model_size_mb(tmp)

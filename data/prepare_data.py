@@ -12,7 +12,7 @@ import hashlib
 import os
 
 from data.corpus import find_corpus, read_corpus, write_corpus
-from data.split import intents_without_slots, split_by_session, split_stats
+from data.split import intent_slot_types, split_by_session, split_stats
 from data.synthetic import generate
 from utils import PROJECT_DIR, save_json
 
@@ -47,7 +47,7 @@ def main(argv=None):
         "utterances": len(utterances),
         "sessions": len({u.session_id for u in utterances}),
         "corrections": sum(u.has_correction for u in utterances),
-        "slotless_intents": intents_without_slots(splits["train"]),
+        "intent_slot_types": intent_slot_types(splits["train"], []),
         "splits": split_stats(splits),
     }
     save_json(os.path.join(args.output_dir, "stats.json"), stats)

@@ -27,15 +27,14 @@ def split_by_session(
     return splits
 
 
-def intents_without_slots(utterances: Iterable[Utterance]) -> List[str]:
-    """Intents that never carry a slot in `utterances` (the reference scores these leniently)."""
-    seen, with_slots = [], set()
+def intent_slot_types(utterances: Iterable[Utterance], intents: Sequence[str]) -> Dict[str, List[str]]:
+    """The slot types each intent carries in `utterances`, for every intent label (an intent never
+    seen carries none): the constraint table of decoding.SlotConstraints. Intents with none are
+    the ones the reference-compatible metric scores on intent alone."""
+    table = {intent: set() for intent in intents}
     for utt in utterances:
-        if utt.intent not in seen:
-            seen.append(utt.intent)
-        if utt.slots:
-            with_slots.add(utt.intent)
-    return sorted(i for i in seen if i not in with_slots)
+        table.setdefault(utt.intent, set()).update(slot.type for slot in utt.slots)
+    return {intent: sorted(types) for intent, types in table.items()}
 
 
 def split_stats(splits: Dict[str, List[Utterance]]) -> dict:

@@ -76,9 +76,9 @@ def test_pruned_vocabulary_round_trips(tmp_path, labels):
     texts = ["导航去北京", "北京北京", "播放 la la", "去"]
     tokenizer = task.CharTokenizer.build(texts + ["冷门字"])
     paddle.seed(0)
-    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, []))
+    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, task.any_slot_types(labels)))
     model.eval()
-    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, []), texts, max_vocab_size=9, output_dir=str(tmp_path))
+    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, task.any_slot_types(labels)), texts, max_vocab_size=9, output_dir=str(tmp_path))
     pruned_tok = pruned_task.tokenizer
     pruned.eval()
     # specials first, then by frequency in `texts` (ties by old id)
@@ -90,7 +90,7 @@ def test_pruned_vocabulary_round_trips(tmp_path, labels):
         np.testing.assert_array_equal(new_emb[new_id], old_emb[tokenizer.token_to_id[token]])
     assert pruned.ernie.embeddings.position_embeddings.weight.shape == [16, 312]
     # text inside the kept vocabulary: identical logits; dropped characters become [UNK]
-    same = lambda tok, text: paddle.to_tensor([task.Task(tok, LABELS, 16, []).encode(text).windows[0]])
+    same = lambda tok, text: paddle.to_tensor([task.Task(tok, LABELS, 16, task.any_slot_types(LABELS)).encode(text).windows[0]])
     np.testing.assert_allclose(model(same(tokenizer, "北京 la"))[1].numpy(), pruned(same(pruned_tok, "北京 la"))[1].numpy(), atol=1e-6)
     assert pruned_tok.tokenize("导北")[0] == [pruned_tok.unk_id, pruned_tok.token_to_id["北"]]
 
@@ -135,7 +135,7 @@ def test_prunes_a_40k_vocabulary_pretrained_directory(tmp_path, labels):
     ErnieModel(config).save_pretrained(str(tmp_path / "ernie"))
     export_format.write_vocab(str(tmp_path / "ernie"), task.CharTokenizer(vocab))
     model, tokenizer = load_pretrained(str(tmp_path / "ernie"), labels), pretrained_tokenizer(str(tmp_path / "ernie"))
-    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, []), ["导航去北京", "播放音乐"], 8000, str(tmp_path / "pruned"))
+    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, task.any_slot_types(labels)), ["导航去北京", "播放音乐"], 8000, str(tmp_path / "pruned"))
     pruned_tok = pruned_task.tokenizer
     assert len(pruned_tok) == len(task.SPECIAL_TOKENS) + len(chars)  # only what the data uses survives
     assert pruned.ernie.embeddings.word_embeddings.weight.shape == [len(pruned_tok), 312]
@@ -166,7 +166,7 @@ def test_dynabert_without_a_saved_width_saves_the_final_weights(tmp_path, labels
 
     os.makedirs(tmp_path / "width_mult_0.5")
     open(tmp_path / "width_mult_0.5" / "model_state.pdparams", "wb").close()  # an evaluation saved this one
-    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(task.CharTokenizer.build(["导航"]), labels, 16, []))
+    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(task.CharTokenizer.build(["导航"]), labels, 16, task.any_slot_types(labels)))
     training = compat._always_save_dynabert(lambda trainer, ofa_model, model: "ofa")
     assert training(Trainer(), None, model) == "ofa"
     assert os.path.getsize(tmp_path / "width_mult_0.5" / "model_state.pdparams") == 0  # left alone

@@ -42,13 +42,17 @@ def test_corpus_split_is_80_10_10(corpus):
     assert {k: len(v) for k, v in splits.items()} == {"train": 17088, "dev": 2131, "test": 2133}
 
 
-def test_slotless_intents_come_from_the_data(corpus):
-    assert split.intents_without_slots(corpus) == [
+def test_intent_slot_types_come_from_the_data(corpus, labels):
+    table = split.intent_slot_types(corpus, labels.intents)
+    assert sorted(i for i, types in table.items() if not types) == [
         "OTHERS", "music.next", "music.pause", "music.prev", "navigation.cancel_navigation",
         "navigation.open", "navigation.start_navigation", "phone_call.cancel",
     ]
-    utts = [Utterance("a", "放歌", "music.play"), Utterance("a", "放x", "music.play", (Slot("song", 1, 2, "x"),))]
-    assert split.intents_without_slots(utts) == []
+    assert set(table) == set(labels.intents) and all(types == sorted(set(types)) for types in table.values())
+    utts = [Utterance("a", "放歌", "music.play"), Utterance("a", "放x", "music.play", (Slot("song", 1, 2, "x"),)),
+            Utterance("b", "到y", "navigation.navigation", (Slot("destination", 1, 2, "y"),))]
+    assert split.intent_slot_types(utts, ["music.play", "navigation.navigation", "OTHERS"]) == {
+        "music.play": ["song"], "navigation.navigation": ["destination"], "OTHERS": []}
 
 
 def test_prepare_data_writes_identical_files_and_stats(tmp_path, labels):

@@ -7,10 +7,12 @@ import os
 import pytest
 
 import export_format
+import decoding
 import task
 
 LABELS = task.LabelMaps.from_files()
-TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, ["OTHERS", "music.pause"])
+SLOT_TYPES = {**task.any_slot_types(LABELS), "OTHERS": [], "music.pause": [], "navigation.navigation": ["destination", "origin"]}
+TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, SLOT_TYPES)
 
 
 def fake_graph(prefix):
@@ -31,6 +33,7 @@ def test_write_then_read_round_trips(exported):
     model = export_format.read(exported)
     assert model.task.tokenizer.vocab == TASK.tokenizer.vocab and model.task.labels == LABELS
     assert model.task.max_seq_length == 16 and model.task.slotless_intents == ["OTHERS", "music.pause"]
+    assert model.task.intent_slot_types == SLOT_TYPES and model.calibration == decoding.Calibration()
     config = model.config
     assert config["format_version"] == export_format.FORMAT_VERSION and set(config) == set(export_format.REQUIRED_KEYS)
     assert config["vocab_size"] == len(TASK.tokenizer) and config["num_intents"] == 11 and config["num_slot_tags"] == 32
@@ -57,10 +60,15 @@ def edit_config(**changes):
     ("intent_label.txt", lambda t: t + "weather.query\n", r"intent_label.txt: 12 intents, inference_config.json says 11"),
     ("slot_label.txt", lambda t: t.replace("B-song\n", ""), r"slot_label.txt: 31 slot tags, inference_config.json says 32"),
     ("intent_label.txt", lambda t: t + "OTHERS\n", r"duplicate intent labels \['OTHERS'\]"),
-    ("inference_config.json", edit_config(format_version=2), r"inference_config.json: format_version 2; this code reads format_version 1"),
+    ("inference_config.json", edit_config(format_version=1), r"inference_config.json: format_version 1; this code reads format_version 2"),
     ("inference_config.json", lambda t: t[:-10], r"inference_config.json: not valid JSON"),
     ("inference_config.json", edit_config(max_seq_length=2), r"inference_config.json: max_seq_length 2: must hold"),
-    ("inference_config.json", edit_config(slotless_intents=["weather.query"]), r"intents without slots \['weather.query'\] are not intent labels"),
+    ("inference_config.json", edit_config(intent_slot_types={"OTHERS": []}), r"intent_slot_types must name every intent label once"),
+    ("inference_config.json", edit_config(intent_slot_types={**SLOT_TYPES, "OTHERS": ["weather"]}), r"slot types \['weather'\] that are not in the slot labels"),
+    ("inference_config.json", edit_config(calibration={"intent_temperature": 0, "slot_temperature": 1, "fitted_on": None}),
+     r"calibration intent_temperature must be a positive number, not 0"),
+    ("inference_config.json", edit_config(calibration={"intent_temperature": 1}), r"inference_config.json: calibration .* must hold exactly"),
+    ("inference_config.json", edit_config(calibration=[1, 1]), r"inference_config.json: calibration \[1, 1\] must hold exactly"),
     ("inference_config.json", edit_config(max_utterance_tokens=0), r"max_utterance_tokens must be a positive integer"),
     ("inference_config.json", edit_config(max_seq_length=16.5), r"max_seq_length must be an integer, not 16.5"),
     ("inference_config.json", edit_config(max_seq_length="16"), r"max_seq_length must be an integer, not '16'"),
@@ -86,7 +94,7 @@ def test_a_failed_export_leaves_the_previous_one_whole(exported, tmp_path):
     """A fault injected after the graph is written (and a graph with the wrong inputs) must leave
     the earlier export exactly as it was, and no temporary directory behind."""
     before = {name: open(os.path.join(exported, name), "rb").read() for name in export_format.FILES}
-    other = task.Task(task.CharTokenizer.build(["打电话给老王"]), LABELS, 12, [])
+    other = task.Task(task.CharTokenizer.build(["打电话给老王"]), LABELS, 12, task.any_slot_types(LABELS))
 
     def failing_graph(prefix):
         fake_graph(prefix)
@@ -101,3 +109,11 @@ def test_a_failed_export_leaves_the_previous_one_whole(exported, tmp_path):
     # a successful export replaces the directory as a whole
     export_format.write(exported, other, fake_graph, {})
     assert export_format.read(exported).task.max_seq_length == 12 and os.listdir(tmp_path) == ["infer_model"]
+
+
+def test_write_calibration_replaces_only_the_calibration(exported):
+    before = export_format.read(exported)
+    calibration = decoding.Calibration(1.5, 0.8, "dev (3 utterances)")
+    after = export_format.write_calibration(exported, calibration)
+    assert after.calibration == calibration
+    assert {k: v for k, v in after.config.items() if k != "calibration"} == {k: v for k, v in before.config.items() if k != "calibration"}

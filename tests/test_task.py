@@ -18,7 +18,7 @@ def check_alignment(utterances, tokenizer, labels, max_seq_length=16):
         # slots never start or end on a space, so token spans give back the slot spans exactly
         assert spans == [(s.type, s.start, s.end) for s in utt.slots], utt
         # training rows: every window carries the tags of its own tokens
-        rows = task.Task(tokenizer, labels, max_seq_length, []).labelled_windows(utt)
+        rows = task.Task(tokenizer, labels, max_seq_length, task.any_slot_types(labels)).labelled_windows(utt)
         window_tags = [labels.slot_tags[t] for r in rows for t in r["slot_labels"][1:-1]]
         assert window_tags == tags
         assert all(len(r["input_ids"]) == len(r["slot_labels"]) <= max_seq_length for r in rows)
@@ -55,10 +55,10 @@ def test_vocabulary_is_deterministic_and_saved(tmp_path):
 
 def test_windows_cover_long_utterances():
     tok = task.CharTokenizer.build(["一二三四五六七八九十"])
-    enc = task.Task(tok, LABELS, 6, []).encode("一二三四五 六七八九十")  # 4 tokens a window
+    enc = task.Task(tok, LABELS, 6, task.any_slot_types(LABELS)).encode("一二三四五 六七八九十")  # 4 tokens a window
     assert [len(w) for w in enc.windows] == [6, 6, 4]
     assert enc.windows[0][0] == tok.cls_id and enc.windows[-1][-1] == tok.sep_id
-    assert task.Task(tok, LABELS, 6, []).encode("").windows == [[tok.cls_id, tok.sep_id]]
+    assert task.Task(tok, LABELS, 6, task.any_slot_types(LABELS)).encode("").windows == [[tok.cls_id, tok.sep_id]]
     assert task.window_bounds(0, 4) == [(0, 0)] and task.window_bounds(8, 4) == [(0, 4), (4, 8)]
 
 

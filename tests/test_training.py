@@ -147,7 +147,7 @@ def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_d
 
 def test_export_leaves_the_model_in_dygraph(tmp_path, labels):
     tokenizer = task.CharTokenizer.build(["导航去北京"])
-    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, []))
+    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, task.any_slot_types(labels)))
     forward = model.forward
     save_static_graph(model, str(tmp_path / "model"))
     assert model.forward == forward and os.path.isfile(tmp_path / "model.pdmodel")

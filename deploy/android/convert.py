@@ -59,7 +59,7 @@ def verify(model_dir: str, nb_x86: str, texts, lite_venv: str, threads: int) -> 
         batches.append(ids)
         return reference.logits_fn(ids)
 
-    expected = run_windows(encoded, recording, pad_id, batch_size=32)
+    expected = run_windows(encoded, recording, pad_id, reference.decoder, batch_size=32)
     with tempfile.TemporaryDirectory() as tmp:
         inputs, outputs = os.path.join(tmp, "inputs.npz"), os.path.join(tmp, "outputs.npz")
         np.savez(inputs, **{f"b{i}": b for i, b in enumerate(batches)})
@@ -69,7 +69,7 @@ def verify(model_dir: str, nb_x86: str, texts, lite_venv: str, threads: int) -> 
             sys.exit(f"Paddle Lite's x86 runtime could not run {nb_x86}:\n{proc.stderr[-2000:]}")
         lite = np.load(outputs)
         replay = iter([(lite[f"b{i}_intent"], lite[f"b{i}_slots"]) for i in range(len(batches))])
-    got = run_windows(encoded, lambda ids: next(replay), pad_id, batch_size=32)
+    got = run_windows(encoded, lambda ids: next(replay), pad_id, reference.decoder, batch_size=32)
     same = sum(g.intent_id == e.intent_id and g.tag_ids == e.tag_ids for g, e in zip(got, expected))
     return {
         "utterances": len(texts),

@@ -24,12 +24,14 @@ def main(argv=None):
     parser.add_argument("--backend", choices=FASTDEPLOY_BACKENDS, default="fastdeploy-ort", help="FastDeploy CPU backend")
     parser.add_argument("--cpu_threads", type=int, default=0, help="CPU threads; 0 = one per core")
     parser.add_argument("--text", action="append", default=[], help="an utterance; repeat for more (default: stdin lines)")
+    parser.add_argument("--min_confidence", type=float, default=0.0,
+                        help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
     parser.add_argument("--batch_size", type=int, default=64, help="windows per inference call")
     parser.add_argument("--logits_file", help="also save the merged intent and slot logits (.npz) of the predicted utterances, for parity checks")
     args = parser.parse_args(argv)
 
     try:
-        predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads)
+        predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
     except (RuntimeError, ValueError) as e:
         sys.exit(f"infer_demo: {e}")
     texts = args.text or decode_lines(sys.stdin.buffer.read())  # None: a line that is not UTF-8
