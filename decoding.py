@@ -146,12 +146,19 @@ class Decoder:
                  decoder: str = CONSTRAINED, transitions: Optional[np.ndarray] = None):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}: use one of {DECODERS}")
+        if transitions is not None:
+            transitions = np.asarray(transitions, dtype="float64")
+            if transitions.shape != (len(labels.slot_tags),) * 2:
+                raise ValueError(f"slot transitions of shape {transitions.shape}; {len(labels.slot_tags)} slot tags need a square of that size")
+            if decoder == GREEDY:
+                raise ValueError("a CRF's transitions need the constrained (Viterbi) decoder")
         self.labels, self.calibration, self.decoder, self.transitions = labels, calibration, decoder, transitions
         self.constraints = SlotConstraints(labels, intent_slot_types)
 
     @classmethod
-    def for_task(cls, task, calibration: Calibration = Calibration(), decoder: str = CONSTRAINED) -> "Decoder":
-        return cls(task.labels, task.intent_slot_types, calibration, decoder)
+    def for_task(cls, task, calibration: Calibration = Calibration(), decoder: str = CONSTRAINED,
+                 transitions: Optional[np.ndarray] = None) -> "Decoder":
+        return cls(task.labels, task.intent_slot_types, calibration, decoder, transitions)
 
     def __call__(self, intent_logits: np.ndarray, slot_logits: np.ndarray) -> Prediction:
         intent_logits, slot_logits = np.asarray(intent_logits, dtype="float32"), np.asarray(slot_logits, dtype="float32")

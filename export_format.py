@@ -24,6 +24,8 @@ inference_config.json:
     intent_slot_types     {intent: [slot types seen with it in training]} for every intent: the
                           slot types constrained decoding allows (decoding.py); intents with none
                           are scored on intent alone by the reference-compatible metric
+    slot_transitions      null, or the [num_slot_tags x num_slot_tags] transition scores (previous,
+                          current) of a CRF slot head, added to the slot logits in decoding
     calibration           {"intent_temperature", "slot_temperature" (> 0), "fitted_on"}: the
                           temperatures of the confidences (decoding.Calibration), fitted on dev
                           at export; fitted_on null means not fitted (both 1.0)
@@ -36,8 +38,11 @@ inference_config.json:
     model                 what produced the graph ({"architecture", "from_scratch", "stage", ...}), informative
 """
 import dataclasses
+import math
 import os
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from decoding import Calibration
 from task import (
@@ -62,7 +67,7 @@ INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
 MAX_UTTERANCE_TOKENS = 512
 REQUIRED_KEYS = ["format_version", "max_seq_length", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
-                 "num_slot_tags", "intent_slot_types", "calibration", "inputs", "outputs", "onednn_int8", "model"]
+                 "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"]
 
 # (input names, output names) of a graph written at a path prefix
 GraphWriter = Callable[[str], Tuple[List[str], List[str]]]
@@ -77,6 +82,11 @@ class ExportedModel:
     directory: str
     config: dict
     task: Task
+
+    @property
+    def slot_transitions(self) -> Optional[np.ndarray]:
+        t = self.config["slot_transitions"]
+        return None if t is None else np.array(t, dtype="float64")
 
     @property
     def calibration(self) -> Calibration:
@@ -101,7 +111,7 @@ def write_task_files(directory: str, task: Task) -> None:
 
 
 def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict, onednn_int8: bool = False,
-          calibration: Calibration = Calibration()) -> ExportedModel:
+          calibration: Calibration = Calibration(), slot_transitions: Optional[List[List[float]]] = None) -> ExportedModel:
     """Write a complete exported directory: the graph (by `write_graph`, at the GRAPH_PREFIX
     path), the task files and inference_config.json (with the confidences' `calibration`). It is built beside `directory`, validated,
     and renamed into place, replacing any earlier one: readers never see half of it."""
@@ -122,6 +132,7 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
             "num_intents": n_intents,
             "num_slot_tags": n_tags,
             "intent_slot_types": task.intent_slot_types,
+            "slot_transitions": slot_transitions,
             "calibration": calibration.as_dict(),
             "inputs": [{"name": INPUT_NAME, "dtype": "int64", "shape": [-1, -1]}],
             "outputs": [{"role": role, "name": name, "dtype": "float32", "shape": shape}
@@ -188,6 +199,11 @@ def read(directory: str) -> ExportedModel:
           f"{len(labels.intents)} intents, inference_config.json says {config['num_intents']}")
     check(len(labels.slot_tags) == config["num_slot_tags"], SLOT_LABEL_FILE,
           f"{len(labels.slot_tags)} slot tags, inference_config.json says {config['num_slot_tags']}")
+    transitions, n_tags = config["slot_transitions"], config["num_slot_tags"]
+    check(transitions is None or (isinstance(transitions, list) and len(transitions) == n_tags and all(
+        isinstance(row, list) and len(row) == n_tags and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                                              for v in row) for row in transitions)),
+          CONFIG_FILE, f"slot_transitions must be null or {n_tags} rows of {n_tags} finite numbers")
     keys = sorted(Calibration().as_dict())
     check(isinstance(config["calibration"], dict) and sorted(config["calibration"]) == keys, CONFIG_FILE,
           f"calibration {config['calibration']!r} must hold exactly {keys}")

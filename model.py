@@ -17,7 +17,10 @@ class JointErnie(ErniePretrainedModel):
     """Shared ERNIE encoder; intent head on the pooled [CLS] output, slot head on every token.
 
     `config.num_intents` and `config.num_slot_tags` size the heads; they are saved in
-    config.json, so `JointErnie.from_pretrained(output_dir)` restores the whole model."""
+    config.json, so `JointErnie.from_pretrained(output_dir)` restores the whole model. With
+    `config.slot_crf` the slot head is a linear-chain CRF: `slot_transitions` [T, T] scores tag
+    pairs (previous, current); the graph still outputs the per-token emissions, and decoding adds
+    the transitions (decoding.py), so every runtime runs the same graph."""
 
     def __init__(self, config: ErnieConfig):
         super().__init__(config)
@@ -25,6 +28,8 @@ class JointErnie(ErniePretrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob)
         self.intent_classifier = nn.Linear(config.hidden_size, config.num_intents)
         self.slot_classifier = nn.Linear(config.hidden_size, config.num_slot_tags)
+        if getattr(config, "slot_crf", False):
+            self.slot_transitions = self.create_parameter([config.num_slot_tags] * 2, default_initializer=nn.initializer.Constant(0.0))
 
     def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor = None, attention_mask=None) -> Tuple[paddle.Tensor, paddle.Tensor]:
         # attention_mask: None derives it from padding; DynaBERT passes its own ([None, None]).
@@ -47,19 +52,49 @@ def padding_mask(input_ids: paddle.Tensor, pad_id: int) -> paddle.Tensor:
 
 
 class JointLoss(nn.Layer):
-    """Intent cross-entropy + `slot_weight` x slot cross-entropy over real tokens ([CLS], [SEP]
-    and padding carry the PAD tag and are ignored)."""
+    """Intent cross-entropy + `slot_weight` x the slot loss over real tokens ([CLS], [SEP] and
+    padding carry the PAD tag and are ignored): per-token cross-entropy, or with `transitions`
+    (a CRF head's parameter) the CRF's negative log-likelihood per real token."""
 
-    def __init__(self, pad_slot_id: int, slot_weight: float = 1.0):
+    def __init__(self, pad_slot_id: int, slot_weight: float = 1.0, transitions=None):
         super().__init__()
-        self.pad_slot_id, self.slot_weight = pad_slot_id, slot_weight
+        self.pad_slot_id, self.slot_weight, self.transitions = pad_slot_id, slot_weight, transitions
 
     def forward(self, logits, labels):
         intent_logits, slot_logits = logits
         intent_label, slot_labels = labels
         intent_loss = F.cross_entropy(intent_logits, intent_label)
-        slot_loss = F.cross_entropy(slot_logits, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id)
+        if self.transitions is None:
+            slot_loss = F.cross_entropy(slot_logits, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id)
+        else:
+            mask = (slot_labels != self.pad_slot_id).astype("float32")
+            slot_loss = crf_nll(slot_logits, slot_labels, mask, self.transitions).sum() / paddle.clip(mask.sum(), min=1.0)
         return intent_loss + self.slot_weight * slot_loss
+
+
+def crf_nll(emissions, tags, mask, transitions):
+    """Negative log-likelihood of each row's tag path under a linear-chain CRF.
+
+    emissions [B, S, T]; tags [B, S]; mask [B, S] 1 on the real tokens, which are contiguous
+    (after [CLS]); transitions [T, T] (previous, current). No start/stop scores: decoding's BIO
+    masks say which tags may open an utterance. Returns [B]."""
+    num_tags = emissions.shape[-1]
+    one_hot = F.one_hot(tags.clip(0, num_tags - 1), num_tags)  # [B, S, T]
+    gold_emit = (emissions * one_hot).sum(-1)  # [B, S]
+    pair = paddle.einsum("bsi,ij,bsj->bs", one_hot[:, :-1], transitions, one_hot[:, 1:])  # [B, S-1]
+    gold = (gold_emit * mask).sum(1) + (pair * mask[:, :-1] * mask[:, 1:]).sum(1)
+    # forward algorithm; alpha stays at zero before the first real token and carries over padding
+    alpha = paddle.zeros_like(emissions[:, 0])  # [B, T]
+    started = paddle.zeros_like(mask[:, :1])  # [B, 1]: 1 once a real token was seen
+    for s in range(emissions.shape[1]):
+        m = mask[:, s : s + 1]
+        first = emissions[:, s] + alpha  # alpha is 0 here: the first real token
+        step = paddle.logsumexp(alpha.unsqueeze(2) + transitions, axis=1) + emissions[:, s]
+        new = started * step + (1 - started) * first
+        alpha = m * new + (1 - m) * alpha
+        started = paddle.maximum(started, m)
+    log_z = paddle.logsumexp(alpha, axis=1) * started.squeeze(1)
+    return log_z - gold
 
 
 def offline_hint(name: str) -> str:

@@ -104,19 +104,22 @@ def score(utterances, predictions: Sequence[Prediction], task: Task) -> dict:
 class Predictor:
     """An exported model's task and calibration and a runtime's logits function, put together.
     `min_confidence`: results whose answer score (decoding.answer_score) is below it say
-    `"fallback": true`; `decoder`: decoding.CONSTRAINED, or GREEDY for comparison."""
+    `"fallback": true`; `decoder`: decoding.CONSTRAINED, or GREEDY for comparison;
+    `transitions`: a CRF head's slot transitions [T, T]."""
 
     def __init__(self, task: Task, logits_fn: LogitsFn, max_utterance_tokens: int = MAX_UTTERANCE_TOKENS,
-                 calibration: Calibration = Calibration(), min_confidence: float = 0.0, decoder: str = CONSTRAINED):
+                 calibration: Calibration = Calibration(), min_confidence: float = 0.0, decoder: str = CONSTRAINED,
+                 transitions: Optional[np.ndarray] = None):
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence {min_confidence}: must lie in [0, 1]")
         self.task, self.logits_fn, self.max_utterance_tokens = task, logits_fn, max_utterance_tokens
         self.min_confidence = min_confidence
-        self.decoder = Decoder.for_task(task, calibration, decoder)
+        self.decoder = Decoder.for_task(task, calibration, decoder, transitions)
 
     @classmethod
     def from_exported(cls, exported: ExportedModel, logits_fn: LogitsFn, **options) -> "Predictor":
-        return cls(exported.task, logits_fn, exported.config["max_utterance_tokens"], exported.calibration, **options)
+        return cls(exported.task, logits_fn, exported.config["max_utterance_tokens"], exported.calibration,
+                   transitions=exported.slot_transitions, **options)
 
     def check(self, enc: Encoded) -> Optional[str]:
         """Why an utterance gets no prediction, or None."""

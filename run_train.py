@@ -39,6 +39,7 @@ from training import (
     logger,
     pretrained_tokenizer,
     setup_logging,
+    slot_transitions,
 )
 from utils import PROJECT_DIR, save_json
 
@@ -61,6 +62,11 @@ class ModelArguments:
                   "(the count is logged); evaluation and prediction cover them with consecutive windows."},
     )
     slot_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the slot loss next to the intent loss."})
+    slot_crf: bool = field(
+        default=False,
+        metadata={"help": "Slot head as a linear-chain CRF (learned tag transitions, CRF likelihood) instead of "
+                  "per-token cross-entropy; both are decoded by constrained Viterbi (decoding.py)."},
+    )
     max_vocab_size: int = field(
         default=8000,
         metadata={"help": "With --prune_embeddings: keep the special tokens and the most frequent tokens of the "
@@ -117,11 +123,12 @@ def main(argv=None):
 
     if model_args.from_scratch:
         task = Task(CharTokenizer.build(u.text for u in train), labels, model_args.max_seq_length, slot_types)
-        model = build_from_scratch(model_args.model_name_or_path, task)
+        model = build_from_scratch(model_args.model_name_or_path, task, slot_crf=model_args.slot_crf)
         logger.info(f"from scratch: {model_args.model_name_or_path} architecture, vocabulary of {len(task.tokenizer)} from train")
     else:
         task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, model_args.max_seq_length, slot_types)
-        model = load_pretrained(model_args.model_name_or_path, labels)
+        # a saved JointErnie keeps its own head; --slot_crf puts a CRF on one that has none
+        model = load_pretrained(model_args.model_name_or_path, labels, **({"slot_crf": True} if model_args.slot_crf else {}))
     logger.info(f"parameters: {sum(p.size for p in model.parameters()):,}")
     if model_args.max_seq_length > model.config.max_position_embeddings:
         raise ValueError(f"--max_seq_length {model_args.max_seq_length}: must fit the model's {model.config.max_position_embeddings} positions")
@@ -140,7 +147,8 @@ def main(argv=None):
     if training_args.do_eval and trainer.is_world_process_zero():
         results = {}
         for name, utts in (("dev", dev), ("test", test)):
-            results[name] = Predictor(task, dynamic_logits_fn(model)).evaluate(utts, training_args.per_device_eval_batch_size)
+            predictor = Predictor(task, dynamic_logits_fn(model), transitions=slot_transitions(model))
+            results[name] = predictor.evaluate(utts, training_args.per_device_eval_batch_size)
             scalars = {k: v for k, v in results[name].items() if k != "per_intent"}
             logger.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
         save_json(os.path.join(training_args.output_dir, "eval_results.json"), results)

@@ -88,10 +88,11 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
         truncated += len(windows) > 1
     logger.info(f"max_seq_length {task.max_seq_length}: {truncated} of {len(train)} training utterances "
                 f"truncated for training; evaluation scores whole utterances")
-    dev_windows, decoder = window_ids(task, dev), Decoder.for_task(task)
+    dev_windows = window_ids(task, dev)
 
     def compute_metrics(p):
         intent_logits, slot_logits = p.predictions
+        decoder = Decoder.for_task(task, transitions=slot_transitions(model))  # a CRF's transitions as trained so far
         metrics = score(dev, merge_windows(intent_logits, slot_logits, dev_windows, decoder), task)
         metrics.pop("per_intent")  # the Trainer logs scalars only
         return metrics
@@ -99,7 +100,7 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
     return Trainer(
         model=model,
         args=training_args,
-        criterion=JointLoss(task.labels.pad_slot_id, slot_loss_weight),
+        criterion=JointLoss(task.labels.pad_slot_id, slot_loss_weight, getattr(model, "slot_transitions", None)),
         train_dataset=MapDataset(train_rows),
         eval_dataset=MapDataset([row for utt in dev for row in task.labelled_windows(utt)]),
         data_collator=make_collator(task.tokenizer.pad_id, task.labels.pad_slot_id),
@@ -108,6 +109,12 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
 
 
 # ----------------------------------------------------------------------------- dynamic and static graphs
+
+
+def slot_transitions(model) -> Optional[np.ndarray]:
+    """A CRF slot head's transition scores [T, T] (float64), or None."""
+    transitions = getattr(model, "slot_transitions", None)
+    return None if transitions is None else transitions.numpy().astype("float64")
 
 
 def dynamic_logits_fn(model) -> LogitsFn:
@@ -159,7 +166,9 @@ def export(model, task: Task, directory: str, model_info: dict, dev: Optional[Li
            threads: int = 0) -> export_format.ExportedModel:
     """A dygraph model as a complete exported directory (export_format), its confidences
     calibrated on `dev` (without dev: temperatures 1, marked not fitted)."""
-    export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info)
+    transitions = slot_transitions(model)
+    export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info,
+                        slot_transitions=None if transitions is None else transitions.tolist())
     if dev:
         calibrate_export(directory, dev, threads)
     return export_format.read(directory)

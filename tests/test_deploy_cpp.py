@@ -54,7 +54,12 @@ def edit_config(directory, **changes):
 
 
 @pytest.mark.parametrize("name, change, cpp_error", [
-    ("format_version", {"format_version": 2}, "format_version 2; this build reads format_version 1"),
+    ("format_version", {"format_version": 1}, "format_version 1; this build reads format_version 2"),
+    ("calibration", {"calibration": {"intent_temperature": -1, "slot_temperature": 1, "fitted_on": None}},
+     "calibration intent_temperature must be a positive number, not -1"),
+    ("calibration keys", {"calibration": {"intent_temperature": 1}}, "calibration {\"intent_temperature\":1} must hold exactly"),
+    ("transitions", {"slot_transitions": [[0.0]]}, "slot_transitions must be null or 32 rows of 32 finite numbers"),
+    ("slot table", {"intent_slot_types": {"OTHERS": []}}, "intent_slot_types must name every intent label once"),
     ("vocab_size", {"vocab_size": 7}, "vocab.txt: 312 tokens, inference_config.json says 7"),
     ("num_intents", {"num_intents": 12}, "intent_label.txt: 11 intents, inference_config.json says 12"),
     ("missing key", {"max_utterance_tokens": None}, "inference_config.json: max_utterance_tokens must be an integer, not null"),
@@ -94,6 +99,38 @@ def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path,
         assert len(got) == len(texts)
         mismatches = [(t, g, e) for t, g, e in zip(texts, got, expected) if g != e]
         assert not mismatches, mismatches[:3]
+
+
+def test_cpp_decoding_is_identical_on_the_whole_corpus(demo, trained, synthetic_splits, tmp_path, request):
+    """The same logits decoded by decoding.py and slu.cc: random logits (so that every tag and many
+    invalid greedy paths occur) for every utterance of the corpus (the synthetic test split
+    without it), with and without CRF transitions, and a --min_confidence that splits the
+    results. Records equal, confidences to 1e-4."""
+    import numpy as np
+
+    texts = [u.text for u in synthetic_splits["test"]] + TRICKY
+    if os.path.isfile(os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")):
+        texts += [u.text for u in request.getfixturevalue("corpus")]
+    rng = np.random.default_rng(0)
+    for crf in (False, True):
+        model_dir = shutil.copytree(os.path.join(trained, "infer_model"), str(tmp_path / f"crf{crf}"))
+        num_tags = len(utils.read_lines(os.path.join(model_dir, "slot_label.txt")))
+        edit_config(model_dir, calibration={"intent_temperature": 1.7, "slot_temperature": 0.6, "fitted_on": "test"},
+                    slot_transitions=rng.normal(size=(num_tags, num_tags)).round(3).tolist() if crf else None)
+        exported = export_format.read(model_dir)
+        p = predictor.Predictor.from_exported(exported, logits_fn=None, min_confidence=0.5)
+        encoded = [exported.task.encode(t) for t in texts]
+        logits = [(rng.normal(scale=3.0, size=len(exported.task.labels.intents)).astype("float32"),
+                   rng.normal(scale=3.0, size=(len(e.offsets), num_tags)).astype("float32")) for e in encoded]
+        expected = [predictor.describe(p.decoder(i, s), e, exported.task.labels, p.min_confidence) for (i, s), e in zip(logits, encoded)]
+        logits_file = str(tmp_path / "logits.f32")
+        with open(logits_file, "wb") as f:
+            for i, s in logits:
+                f.write(i.tobytes() + s.tobytes())
+        got = run(demo, model_dir, texts, "--logits_file", logits_file, "--min_confidence", "0.5")
+        assert len(got) == len(texts) and any(r["fallback"] for r in got) and not all(r["fallback"] for r in got)
+        assert sum(len(r["slots"]) for r in got) > len(texts) / 2
+        assert_same_records(got, expected, confidence_tolerance=1e-4)
 
 
 def test_cpp_demo_matches_the_python_prediction_path(demo, trained, synthetic_splits):

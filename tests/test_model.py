@@ -149,3 +149,30 @@ def test_loads_a_plain_pretrained_ernie_directory(tmp_path, tokenizer, labels):
         np.testing.assert_array_equal(value.numpy(), saved[name].numpy())
     assert model.intent_classifier.weight.shape == [312, len(labels.intents)]
     assert pretrained_tokenizer(str(tmp_path)).vocab == tokenizer.vocab
+
+
+def test_crf_nll_equals_the_enumerated_log_likelihood():
+    """-log p(gold path) by enumerating every path of each row's real tokens; rows of different
+    lengths, with [CLS] / [SEP] / padding masked out."""
+    import itertools
+
+    from model import crf_nll
+    rng = np.random.default_rng(0)
+    T, S = 4, 6
+    emissions = rng.normal(size=(3, S, T)).astype("float32")
+    transitions = rng.normal(size=(T, T)).astype("float32")
+    lengths = [4, 1, 2]  # real tokens at positions 1..length
+    mask = np.zeros((3, S), dtype="float32")
+    tags = np.zeros((3, S), dtype="int64")
+    for b, n in enumerate(lengths):
+        mask[b, 1 : n + 1] = 1
+        tags[b, 1 : n + 1] = rng.integers(0, T, size=n)
+    got = crf_nll(paddle.to_tensor(emissions), paddle.to_tensor(tags), paddle.to_tensor(mask), paddle.to_tensor(transitions)).numpy()
+
+    def path_score(b, path):
+        e = emissions[b, 1 : len(path) + 1]
+        return sum(e[i, t] for i, t in enumerate(path)) + sum(transitions[x, y] for x, y in zip(path, path[1:]))
+
+    for b, n in enumerate(lengths):
+        log_z = np.log(sum(np.exp(path_score(b, p)) for p in itertools.product(range(T), repeat=n)))
+        assert got[b] == pytest.approx(log_z - path_score(b, list(tags[b, 1 : n + 1])), abs=1e-4)

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -16,16 +17,21 @@
 namespace {
 
 struct Args {
-  std::string model_dir, precision = "f32";
+  std::string model_dir, precision = "f32", logits_file;
   std::vector<std::string> texts;
   int cpu_threads = 0;
+  double min_confidence = 0.0;
   bool tokenize_only = false, print_contract = false;
 };
 
 const char* kUsage =
-    "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--cpu_threads N] [--precision f32|bf16] [--tokenize_only]\n"
+    "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--cpu_threads N] [--precision f32|bf16] [--min_confidence P]\n"
+    "                [--tokenize_only | --logits_file FILE]\n"
     "       slu_demo --print_contract\n"
-    "  without --text, one utterance per stdin line; --tokenize_only prints token ids and offsets (tests);\n"
+    "  without --text, one utterance per stdin line; --min_confidence: results whose intent or any slot confidence\n"
+    "  is below P say \"fallback\": true; --tokenize_only prints token ids and offsets (tests); --logits_file decodes\n"
+    "  logits given in FILE instead of running the model (float32: per utterance without an error record, its\n"
+    "  intent logits, then its tokens' slot logits; tests and the decoding benchmark) and times the decoding;\n"
     "  --print_contract prints the export contract this build reads (tests compare it with export_format.py)\n";
 
 Args ParseArgs(int argc, char** argv) {
@@ -40,6 +46,8 @@ Args ParseArgs(int argc, char** argv) {
     else if (flag == "--text") args.texts.push_back(value());
     else if (flag == "--cpu_threads") args.cpu_threads = std::stoi(value());
     else if (flag == "--precision") args.precision = value();
+    else if (flag == "--min_confidence") args.min_confidence = std::stod(value());
+    else if (flag == "--logits_file") args.logits_file = value();
     else if (flag == "--tokenize_only") args.tokenize_only = true;
     else if (flag == "--print_contract") args.print_contract = true;
     else throw std::invalid_argument("unknown flag " + flag);
@@ -78,7 +86,14 @@ int main(int argc, char** argv) {
   try {
     slu::Model model(args.model_dir);
     ov::CompiledModel compiled;
-    if (!args.tokenize_only) {
+    std::ifstream given_logits;
+    if (!args.logits_file.empty()) {
+      given_logits.open(args.logits_file, std::ios::binary);
+      if (!given_logits) throw std::runtime_error(args.logits_file + ": cannot open");
+    }
+    const bool run_model = !args.tokenize_only && args.logits_file.empty();
+    double decode_ms = 0;
+    if (run_model) {
       ov::Core core;
       // read_model takes model.pdiparams from beside model.pdmodel. f32 by default: on CPUs with
       // avx512_bf16 OpenVINO would otherwise pick bf16 and the logits would drift from Python's.
@@ -87,7 +102,7 @@ int main(int argc, char** argv) {
       if (args.cpu_threads > 0) config.emplace(ov::inference_num_threads(args.cpu_threads));
       compiled = core.compile_model(core.read_model(model.graph_path()), "CPU", config);
     }
-    ov::InferRequest request = args.tokenize_only ? ov::InferRequest() : compiled.create_infer_request();
+    ov::InferRequest request = run_model ? compiled.create_infer_request() : ov::InferRequest();
     const size_t window = model.max_seq_length() - 2;
     auto start = std::chrono::steady_clock::now();
     for (size_t n = 0; n < texts.size(); ++n) {
@@ -110,17 +125,32 @@ int main(int argc, char** argv) {
       if (enc.offsets.size() > window)
         std::cerr << "utterance " << n + 1 << ": " << enc.offsets.size() << " characters, predicted in " << enc.windows.size()
                   << " windows of " << window << "\n";
-      size_t seq_len = 0;
-      std::vector<int64_t> padded = model.PadWindows(enc, &seq_len);
-      request.set_input_tensor(0, ov::Tensor(ov::element::i64, {enc.windows.size(), seq_len}, padded.data()));
-      request.infer();
-      std::cout << model.Describe(enc, request.get_output_tensor(0).data<float>(), request.get_output_tensor(1).data<float>(),
-                                  static_cast<int>(seq_len))
-                << "\n";
+      std::vector<float> intent_logits, token_logits;
+      if (run_model) {
+        size_t seq_len = 0;
+        std::vector<int64_t> padded = model.PadWindows(enc, &seq_len);
+        request.set_input_tensor(0, ov::Tensor(ov::element::i64, {enc.windows.size(), seq_len}, padded.data()));
+        request.infer();
+        const float* intent = request.get_output_tensor(0).data<float>();
+        intent_logits.assign(intent, intent + model.num_intents());
+        token_logits = model.MergeWindows(enc, request.get_output_tensor(1).data<float>(), static_cast<int>(seq_len));
+      } else {
+        intent_logits.resize(model.num_intents());
+        token_logits.resize(enc.offsets.size() * model.num_slot_tags());
+        given_logits.read(reinterpret_cast<char*>(intent_logits.data()), intent_logits.size() * sizeof(float));
+        given_logits.read(reinterpret_cast<char*>(token_logits.data()), token_logits.size() * sizeof(float));
+        if (!given_logits) throw std::runtime_error(args.logits_file + ": ends before the logits of utterance " + std::to_string(n + 1));
+      }
+      auto decode_start = std::chrono::steady_clock::now();
+      const std::string record = model.Describe(enc, intent_logits.data(), token_logits, args.min_confidence);
+      decode_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decode_start).count();
+      std::cout << record << "\n";
     }
+    if (given_logits.is_open() && given_logits.peek() != std::char_traits<char>::eof())
+      throw std::runtime_error(args.logits_file + ": holds more logits than the utterances need");
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::cerr << "openvino (" << args.precision << "): " << texts.size() << " utterances in " << ms
-              << " ms (tokenization + model + decoding)\n";
+    std::cerr << (run_model ? "openvino (" + args.precision + ")" : std::string("given logits")) << ": " << texts.size()
+              << " utterances in " << ms << " ms (tokenization + model + decoding); decoding " << decode_ms << " ms\n";
   } catch (const std::exception& e) {
     std::cerr << "slu_demo: " << e.what() << "\n";
     return 1;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <set>
 
 #include "nlohmann/json.hpp"
 
@@ -12,7 +14,7 @@ namespace slu {
 const std::vector<std::string> kFiles = {kGraphFile, kParamsFile, kVocabFile, kIntentLabelFile, kSlotLabelFile, kConfigFile};
 const std::vector<std::string> kRequiredKeys = {
     "format_version", "max_seq_length", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
-    "num_slot_tags", "slotless_intents", "inputs", "outputs", "onednn_int8", "model"};
+    "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"};
 const std::vector<std::string> kOutputRoles = {"intent_logits", "slot_logits"};
 
 namespace {
@@ -108,6 +110,70 @@ std::string TooLongError(size_t num_tokens, size_t limit) {
   return "utterance too long: " + std::to_string(num_tokens) + " tokens (at most " + std::to_string(limit) + ")";
 }
 
+namespace {
+
+// The decoding keys of inference_config.json, checked; `fail(file, problem)` throws.
+template <typename Fail>
+Decoding ReadDecoding(const Json& config, const std::vector<std::string>& intents, const std::vector<std::string>& slot_tags,
+                      const Fail& fail) {
+  Decoding d;
+  // calibration: exactly the keys of decoding.Calibration, positive temperatures
+  const Json& calibration = config["calibration"];
+  if (!calibration.is_object() || calibration.size() != 3 || !calibration.contains("fitted_on"))
+    fail(kConfigFile, "calibration " + calibration.dump() + " must hold exactly [fitted_on, intent_temperature, slot_temperature]");
+  for (const char* key : {"intent_temperature", "slot_temperature"}) {
+    if (!calibration.contains(key) || !calibration[key].is_number() || calibration[key].get<double>() <= 0)
+      fail(kConfigFile, std::string("calibration ") + key + " must be a positive number, not " + (calibration.contains(key) ? calibration[key].dump() : "missing"));
+  }
+  d.intent_temperature = calibration["intent_temperature"].get<double>();
+  d.slot_temperature = calibration["slot_temperature"].get<double>();
+
+  // slot_transitions: null or [tags x tags] numbers
+  const size_t T = slot_tags.size();
+  const Json& transitions = config["slot_transitions"];
+  if (!transitions.is_null()) {
+    bool ok = transitions.is_array() && transitions.size() == T;
+    for (size_t p = 0; ok && p < T; ++p) {
+      ok = transitions[p].is_array() && transitions[p].size() == T;
+      for (size_t t = 0; ok && t < T; ++t) ok = transitions[p][t].is_number() && std::isfinite(transitions[p][t].get<double>());
+    }
+    if (!ok) fail(kConfigFile, "slot_transitions must be null or " + std::to_string(T) + " rows of " + std::to_string(T) + " finite numbers");
+    for (size_t p = 0; p < T; ++p)
+      for (size_t t = 0; t < T; ++t) d.transitions.push_back(transitions[p][t].get<double>());
+  }
+
+  // decoding.SlotConstraints: BIO masks and the tags of each intent's slot types
+  std::vector<std::string> kind(T);
+  std::set<std::string> known_types;
+  for (size_t t = 0; t < T; ++t) {
+    const std::string prefix = slot_tags[t].substr(0, 2);
+    if (prefix == "B-" || prefix == "I-") kind[t] = slot_tags[t].substr(2), known_types.insert(kind[t]);
+  }
+  auto inside = [&](size_t t) { return slot_tags[t].rfind("I-", 0) == 0; };
+  auto usable = [&](size_t t) { return slot_tags[t] != "PAD"; };
+  for (size_t t = 0; t < T; ++t) d.start_ok.push_back(usable(t) && !inside(t));
+  for (size_t p = 0; p < T; ++p)
+    for (size_t t = 0; t < T; ++t) d.transition_ok.push_back(usable(t) && (!inside(t) || (!kind[p].empty() && kind[p] == kind[t])));
+  const Json& table = config["intent_slot_types"];
+  if (!table.is_object() || table.size() != intents.size())
+    fail(kConfigFile, "intent_slot_types must name every intent label once");
+  for (const std::string& intent : intents) {
+    if (!table.contains(intent) || !table[intent].is_array()) fail(kConfigFile, "intent_slot_types must name every intent label once");
+    std::set<std::string> types;
+    for (const Json& type : table[intent]) {
+      if (!type.is_string() || !known_types.count(type.get<std::string>()))
+        fail(kConfigFile, "intent_slot_types holds slot types [" + type.dump() + "] that are not in the slot labels");
+      types.insert(type.get<std::string>());
+    }
+    std::vector<char> allowed(T);
+    for (size_t t = 0; t < T; ++t) allowed[t] = usable(t) && (slot_tags[t] == "O" || types.count(kind[t]));
+    d.intent_tags.push_back(allowed);
+  }
+  return d;
+}
+
+}  // namespace
+
 Model::Model(const std::string& model_dir) {
   for (const std::string& name : kFiles) OpenOrThrow(model_dir + "/" + name);
   graph_path_ = model_dir + "/" + kGraphFile;
@@ -154,12 +220,14 @@ Model::Model(const std::string& model_dir) {
       fail(kIntentLabelFile, std::to_string(intents_.size()) + " intents, " + kConfigFile + " says " + config["num_intents"].dump());
     if (slot_tags_.size() != config["num_slot_tags"].get<size_t>())
       fail(kSlotLabelFile, std::to_string(slot_tags_.size()) + " slot tags, " + kConfigFile + " says " + config["num_slot_tags"].dump());
+    decoding_ = ReadDecoding(config, intents_, slot_tags_, fail);
   } catch (const Json::exception& e) {
     fail(kConfigFile, std::string("unexpected content (") + e.what() + ")");
   }
   if (max_seq_length_ < 3) fail(kConfigFile, "max_seq_length must be >= 3");
   if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
 }
+
 
 std::string Model::Check(const Encoded& enc) const {
   if (enc.offsets.empty()) return kEmptyUtterance;
@@ -225,27 +293,93 @@ std::vector<Span> BioSpans(const std::vector<std::string>& tags) {
   return spans;
 }
 
-std::string Model::Describe(const Encoded& enc, const float* intent_logits, const float* slot_logits, int seq_len) const {
-  // Intent from the first window (predictor.merge_windows), softmax in float32 as numpy does.
-  const size_t n_intents = intents_.size(), n_tags = slot_tags_.size();
-  size_t best = std::max_element(intent_logits, intent_logits + n_intents) - intent_logits;
-  float sum = 0;
-  for (size_t k = 0; k < n_intents; ++k) sum += std::exp(intent_logits[k] - intent_logits[best]);
-  const double confidence = std::round(static_cast<double>(1.0f / sum) * 1e4) / 1e4;  // Python: round(p, 4)
-
-  std::vector<std::string> tags;
+std::vector<float> Model::MergeWindows(const Encoded& enc, const float* slot_logits, int seq_len) const {
+  const size_t n_tags = slot_tags_.size();
+  std::vector<float> out;
   for (size_t w = 0; w < enc.windows.size(); ++w) {
-    for (size_t t = 1; t + 1 < enc.windows[w].size(); ++t) {
-      const float* row = slot_logits + (w * seq_len + t) * n_tags;
-      tags.push_back(slot_tags_[std::max_element(row, row + n_tags) - row]);
-    }
+    const float* first = slot_logits + (w * seq_len + 1) * n_tags;  // skip [CLS]
+    out.insert(out.end(), first, first + (enc.windows[w].size() - 2) * n_tags);
   }
+  return out;
+}
+
+std::vector<int> Model::DecodeTags(const std::vector<float>& token_logits, size_t intent) const {
+  // decoding.viterbi: float64 sums in the same order as numpy, first maximum on ties.
+  const size_t T = slot_tags_.size(), n = token_logits.size() / T;
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<char>& allowed = decoding_.intent_tags[intent];
+  auto emit = [&](size_t i, size_t t) { return allowed[t] ? static_cast<double>(token_logits[i * T + t]) : -inf; };
+  if (n == 0) return {};
+  std::vector<double> best(T), next(T);
+  std::vector<int> back(n * T, 0);
+  for (size_t t = 0; t < T; ++t) best[t] = decoding_.start_ok[t] ? emit(0, t) : -inf;
+  for (size_t i = 1; i < n; ++i) {
+    for (size_t t = 0; t < T; ++t) {
+      size_t arg = 0;
+      double top = -inf;
+      for (size_t p = 0; p < T; ++p) {
+        const std::vector<double>& crf = decoding_.transitions;
+        const double step = decoding_.transition_ok[p * T + t] ? (crf.empty() ? 0.0 : crf[p * T + t]) : -inf;
+        const double candidate = best[p] + step;
+        if (p == 0 || candidate > top) top = candidate, arg = p;
+      }
+      back[i * T + t] = static_cast<int>(arg);
+      next[t] = top + emit(i, t);
+    }
+    best.swap(next);
+  }
+  std::vector<int> path{static_cast<int>(std::max_element(best.begin(), best.end()) - best.begin())};
+  for (size_t i = n - 1; i > 0; --i) path.push_back(back[i * T + path.back()]);
+  std::reverse(path.begin(), path.end());
+  return path;
+}
+
+namespace {
+
+// decoding.softmax64 of one row: softmax(logits / temperature) in double, 0 outside `allowed`.
+std::vector<double> Softmax(const float* logits, size_t n, double temperature, const std::vector<char>* allowed = nullptr) {
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> z(n);
+  for (size_t k = 0; k < n; ++k) z[k] = (allowed && !(*allowed)[k]) ? -inf : static_cast<double>(logits[k]) / temperature;
+  const double top = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (double& v : z) sum += (v = std::exp(v - top));
+  for (double& v : z) v /= sum;
+  return z;
+}
+
+double Round4(double p) { return std::round(p * 1e4) / 1e4; }  // Python: round(p, 4)
+
+}  // namespace
+
+std::string Model::Describe(const Encoded& enc, const float* intent_logits, const std::vector<float>& token_logits,
+                            double min_confidence) const {
+  const size_t n_intents = intents_.size(), n_tags = slot_tags_.size();
+  const size_t intent = std::max_element(intent_logits, intent_logits + n_intents) - intent_logits;
+  const std::vector<double> intent_probs = Softmax(intent_logits, n_intents, decoding_.intent_temperature);
+  std::vector<size_t> ranking(n_intents);
+  for (size_t k = 0; k < n_intents; ++k) ranking[k] = k;
+  std::stable_sort(ranking.begin(), ranking.end(), [&](size_t a, size_t b) { return intent_probs[a] > intent_probs[b]; });
+  Json ranked = Json::array();
+  for (size_t k = 0; k < std::min<size_t>(3, n_intents); ++k)
+    ranked.push_back({{"intent", intents_[ranking[k]]}, {"confidence", Round4(intent_probs[ranking[k]])}});
+
+  const std::vector<int> tag_ids = DecodeTags(token_logits, intent);
+  std::vector<std::string> tags;
+  for (int t : tag_ids) tags.push_back(slot_tags_[t]);
+  double weakest = intent_probs[intent];
   Json slots = Json::array();
   for (const Span& span : BioSpans(tags)) {
+    double confidence = 1.0;  // decoding.span_confidences: product of the tokens' tag probabilities
+    for (int i = span.start; i < span.end; ++i)
+      confidence *= Softmax(&token_logits[i * n_tags], n_tags, decoding_.slot_temperature, &decoding_.intent_tags[intent])[tag_ids[i]];
+    weakest = std::min(weakest, confidence);
     int first = enc.offsets[span.start], last = enc.offsets[span.end - 1];
-    slots.push_back({{"slot", span.type}, {"entity", EncodeUtf8(enc.text.substr(first, last - first + 1))}, {"pos", {first, last}}});
+    slots.push_back({{"slot", span.type}, {"entity", EncodeUtf8(enc.text.substr(first, last - first + 1))}, {"pos", {first, last}},
+                     {"confidence", Round4(confidence)}});
   }
-  Json record = {{"text", EncodeUtf8(enc.text)}, {"intent", intents_[best]}, {"confidence", confidence}, {"slots", slots}};
+  Json record = {{"text", EncodeUtf8(enc.text)}, {"intent", intents_[intent]}, {"confidence", Round4(intent_probs[intent])},
+                 {"intent_ranking", ranked}, {"slots", slots}, {"fallback", weakest < min_confidence}};
   return record.dump();
 }
 

@@ -13,7 +13,7 @@
 namespace slu {
 
 // The export contract, as export_format.py states it (tests/test_deploy_cpp.py compares the two).
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;
 constexpr const char* kGraphFile = "model.pdmodel";
 constexpr const char* kParamsFile = "model.pdiparams";
 constexpr const char* kVocabFile = "vocab.txt";
@@ -41,6 +41,14 @@ struct Encoded {
   std::vector<std::vector<int64_t>> windows;  // [CLS] + up to max_seq_length-2 ids + [SEP]
 };
 
+// What decoding needs of inference_config.json (decoding.py: Calibration, SlotConstraints, CRF).
+struct Decoding {
+  double intent_temperature = 1.0, slot_temperature = 1.0;
+  std::vector<double> transitions;              // [tags x tags] (previous, current); empty: no CRF
+  std::vector<char> start_ok, transition_ok;    // BIO: tags that may open an utterance / follow a tag
+  std::vector<std::vector<char>> intent_tags;   // [intents][tags] allowed under each intent
+};
+
 // An exported model directory, read and checked against its inference_config.json; throws
 // std::runtime_error naming the file and the problem.
 class Model {
@@ -58,9 +66,18 @@ class Model {
   // [PAD] (utils.pad_batch): the model input of one utterance.
   std::vector<int64_t> PadWindows(const Encoded& enc, size_t* seq_len) const;
 
-  // The JSON result of one utterance from the logits of its windows, in window order:
-  // intent_logits [windows x intents], slot_logits [windows x seq_len x tags], row-major.
-  std::string Describe(const Encoded& enc, const float* intent_logits, const float* slot_logits, int seq_len) const;
+  // The slot logits of the real tokens of all windows, concatenated: [tokens x tags]
+  // (predictor.merge_windows), from slot_logits [windows x seq_len x tags], row-major.
+  std::vector<float> MergeWindows(const Encoded& enc, const float* slot_logits, int seq_len) const;
+
+  // The JSON result of one utterance (predictor.describe): intent_logits of its first window
+  // [intents], token_logits [tokens x tags] from MergeWindows. Slots by constrained Viterbi,
+  // confidences calibrated, "fallback" when the weakest is below min_confidence (decoding.py).
+  std::string Describe(const Encoded& enc, const float* intent_logits, const std::vector<float>& token_logits,
+                       double min_confidence = 0.0) const;
+
+  // decoding.viterbi under the intent's allowed tags, the BIO masks and the CRF transitions if any.
+  std::vector<int> DecodeTags(const std::vector<float>& token_logits, size_t intent) const;
 
   int max_seq_length() const { return max_seq_length_; }
   const std::string& graph_path() const { return graph_path_; }
@@ -71,6 +88,7 @@ class Model {
   std::unordered_map<std::string, int> token_to_id_;
   std::vector<std::string> intents_, slot_tags_;
   int pad_id_ = 0, cls_id_ = 0, sep_id_ = 0, unk_id_ = 0, max_seq_length_ = 0;
+  Decoding decoding_;
   size_t max_utterance_tokens_ = 0;
   std::string graph_path_;
 };
