@@ -7,6 +7,11 @@ from data.corpus import Utterance
 from task import OUTSIDE_LABEL, PAD_LABEL, bio_spans
 
 
+def sentence_correct(utt: Utterance, intent: str, tags: Sequence[str]) -> bool:
+    """Strict sentence correctness: the intent and every token tag right (PAD read as O)."""
+    return intent == utt.intent and [OUTSIDE_LABEL if t == PAD_LABEL else t for t in tags] == utt.token_tags()
+
+
 def slu_metrics(
     gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Sequence[str]]], slotless_intents: Iterable[str]
 ) -> dict:
@@ -28,7 +33,7 @@ def slu_metrics(
         gold_spans, pred_spans = set(bio_spans(gold_tags)), set(bio_spans(tags))
         tp, n_gold, n_pred = tp + len(gold_spans & pred_spans), n_gold + len(gold_spans), n_pred + len(pred_spans)
         intent_ok = intent == utt.intent
-        sentence_ok = intent_ok and tags == gold_tags
+        sentence_ok = sentence_correct(utt, intent, tags)
         intent_right += intent_ok
         sentence_right += sentence_ok
         sentence_ref_right += sentence_ok or (intent_ok and utt.intent in slotless)
