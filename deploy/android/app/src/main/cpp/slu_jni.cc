@@ -20,7 +20,7 @@ using paddle::lite_api::PaddlePredictor;
 
 class Session {
  public:
-  Session(const std::string& model_dir, int threads) : model_(model_dir) {
+  Session(const std::string& model_dir, int threads, double min_confidence) : model_(model_dir), min_confidence_(min_confidence) {
     MobileConfig config;
     config.set_model_from_file(model_dir + "/" + kLiteModelFile);
     config.set_threads(threads);
@@ -46,11 +46,13 @@ class Session {
     predictor_->Run();
     std::unique_ptr<const paddle::lite_api::Tensor> intent(predictor_->GetOutput(0));
     std::unique_ptr<const paddle::lite_api::Tensor> slots(predictor_->GetOutput(1));
-    return model_.Describe(enc, intent->data<float>(), slots->data<float>(), static_cast<int>(seq_len));
+    return model_.Describe(enc, intent->data<float>(), model_.MergeWindows(enc, slots->data<float>(), static_cast<int>(seq_len)),
+                           min_confidence_);
   }
 
  private:
   slu::Model model_;
+  double min_confidence_;
   std::shared_ptr<PaddlePredictor> predictor_;
 };
 
@@ -76,9 +78,9 @@ void ThrowJava(JNIEnv* env, const std::exception& e) {
 }  // namespace
 
 extern "C" JNIEXPORT jlong JNICALL Java_org_ernietiny_slu_SluPredictor_nativeCreate(JNIEnv* env, jclass, jbyteArray model_dir,
-                                                                                      jint threads) {
+                                                                                      jint threads, jdouble min_confidence) {
   try {
-    return reinterpret_cast<jlong>(new Session(FromBytes(env, model_dir), threads));
+    return reinterpret_cast<jlong>(new Session(FromBytes(env, model_dir), threads, min_confidence));
   } catch (const std::exception& e) {
     ThrowJava(env, e);
     return 0;

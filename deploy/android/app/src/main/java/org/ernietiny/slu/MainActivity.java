@@ -14,6 +14,8 @@ import java.io.OutputStream;
 
 /** Type an utterance, get the intent and slots back, with the on-device time. */
 public class MainActivity extends Activity {
+    // The --min_confidence of run_eval.py; benchmarks/decoding_report.py chooses one on dev.
+    private static final double MIN_CONFIDENCE = 0.0;
     private SluPredictor predictor;
 
     @Override
@@ -24,7 +26,7 @@ public class MainActivity extends Activity {
         TextView output = findViewById(R.id.result);
         Button run = findViewById(R.id.run);
         try {
-            predictor = new SluPredictor(copyModelFromAssets().getAbsolutePath(), 1);
+            predictor = new SluPredictor(copyModelFromAssets().getAbsolutePath(), 1, MIN_CONFIDENCE);
         } catch (IOException | RuntimeException e) {
             output.setText("cannot load the model: " + e.getMessage());
             run.setEnabled(false);

@@ -15,9 +15,12 @@ public final class SluPredictor implements AutoCloseable {
         return new String(nativeAssetNames(), StandardCharsets.UTF_8).split("\n");
     }
 
-    /** modelDir holds the files of assetNames(). */
-    public SluPredictor(String modelDir, int threads) {
-        handle = nativeCreate(modelDir.getBytes(StandardCharsets.UTF_8), threads);
+    /**
+     * modelDir holds the files of assetNames(). Results whose intent or any slot confidence is below
+     * minConfidence say "fallback": true (ask the driver again); 0 never falls back.
+     */
+    public SluPredictor(String modelDir, int threads, double minConfidence) {
+        handle = nativeCreate(modelDir.getBytes(StandardCharsets.UTF_8), threads, minConfidence);
     }
 
     public String predict(String utterance) {
@@ -33,7 +36,7 @@ public final class SluPredictor implements AutoCloseable {
         }
     }
 
-    private static native long nativeCreate(byte[] modelDir, int threads);
+    private static native long nativeCreate(byte[] modelDir, int threads, double minConfidence);
 
     private static native byte[] nativePredict(long handle, byte[] utterance);
 
