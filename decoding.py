@@ -11,13 +11,14 @@ computed on raw logits, in float64, first maximum on ties: additions only, bit-i
 
 Confidence. A temperature per head, fitted on dev (Calibration):
   * intent: softmax(intent logits / T_intent); `intent_ranking` is its top 3;
-  * slot span: product over its tokens of softmax(slot logits / T_slot) over the tags allowed
-    under the intent, taken at the decoded tag; T_slot is fitted so that this is the probability
-    that the span (type, start, end) is right;
+  * slot span: the marginal probability of the span (its tags, then no continuation of it) over
+    every tag path the constraints allow, by forward-backward on slot logits / T_slot (plus the
+    CRF's transitions); T_slot is fitted by the likelihood of the spans being right on dev;
   * a result is answered (not `fallback`) when every one of its confidences reaches
     `min_confidence`: the intent's and each slot's (answer_score).
 """
 import dataclasses
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,6 +53,7 @@ class SlotConstraints:
         kind = [t[2:] if t[:2] in ("B-", "I-") else None for t in tags]
         is_inside = np.array([t.startswith("I-") for t in tags])
         usable = np.array([t != PAD_LABEL for t in tags])
+        self.usable = usable
         self.start_ok = usable & ~is_inside
         continues = np.array([[kind[p] is not None and kind[p] == kind[t] for t in range(len(tags))] for p in range(len(tags))])
         self.transition_ok = usable[None, :] & (~is_inside[None, :] | continues)
@@ -59,15 +61,18 @@ class SlotConstraints:
                                       for t in range(len(tags))] for intent in labels.intents])
 
 
-def viterbi(scores: np.ndarray, allowed: np.ndarray, start_ok: np.ndarray, transition_ok: np.ndarray,
-            transitions: Optional[np.ndarray] = None) -> List[int]:
-    """The best tag path of one utterance: scores [n, T] (float64), allowed [T] tags, BIO masks,
-    optional learned transitions [T, T]. First maximum on ties."""
+def transition_scores(transition_ok: np.ndarray, transitions: Optional[np.ndarray] = None) -> np.ndarray:
+    """[previous, current] scores a path adds per step: a CRF's transitions (or 0), -inf where BIO forbids."""
+    return np.where(transition_ok, 0.0 if transitions is None else transitions, -np.inf)
+
+
+def viterbi(scores: np.ndarray, allowed: np.ndarray, start_ok: np.ndarray, step: np.ndarray) -> List[int]:
+    """The best tag path of one utterance: scores [n, T] (float64), allowed [T] tags, the tags that
+    may open it, step scores [T, T] (transition_scores). First maximum on ties."""
     n = len(scores)
     if n == 0:
         return []
     emit = np.where(allowed[None, :], scores, -np.inf)
-    step = np.where(transition_ok, 0.0 if transitions is None else transitions, -np.inf)
     best = np.where(start_ok, emit[0], -np.inf)
     back = np.zeros((n, len(allowed)), dtype=np.int64)
     for i in range(1, n):
@@ -80,17 +85,6 @@ def viterbi(scores: np.ndarray, allowed: np.ndarray, start_ok: np.ndarray, trans
     return path[::-1]
 
 
-def decode_slots(slot_logits: np.ndarray, intent_id: int, constraints: SlotConstraints, decoder: str = CONSTRAINED,
-                 transitions: Optional[np.ndarray] = None) -> List[int]:
-    """Tag ids of one utterance's tokens from its slot logits [n, T]."""
-    if decoder == GREEDY:
-        return slot_logits.argmax(-1).tolist()
-    if decoder != CONSTRAINED:
-        raise ValueError(f"unknown decoder {decoder!r}: use one of {DECODERS}")
-    return viterbi(slot_logits.astype("float64"), constraints.intent_tags[intent_id], constraints.start_ok,
-                   constraints.transition_ok, transitions)
-
-
 def softmax64(logits: np.ndarray, temperature: float, allowed: Optional[np.ndarray] = None) -> np.ndarray:
     """softmax(logits / T) over the last axis in float64, zero outside `allowed`."""
     z = np.asarray(logits, dtype="float64") / temperature
@@ -101,15 +95,39 @@ def softmax64(logits: np.ndarray, temperature: float, allowed: Optional[np.ndarr
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def span_confidences(slot_logits: np.ndarray, tag_ids: Sequence[int], spans: Sequence[Tuple[str, int, int]],
-                     allowed: Optional[np.ndarray], temperature: float) -> List[float]:
-    """The confidence of each span (type, start, end-exclusive): the product of its tokens'
-    probabilities of their decoded tags."""
+def span_confidences(slot_logits: np.ndarray, tag_ids: Sequence[int], spans: Sequence[Tuple[str, int, int]], allowed: np.ndarray,
+                     start_ok: np.ndarray, step: np.ndarray, continues: Sequence[Optional[int]], temperature: float) -> List[float]:
+    """The probability of each decoded span (type, start, end-exclusive) being exactly right: the
+    marginal, over every tag path the constraints allow, of the span's tags followed by no
+    continuation of it. Paths weigh exp(sum of logits / T + step scores); forward-backward with
+    each step normalised (the scale factors c_i cancel out of the marginal but for those inside
+    the span). `continues[k]` is the I- tag of span k's type (None if it has none)."""
     if not spans:
         return []
-    probs = softmax64(slot_logits, temperature, allowed)
-    token_p = probs[np.arange(len(tag_ids)), tag_ids]
-    return [float(np.prod(token_p[s:e])) for _, s, e in spans]
+    z = np.where(allowed, np.asarray(slot_logits, dtype="float64") / temperature, -np.inf)  # [n, T]
+    psi = np.exp(z - z.max(axis=1, keepdims=True))  # potentials, 0 outside `allowed`
+    moves = np.exp(step)  # [previous, current], 0 where BIO forbids
+    n = len(z)
+    alpha, beta, scale = np.empty_like(psi), np.ones_like(psi), np.empty(n)
+    alpha[0] = np.where(start_ok, psi[0], 0.0)
+    scale[0] = alpha[0].sum()
+    alpha[0] /= scale[0]
+    for i in range(1, n):
+        alpha[i] = (alpha[i - 1] @ moves) * psi[i]
+        scale[i] = alpha[i].sum()
+        alpha[i] /= scale[i]
+    for i in range(n - 2, -1, -1):
+        beta[i] = moves @ (psi[i + 1] * beta[i + 1]) / scale[i + 1]
+    out = []
+    for (_, s, e), inside in zip(spans, continues):
+        p = alpha[s, tag_ids[s]]
+        for i in range(s + 1, e):
+            p *= moves[tag_ids[i - 1], tag_ids[i]] * psi[i, tag_ids[i]] / scale[i]
+        if e < n:
+            after = moves[tag_ids[e - 1]] * psi[e] * beta[e]
+            p *= (after.sum() - (0.0 if inside is None else after[inside])) / scale[e]
+        out.append(float(p))
+    return out
 
 
 def answer_score(intent_confidence: float, slot_confidences: Sequence[float]) -> float:
@@ -154,6 +172,8 @@ class Decoder:
                 raise ValueError("a CRF's transitions need the constrained (Viterbi) decoder")
         self.labels, self.calibration, self.decoder, self.transitions = labels, calibration, decoder, transitions
         self.constraints = SlotConstraints(labels, intent_slot_types)
+        self.step = transition_scores(self.constraints.transition_ok, transitions)
+        self.inside_tag = {tag[2:]: i for i, tag in enumerate(labels.slot_tags) if tag.startswith("I-")}
 
     @classmethod
     def for_task(cls, task, calibration: Calibration = Calibration(), decoder: str = CONSTRAINED,
@@ -163,49 +183,46 @@ class Decoder:
     def __call__(self, intent_logits: np.ndarray, slot_logits: np.ndarray) -> Prediction:
         intent_logits, slot_logits = np.asarray(intent_logits, dtype="float32"), np.asarray(slot_logits, dtype="float32")
         intent_id = int(intent_logits.argmax())
-        tag_ids = decode_slots(slot_logits, intent_id, self.constraints, self.decoder, self.transitions)
+        if self.decoder == GREEDY:
+            tag_ids = slot_logits.argmax(-1).tolist()
+        else:
+            tag_ids = viterbi(slot_logits.astype("float64"), self.constraints.intent_tags[intent_id], self.constraints.start_ok, self.step)
         spans = bio_spans([self.labels.slot_tags[t] for t in tag_ids])
         # greedy tags may lie outside the intent's tags: their confidences are then over all tags
-        confidences = span_confidences(slot_logits, tag_ids, spans, self.allowed_tags(intent_id), self.calibration.slot_temperature)
+        confidences = self.span_confidences(slot_logits, tag_ids, spans, intent_id, self.calibration.slot_temperature)
         probs = softmax64(intent_logits, self.calibration.intent_temperature)
         return Prediction(intent_id, probs, tag_ids, spans, confidences, intent_logits, slot_logits)
 
-    def allowed_tags(self, intent_id: int) -> Optional[np.ndarray]:
-        return self.constraints.intent_tags[intent_id] if self.decoder == CONSTRAINED else None
+    def allowed_tags(self, intent_id: int) -> np.ndarray:
+        """Tags the lattice holds: the intent's (constrained decoding), or every usable tag (greedy)."""
+        return self.constraints.intent_tags[intent_id] if self.decoder == CONSTRAINED else self.constraints.usable
+
+    def span_confidences(self, slot_logits, tag_ids, spans, intent_id: int, temperature: float) -> List[float]:
+        inside = [self.inside_tag.get(kind) for kind, _, _ in spans]
+        return span_confidences(slot_logits, tag_ids, spans, self.allowed_tags(intent_id), self.constraints.start_ok, self.step,
+                                inside, temperature)
 
     def fit(self, predictions: Sequence[Prediction], utterances, fitted_on: str) -> Calibration:
         """Temperatures fitted on labelled utterances (data.corpus.Utterance) and this decoder's
         predictions of them: intent by likelihood, slots by span correctness."""
         gold = np.array([self.labels.intent_id[u.intent] for u in utterances])
         intent_t = fit_intent_temperature(np.stack([p.intent_logits for p in predictions]), gold)
-        spans = SpanTokens(self, predictions, utterances)
+        spans = SpanOutcomes(self, predictions, utterances)
         return Calibration(intent_t, fit_span_temperature(spans.confidences, spans.correct), fitted_on)
 
 
-class SpanTokens:
-    """The tokens of every predicted span of a set of predictions, stacked, so that the span
-    confidences at any temperature are a few array operations (calibration fits try hundreds)."""
+class SpanOutcomes:
+    """Every predicted span of a set of predictions and whether the gold annotation has it
+    exactly (type, start, end); `confidences(T)` recomputes their confidences at temperature T."""
 
     def __init__(self, decoder: Decoder, predictions: Sequence[Prediction], utterances):
-        rows, chosen, owner, correct = [], [], [], []
-        for p, utt in zip(predictions, utterances):
-            gold = set(bio_spans(utt.token_tags()))
-            allowed = decoder.allowed_tags(p.intent_id)
-            logits = p.slot_logits.astype("float64") if allowed is None else np.where(allowed, p.slot_logits, -np.inf)
-            for span in p.spans:
-                _, s, e = span
-                rows.append(logits[s:e])
-                chosen.extend(p.tag_ids[s:e])
-                owner.extend([len(correct)] * (e - s))
-                correct.append(span in gold)
-        self.rows = np.concatenate(rows) if rows else np.zeros((0, len(decoder.labels.slot_tags)))
-        self.chosen, self.owner, self.correct = np.array(chosen, dtype=int), np.array(owner, dtype=int), np.array(correct, dtype=float)
+        self.decoder, self.predictions = decoder, [p for p in predictions if p.spans]
+        self.correct = np.array([span in set(bio_spans(utt.token_tags())) for p, utt in zip(predictions, utterances)
+                                 for span in p.spans], dtype=float)
 
     def confidences(self, temperature: float) -> np.ndarray:
-        z = self.rows / temperature
-        z = z - z.max(axis=1, keepdims=True)
-        token_logp = z[np.arange(len(z)), self.chosen] - np.log(np.exp(z).sum(axis=1))
-        return np.exp(np.bincount(self.owner, weights=token_logp, minlength=len(self.correct)))
+        return np.array([c for p in self.predictions
+                         for c in self.decoder.span_confidences(p.slot_logits, p.tag_ids, p.spans, p.intent_id, temperature)])
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -223,11 +240,26 @@ def fit_span_temperature(span_confidence_at: Callable[[float], np.ndarray], corr
     correctness; `span_confidence_at(T)` gives the confidences of the same spans at T."""
     if len(correct) == 0:
         return 1.0
-    losses = []
-    for t in TEMPERATURE_GRID:
-        p = np.clip(span_confidence_at(t), 1e-12, 1 - 1e-12)
-        losses.append(-(correct * np.log(p) + (1 - correct) * np.log(1 - p)).mean())
-    return float(TEMPERATURE_GRID[int(np.argmin(losses))])
+
+    def loss(log_t: float) -> float:
+        p = np.clip(span_confidence_at(math.exp(log_t)), 1e-12, 1 - 1e-12)
+        return float(-(correct * np.log(p) + (1 - correct) * np.log(1 - p)).mean())
+
+    # golden-section search on log T over the grid's range (each evaluation is a forward-backward per utterance)
+    low, high = math.log(TEMPERATURE_GRID[0]), math.log(TEMPERATURE_GRID[-1])
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = loss(a), loss(b)
+    while high - low > 1e-3:
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = loss(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = loss(b)
+    return math.exp((low + high) / 2)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:

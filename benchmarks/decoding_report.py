@@ -37,7 +37,7 @@ from decoding import (
     GREEDY,
     Calibration,
     Decoder,
-    SpanTokens,
+    SpanOutcomes,
     coverage_curve,
     expected_calibration_error,
     reliability_bins,
@@ -72,7 +72,7 @@ def calibration_figures(decoder: Decoder, predictions, utterances) -> dict:
     labels = decoder.labels
     intent_conf = np.array([p.confidence for p in predictions])
     intent_ok = np.array([labels.intents[p.intent_id] == u.intent for p, u in zip(predictions, utterances)])
-    spans = SpanTokens(decoder, predictions, utterances)
+    spans = SpanOutcomes(decoder, predictions, utterances)
     span_conf = spans.confidences(decoder.calibration.slot_temperature)
     answer = np.array([p.answer_score for p in predictions])
     sentence_ok = sentence_outcomes(predictions, utterances, labels)

@@ -68,17 +68,47 @@ def test_greedy_fragments_are_repaired():
     assert other.spans == [] and other.span_confidences == []
 
 
-def test_span_confidence_is_the_product_of_its_tokens_tag_probabilities_among_allowed_tags():
+@pytest.mark.parametrize("seed", range(12))
+def test_span_confidence_is_the_exact_span_marginal_over_valid_paths(seed):
+    """P(the span's tags, then no continuation of it), summed over every valid path by enumeration,
+    with exp(scores / T + transitions) as the path weight."""
+    rng = np.random.default_rng(seed)
+    n, T = int(rng.integers(1, 5)), 0.7
+    intent = "music" if seed % 2 else "nav"
+    scores = rng.normal(scale=2.0, size=(n, len(LABELS.slot_tags))).astype("float32")  # logits are float32
+    transitions = rng.normal(size=(len(LABELS.slot_tags),) * 2) if seed % 3 == 0 else None
+    decoder = decoding.Decoder(LABELS, TYPES, decoding.Calibration(slot_temperature=T), transitions=transitions)
+    pred = decoder(np.eye(3)[LABELS.intents.index(intent)] * 3, scores)
+    weights = {}
+    for path in itertools.product(range(len(LABELS.slot_tags)), repeat=n):
+        if valid([LABELS.slot_tags[t] for t in path], intent):
+            w = sum(scores[i, t] for i, t in enumerate(path)) / T
+            if transitions is not None:
+                w += sum(transitions[a, b] for a, b in zip(path, path[1:]))
+            weights[path] = np.exp(w)
+    total = sum(weights.values())
+    expected = []
+    for kind, s, e in pred.spans:
+        tags = [LABELS.slot_tags[t] for t in pred.tag_ids]
+        expected.append(sum(w for path, w in weights.items()
+                            if [LABELS.slot_tags[t] for t in path[s:e]] == tags[s:e]
+                            and (e == n or LABELS.slot_tags[path[e]] != "I-" + kind)) / total)
+    assert pred.span_confidences == pytest.approx(expected, rel=1e-9)
+    assert pred.answer_score == pytest.approx(min([pred.confidence] + expected))
+
+
+def test_tags_outside_the_intent_take_no_probability_and_temperatures_apply():
     sid = LABELS.slot_id
     scores = np.zeros((2, len(LABELS.slot_tags)))
     scores[0, sid["B-dest"]] = scores[1, sid["I-dest"]] = 2.0
     scores[:, sid["B-song"]] = 10.0  # not allowed under nav: must not take probability away
     cal = decoding.Calibration(intent_temperature=2.0, slot_temperature=0.5)
     pred = decoding.Decoder(LABELS, TYPES, cal)(np.array([2.0, 0.0, 0.0]), scores)
-    p_token = np.exp(2.0 / 0.5) / (np.exp(2.0 / 0.5) + 2)  # O, B-dest, I-dest are allowed under nav
-    assert pred.spans == [("dest", 0, 2)] and pred.span_confidences == pytest.approx([p_token ** 2])
+    # under nav the valid paths of 2 tokens over O, B-dest, I-dest: O O, O B, B O, B I, B B (weights e^(sum/T))
+    w = lambda *s: np.exp(sum(s) / 0.5)
+    total = w(0, 0) + w(0, 0) + w(2, 0) + w(2, 2) + w(2, 0)
+    assert pred.spans == [("dest", 0, 2)] and pred.span_confidences == pytest.approx([w(2, 2) / total])
     assert pred.confidence == pytest.approx(np.exp(1.0) / (np.exp(1.0) + 2))
-    assert pred.answer_score == pytest.approx(min(p_token ** 2, pred.confidence))
 
 
 def test_intent_temperature_fit_recovers_the_temperature_that_generated_the_labels():
@@ -89,7 +119,7 @@ def test_intent_temperature_fit_recovers_the_temperature_that_generated_the_labe
     assert decoding.fit_intent_temperature(logits, gold) == pytest.approx(2.5, rel=0.05)
 
 
-def test_span_temperature_fit_and_span_tokens():
+def test_span_temperature_fit_and_span_outcomes():
     """Spans whose correctness follows their confidence at T = 2: the fit finds about 2."""
     rng = np.random.default_rng(1)
     preds, utts = [], []
@@ -100,11 +130,11 @@ def test_span_temperature_fit_and_span_tokens():
         pred = decoder(np.array([5.0, 0, 0]), scores)
         if not pred.spans:
             continue
-        p_true = decoding.span_confidences(scores, pred.tag_ids, pred.spans, decoder.allowed_tags(0), 2.0)[0]
+        p_true = decoder.span_confidences(scores, pred.tag_ids, pred.spans, 0, 2.0)[0]
         gold = (Slot("dest", 0, 1, "x"),) if rng.random() < p_true else ()
         preds.append(pred)
         utts.append(Utterance("s", "x", "nav", gold))
-    spans = decoding.SpanTokens(decoder, preds, utts)
+    spans = decoding.SpanOutcomes(decoder, preds, utts)
     assert len(spans.correct) == len(preds)
     assert spans.confidences(1.0) == pytest.approx([p.span_confidences[0] for p in preds])
     assert decoder.fit(preds, utts, "test").slot_temperature == pytest.approx(2.0, rel=0.1)

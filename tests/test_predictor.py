@@ -45,15 +45,17 @@ def test_merge_windows_and_describe(labels):
     assert first["intent_ranking"][0] == {"intent": "navigation.navigation", "confidence": first["confidence"]}
     # the other intents tie: the ranking keeps label order
     assert [r["intent"] for r in first["intent_ranking"][1:]] == labels.intents[:2]
-    # a token's tag probability: e^5 against e^-1 for each of the 30 other usable tags (PAD never is)
-    token_p = np.exp(5.0) / (np.exp(5.0) + 30 * np.exp(-1.0))
+    # span confidences (decoding.span_confidences, checked by enumeration in test_decoding.py), rounded
+    conf = [round(c, 4) for c in preds[0].span_confidences]
     assert first["slots"] == [
-        {"slot": "destination", "entity": "北京", "pos": [3, 4], "confidence": round(token_p ** 2, 4)},
-        {"slot": "singer", "entity": "la la", "pos": [6, 10], "confidence": round(token_p ** 4, 4)},
+        {"slot": "destination", "entity": "北京", "pos": [3, 4], "confidence": conf[0]},
+        {"slot": "singer", "entity": "la la", "pos": [6, 10], "confidence": conf[1]},
     ]
+    assert all(0.9 < c < 1 for c in conf)
     second = predictor.describe(preds[1], encoded[1], labels)
     assert second["intent"] == "OTHERS"
-    assert second["slots"] == [{"slot": "custom_destination", "entity": "家", "pos": [1, 1], "confidence": round(token_p, 4)}]
+    assert second["slots"] == [{"slot": "custom_destination", "entity": "家", "pos": [1, 1],
+                                "confidence": round(preds[1].span_confidences[0], 4)}]
     # OTHERS at e / (e + 10) = 0.2138: the weakest part of the result decides
     assert [predictor.describe(preds[1], encoded[1], labels, min_confidence=m)["fallback"] for m in (0.21, 0.22)] == [False, True]
     assert preds[0].slot_logits.shape == (9, len(labels.slot_tags))

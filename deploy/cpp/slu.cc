@@ -169,6 +169,13 @@ Decoding ReadDecoding(const Json& config, const std::vector<std::string>& intent
     for (size_t t = 0; t < T; ++t) allowed[t] = usable(t) && (slot_tags[t] == "O" || types.count(kind[t]));
     d.intent_tags.push_back(allowed);
   }
+  for (size_t p = 0; p < T; ++p)
+    for (size_t t = 0; t < T; ++t)
+      d.moves.push_back(d.transition_ok[p * T + t] ? std::exp(d.transitions.empty() ? 0.0 : d.transitions[p * T + t]) : 0.0);
+  for (size_t t = 0; t < T; ++t) {
+    auto it = std::find(slot_tags.begin(), slot_tags.end(), "I-" + kind[t]);
+    d.inside_tag.push_back(kind[t].empty() || it == slot_tags.end() ? -1 : static_cast<int>(it - slot_tags.begin()));
+  }
   return d;
 }
 
@@ -336,11 +343,10 @@ std::vector<int> Model::DecodeTags(const std::vector<float>& token_logits, size_
 
 namespace {
 
-// decoding.softmax64 of one row: softmax(logits / temperature) in double, 0 outside `allowed`.
-std::vector<double> Softmax(const float* logits, size_t n, double temperature, const std::vector<char>* allowed = nullptr) {
-  const double inf = std::numeric_limits<double>::infinity();
+// decoding.softmax64 of one row: softmax(logits / temperature) in double.
+std::vector<double> Softmax(const float* logits, size_t n, double temperature) {
   std::vector<double> z(n);
-  for (size_t k = 0; k < n; ++k) z[k] = (allowed && !(*allowed)[k]) ? -inf : static_cast<double>(logits[k]) / temperature;
+  for (size_t k = 0; k < n; ++k) z[k] = static_cast<double>(logits[k]) / temperature;
   const double top = *std::max_element(z.begin(), z.end());
   double sum = 0;
   for (double& v : z) sum += (v = std::exp(v - top));
@@ -352,9 +358,60 @@ double Round4(double p) { return std::round(p * 1e4) / 1e4; }  // Python: round(
 
 }  // namespace
 
+std::vector<double> Model::SpanConfidences(const std::vector<float>& token_logits, const std::vector<int>& tag_ids,
+                                           const std::vector<Span>& spans, size_t intent) const {
+  // decoding.span_confidences, the same normalised forward-backward in double
+  const size_t T = slot_tags_.size(), n = tag_ids.size();
+  if (spans.empty()) return {};
+  const std::vector<char>& allowed = decoding_.intent_tags[intent];
+  const std::vector<double>& moves = decoding_.moves;
+  std::vector<double> psi(n * T, 0.0), alpha(n * T, 0.0), beta(n * T, 1.0), scale(n, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    double top = -std::numeric_limits<double>::infinity();
+    for (size_t t = 0; t < T; ++t)
+      if (allowed[t]) top = std::max(top, static_cast<double>(token_logits[i * T + t]) / decoding_.slot_temperature);
+    for (size_t t = 0; t < T; ++t)
+      if (allowed[t]) psi[i * T + t] = std::exp(static_cast<double>(token_logits[i * T + t]) / decoding_.slot_temperature - top);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t t = 0; t < T; ++t) {
+      double into = 0;
+      if (i == 0) {
+        into = decoding_.start_ok[t] ? 1.0 : 0.0;
+      } else {
+        for (size_t p = 0; p < T; ++p) into += alpha[(i - 1) * T + p] * moves[p * T + t];
+      }
+      alpha[i * T + t] = into * psi[i * T + t];
+      scale[i] += alpha[i * T + t];
+    }
+    for (size_t t = 0; t < T; ++t) alpha[i * T + t] /= scale[i];
+  }
+  for (size_t i = n - 1; i-- > 0;)
+    for (size_t p = 0; p < T; ++p) {
+      double out = 0;
+      for (size_t t = 0; t < T; ++t) out += moves[p * T + t] * psi[(i + 1) * T + t] * beta[(i + 1) * T + t];
+      beta[i * T + p] = out / scale[i + 1];
+    }
+  std::vector<double> confidences;
+  for (const Span& span : spans) {
+    const size_t s = span.start, e = span.end;
+    double p = alpha[s * T + tag_ids[s]];
+    for (size_t i = s + 1; i < e; ++i) p *= moves[tag_ids[i - 1] * T + tag_ids[i]] * psi[i * T + tag_ids[i]] / scale[i];
+    if (e < n) {
+      const int inside = decoding_.inside_tag[tag_ids[s]];
+      double after = 0;
+      for (size_t t = 0; t < T; ++t)
+        if (static_cast<int>(t) != inside) after += moves[tag_ids[e - 1] * T + t] * psi[e * T + t] * beta[e * T + t];
+      p *= after / scale[e];
+    }
+    confidences.push_back(p);
+  }
+  return confidences;
+}
+
 std::string Model::Describe(const Encoded& enc, const float* intent_logits, const std::vector<float>& token_logits,
                             double min_confidence) const {
-  const size_t n_intents = intents_.size(), n_tags = slot_tags_.size();
+  const size_t n_intents = intents_.size();
   const size_t intent = std::max_element(intent_logits, intent_logits + n_intents) - intent_logits;
   const std::vector<double> intent_probs = Softmax(intent_logits, n_intents, decoding_.intent_temperature);
   std::vector<size_t> ranking(n_intents);
@@ -369,10 +426,11 @@ std::string Model::Describe(const Encoded& enc, const float* intent_logits, cons
   for (int t : tag_ids) tags.push_back(slot_tags_[t]);
   double weakest = intent_probs[intent];
   Json slots = Json::array();
-  for (const Span& span : BioSpans(tags)) {
-    double confidence = 1.0;  // decoding.span_confidences: product of the tokens' tag probabilities
-    for (int i = span.start; i < span.end; ++i)
-      confidence *= Softmax(&token_logits[i * n_tags], n_tags, decoding_.slot_temperature, &decoding_.intent_tags[intent])[tag_ids[i]];
+  const std::vector<Span> spans = BioSpans(tags);
+  const std::vector<double> span_confidences = SpanConfidences(token_logits, tag_ids, spans, intent);
+  for (size_t k = 0; k < spans.size(); ++k) {
+    const Span& span = spans[k];
+    const double confidence = span_confidences[k];
     weakest = std::min(weakest, confidence);
     int first = enc.offsets[span.start], last = enc.offsets[span.end - 1];
     slots.push_back({{"slot", span.type}, {"entity", EncodeUtf8(enc.text.substr(first, last - first + 1))}, {"pos", {first, last}},

@@ -46,6 +46,8 @@ struct Decoding {
   double intent_temperature = 1.0, slot_temperature = 1.0;
   std::vector<double> transitions;              // [tags x tags] (previous, current); empty: no CRF
   std::vector<char> start_ok, transition_ok;    // BIO: tags that may open an utterance / follow a tag
+  std::vector<double> moves;                    // exp(transition score), 0 where BIO forbids [tags x tags]
+  std::vector<int> inside_tag;                  // per tag: the I- tag of its type, -1 for none
   std::vector<std::vector<char>> intent_tags;   // [intents][tags] allowed under each intent
 };
 
@@ -78,6 +80,10 @@ class Model {
 
   // decoding.viterbi under the intent's allowed tags, the BIO masks and the CRF transitions if any.
   std::vector<int> DecodeTags(const std::vector<float>& token_logits, size_t intent) const;
+
+  // decoding.span_confidences: each span's marginal probability (forward-backward, calibrated).
+  std::vector<double> SpanConfidences(const std::vector<float>& token_logits, const std::vector<int>& tag_ids,
+                                      const std::vector<struct Span>& spans, size_t intent) const;
 
   int max_seq_length() const { return max_seq_length_; }
   const std::string& graph_path() const { return graph_path_; }
