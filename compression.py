@@ -9,7 +9,7 @@ import copy
 import os
 import shutil
 import time
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -29,6 +29,7 @@ from training import (
     graph_io,
     logger,
     save_static_graph,
+    slot_transitions,
     window_ids,
 )
 from utils import markdown_table, save_json, write_text
@@ -77,7 +78,7 @@ def make_custom_evaluate(dev, task: Task):
     """trainer.compress's evaluation hook: dev sentence accuracy from the same metric code as
     training. The data loader yields the dev windows in order; during DynaBERT the OFA wrapper
     returns (student outputs, teacher outputs), so nested outputs are unwrapped."""
-    dev_windows, decoder = window_ids(task, dev), Decoder.for_task(task)
+    dev_windows = window_ids(task, dev)
 
     @paddle.no_grad()
     def custom_evaluate(trainer, model, data_loader):
@@ -94,6 +95,7 @@ def make_custom_evaluate(dev, task: Task):
                 outputs = outputs[0]
             intent_rows.extend(outputs[0].numpy())
             slot_rows.extend(outputs[1].numpy())
+        decoder = Decoder.for_task(task, transitions=slot_transitions(model))
         metrics = score(dev, merge_windows(intent_rows, slot_rows, dev_windows, decoder), task)
         logger.info(f"compress eval: sentence_acc {metrics['sentence_acc']:.4f}, intent_acc {metrics['intent_acc']:.4f}, "
                     f"slot_f1 {metrics['slot_f1']:.4f}")
@@ -103,12 +105,25 @@ def make_custom_evaluate(dev, task: Task):
     return custom_evaluate
 
 
-def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: dict, strategy: str) -> List[str]:
+def stage_transitions(stage_root: str, fallback: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """A CRF head's transitions for a compressed stage: as saved beside it (the DynaBERT width's
+    model_state.pdparams, which its int8 / quant_emb stages continue from), else `fallback` (the
+    input model's); None for a model without a CRF."""
+    state_file = os.path.join(stage_root, "model_state.pdparams")
+    if fallback is None or not os.path.isfile(state_file):
+        return fallback
+    state = paddle.load(state_file, return_numpy=True)
+    return np.asarray(state["slot_transitions"], dtype="float64") if "slot_transitions" in state else fallback
+
+
+def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: dict, strategy: str,
+                   transitions: Optional[np.ndarray] = None) -> List[str]:
     """Every static model the compress API wrote under `compress_dir` (width_mult_*/model,
     .../int8, .../quant_emb, PTQ outputs) as an exported directory of its own. QAT stages are
     marked for oneDNN's int8 kernels (faster than running their quantize/dequantize pairs in
     fp32, and the same predictions as the dynamic QAT model: checked by qat_agreement); PTQ
-    stages are not, because a PTQ model loses accuracy on those kernels (README, Compression)."""
+    stages are not, because a PTQ model loses accuracy on those kernels (README, Compression).
+    A CRF model's stages carry their transitions (stage_transitions)."""
     stages = []
     pipeline_order = {"model.pdmodel": 0, "int8.pdmodel": 1, "quant_emb.pdmodel": 2}
     for root, _, files in sorted(os.walk(compress_dir)):
@@ -127,7 +142,9 @@ def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: d
 
             qat_int8 = "qat" in strategy and name in ("int8.pdmodel", "quant_emb.pdmodel")
             stage = os.path.join(stages_dir, stage_name)
-            export_format.write(stage, task, copy_graph, {**model_info, "stage": stage_name}, onednn_int8=qat_int8)
+            crf = stage_transitions(root, transitions)
+            export_format.write(stage, task, copy_graph, {**model_info, "stage": stage_name}, onednn_int8=qat_int8,
+                                slot_transitions=None if crf is None else crf.tolist())
             stages.append(stage)
     return stages
 
@@ -167,7 +184,7 @@ def qat_agreement(qat_model, task: Task, test, int8_stage: str, threads: int) ->
     """Share of test utterances whose intent and every tag agree between the dynamic QAT model
     and its exported int8 graph run by Paddle Inference."""
     encoded = [task.encode(u.text) for u in test]
-    decoder = Decoder.for_task(task)
+    decoder = Decoder.for_task(task, transitions=slot_transitions(qat_model))
     dynamic = run_windows(encoded, dynamic_logits_fn(qat_model), task.tokenizer.pad_id, decoder)
     static = run_windows(encoded, open_predictor(int8_stage, "paddle-inference", threads).logits_fn, task.tokenizer.pad_id, decoder)
     same = sum(d.intent_id == s.intent_id and d.tag_ids == s.tag_ids for d, s in zip(dynamic, static))
@@ -213,7 +230,7 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
         seconds["dynabert"] = time.time() - start - sum(v for k, v in seconds.items() if k != "pruned_vocab")
         export_dynabert_widths(original, args)
 
-    stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy)
+    stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy, slot_transitions(original))
     for stage in stages:  # each stage's confidences are its own
         calibrate_export(stage, dev, threads)
     report = {"strategy": args.strategy, "prune_embeddings": training_args.prune_embeddings, "stages": []}

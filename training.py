@@ -112,9 +112,12 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
 
 
 def slot_transitions(model) -> Optional[np.ndarray]:
-    """A CRF slot head's transition scores [T, T] (float64), or None."""
-    transitions = getattr(model, "slot_transitions", None)
-    return None if transitions is None else transitions.numpy().astype("float64")
+    """A CRF slot head's transition scores [T, T] (float64), or None; found by name, so that
+    compression's wrappers (DynaBERT's OFA, QAT) around the model do not hide it."""
+    for name, parameter in model.named_parameters():
+        if name.split(".")[-1] == "slot_transitions":
+            return parameter.numpy().astype("float64")
+    return None
 
 
 def dynamic_logits_fn(model) -> LogitsFn:

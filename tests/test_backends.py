@@ -36,7 +36,7 @@ def test_fastdeploy_backend_matches_paddle_inference(backend, trained, synthetic
         same = sum(a == b for a, b in zip(strip_confidence(results), strip_confidence(expected)))
         assert len(results) == len(expected) and same >= 0.99 * len(expected)
     encoded = [reference.task.encode(t) for t in texts]
-    preds = predictor.run_windows(encoded, reference.logits_fn, reference.task.tokenizer.pad_id, batch_size=16)
+    preds = predictor.run_windows(encoded, reference.logits_fn, reference.task.tokenizer.pad_id, reference.decoder, batch_size=16)
     got = np.load(logits_file)
     assert np.abs(got["intent"] - np.stack([p.intent_logits for p in preds])).max() <= TOLERANCE[backend]
     assert np.abs(got["slots"] - np.concatenate([p.slot_logits for p in preds])).max() <= TOLERANCE[backend]

@@ -8,6 +8,7 @@ import pytest
 
 import backends
 import compat
+import compression
 import export_format
 import run_train
 import task
@@ -172,3 +173,12 @@ def test_dynabert_without_a_saved_width_saves_the_final_weights(tmp_path, labels
     assert os.path.getsize(tmp_path / "width_mult_0.5" / "model_state.pdparams") == 0  # left alone
     saved = paddle.load(str(tmp_path / "width_mult_0.75" / "model_state.pdparams"))
     np.testing.assert_array_equal(saved["intent_classifier.weight"].numpy(), model.intent_classifier.weight.numpy())
+
+
+def test_stage_transitions_come_from_the_saved_width_else_the_input_model(tmp_path):
+    fallback = np.arange(4.0).reshape(2, 2)
+    assert compression.stage_transitions(str(tmp_path), None) is None  # no CRF
+    assert compression.stage_transitions(str(tmp_path), fallback) is fallback  # nothing saved beside the stage
+    paddle.save({"slot_transitions": paddle.to_tensor(np.ones((2, 2), dtype="float32")), "other": paddle.zeros([1])},
+                str(tmp_path / "model_state.pdparams"))
+    assert compression.stage_transitions(str(tmp_path), fallback).tolist() == [[1.0, 1.0], [1.0, 1.0]]

@@ -33,7 +33,8 @@ def reference(model_dir, edge_cases, tmp_path_factory):
 
 
 def test_run_eval_answers_every_edge_case_as_specified(reference, edge_cases, model_dir):
-    limit = export_format.read(model_dir).config["max_utterance_tokens"]
+    exported = export_format.read(model_dir)
+    limit, slot_types = exported.config["max_utterance_tokens"], exported.task.intent_slot_types
     assert [r["text"] for r in reference] == edge_cases
     for text, record in zip(edge_cases, reference):
         visible = [c for c in text if not c.isspace() and c not in "\u200b\u0000\ufeff\u001f\u007f"]
@@ -42,10 +43,13 @@ def test_run_eval_answers_every_edge_case_as_specified(reference, edge_cases, mo
         elif len(visible) > limit:
             assert record == {"text": text, "error": predictor.too_long_error(len(visible), limit)}
         else:
-            assert set(record) == {"text", "intent", "confidence", "slots"}
+            assert list(record) == ["text", "intent", "confidence", "intent_ranking", "slots", "fallback"]
+            assert record["intent_ranking"][0] == {"intent": record["intent"], "confidence": record["confidence"]}
             for slot in record["slots"]:  # spans never start or end on an invisible character
                 first, last = slot["pos"]
                 assert text[first : last + 1] == slot["entity"] and text[first] in visible and text[last] in visible
+                # constrained decoding: only slot types the intent has in training
+                assert slot["slot"] in slot_types[record["intent"]] and 0 < slot["confidence"] <= 1
     errors = [r["error"] for r in reference if "error" in r]
     assert errors.count(predictor.EMPTY_UTTERANCE) == 7 and len(errors) == 9  # as tests/edge_cases.json is written
 
@@ -83,3 +87,26 @@ def test_lines_that_are_not_utf8_get_the_same_record_everywhere(model_dir, cpp_d
     assert [r.get("text") for r in reference] == ["导航去北京", None, "\u200b", "下一首", None]
     for name in ("fastdeploy-ort", "slu_demo"):
         assert_same_records(records[name], reference)
+
+
+def weakest(record):
+    return min([record["confidence"]] + [s["confidence"] for s in record["slots"]])
+
+
+def test_min_confidence_marks_fallback_by_the_weakest_confidence_on_every_front_end(model_dir, edge_cases, cpp_demo):
+    """--min_confidence between two results' weakest confidences: exactly the results whose
+    intent or some slot confidence is below it fall back, on the library, the C++ demo and the
+    FastDeploy demo alike."""
+    records = [r for r in backends.open_predictor(model_dir).predict(edge_cases) if "error" not in r]
+    scores = sorted({weakest(r) for r in records})
+    assert len(scores) >= 2
+    threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # no result sits on it
+    flagged = backends.open_predictor(model_dir, min_confidence=threshold).predict(edge_cases)
+    answered = [r for r in flagged if "error" not in r]
+    assert [r["fallback"] for r in answered] == [weakest(r) < threshold for r in answered]
+    assert 0 < sum(r["fallback"] for r in answered) < len(answered)
+    lines = "".join(t + "\n" for t in edge_cases)
+    proc = subprocess.run([cpp_demo, "--model_dir", model_dir, "--min_confidence", str(threshold)], input=lines,
+                          capture_output=True, text=True, timeout=300)
+    assert_same_records([json.loads(line) for line in proc.stdout.splitlines()], flagged)
+    assert_same_records(run_fastdeploy_demo(model_dir, "fastdeploy-ort", edge_cases, "--min_confidence", str(threshold)), flagged)

@@ -92,3 +92,16 @@ def test_earlier_output_survives_a_bad_input(model_dir, tmp_path):
     assert out.read_text(encoding="utf-8") == "earlier results\n" and sorted(os.listdir(tmp_path)) == ["bad.txt", "results.jsonl"]
     run_eval.main(["--model_dir", model_dir, "--text", "下一首", "--output_file", str(out)])
     assert json.loads(out.read_text(encoding="utf-8"))["text"] == "下一首"
+
+
+def test_min_confidence_flag(model_dir, capsys):
+    texts = ["导航去人民公园", "下一首", "打电话给老王", "la la la", "？？？", "ＡＢＣ全角字母测试"]
+    out, _ = run(["--model_dir", model_dir, "--min_confidence", "1.0"] + [a for t in texts for a in ("--text", t)], capsys)
+    records = [json.loads(line) for line in out.splitlines()]
+    weakest = [min([r["confidence"]] + [s["confidence"] for s in r["slots"]]) for r in records]
+    assert all(r["fallback"] for r, w in zip(records, weakest) if w <= 0.9999)  # (4-decimal rounding: 1.0 may be 0.99995)
+    assert any(w <= 0.9999 for w in weakest)
+    out, _ = run(["--model_dir", model_dir] + [a for t in texts for a in ("--text", t)], capsys)
+    assert not any(json.loads(line)["fallback"] for line in out.splitlines())  # 0 = never
+    with pytest.raises(ValueError, match="min_confidence 1.5: must lie in"):
+        run(["--model_dir", model_dir, "--min_confidence", "1.5", "--text", "下一首"], capsys)

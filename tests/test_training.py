@@ -63,7 +63,8 @@ def test_export_is_self_contained(trained, tmp_path, static):
     export = os.path.join(trained, "infer_model")
     assert all(os.path.isfile(os.path.join(export, f)) for f in export_format.FILES)
     config = utils.load_json(os.path.join(export, export_format.CONFIG_FILE))
-    assert config["max_seq_length"] == 16 and "OTHERS" in config["slotless_intents"]
+    assert config["max_seq_length"] == 16 and config["intent_slot_types"]["OTHERS"] == [] and config["slot_transitions"] is None
+    assert config["calibration"]["fitted_on"] == "dev (299 utterances)" and config["calibration"]["intent_temperature"] != 1.0
     moved = shutil.copytree(export, str(tmp_path / "elsewhere"))
     texts = ["导航去人民公园", "打电话给 13812345678", ""]
     assert backends.open_predictor(moved).predict(texts) == static.predict(texts)
@@ -151,3 +152,24 @@ def test_export_leaves_the_model_in_dygraph(tmp_path, labels):
     forward = model.forward
     save_static_graph(model, str(tmp_path / "model"))
     assert model.forward == forward and os.path.isfile(tmp_path / "model.pdmodel")
+
+
+def test_crf_head_trains_exports_and_decodes_with_its_transitions(tmp_path, synthetic_dir, synthetic_splits):
+    """--slot_crf: the transitions are learned, saved with the model, written into the export and
+    used by every decoder: the exported model's evaluation equals the dynamic one's."""
+    import run_train
+
+    out = str(tmp_path / "crf")
+    run_train.main([
+        "--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh", "--slot_crf", "--data_dir", synthetic_dir,
+        "--output_dir", out, "--do_train", "--do_eval", "--do_export", "--max_steps", "40", "--learning_rate", "1e-3",
+        "--evaluation_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true",
+    ])
+    model = JointErnie.from_pretrained(out)
+    learned = model.slot_transitions.numpy()
+    exported = export_format.read(os.path.join(out, "infer_model"))
+    assert np.abs(learned).max() > 0.01  # moved from its zero start
+    assert np.allclose(exported.slot_transitions, learned, atol=1e-6)
+    expected = utils.load_json(os.path.join(out, "eval_results.json"))["test"]
+    got = backends.open_predictor(exported.directory).evaluate(synthetic_splits["test"])
+    assert got["per_intent"] == expected["per_intent"] and got["slot_f1"] == pytest.approx(expected["slot_f1"], abs=1e-9)
