@@ -1,7 +1,7 @@
 """Decoding and confidence report: greedy vs constrained (vs CRF) decoding, calibration, abstaining.
 
-    python benchmarks/decoding_report.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
-        --crf_model_dir output/nlpcc2018-nano-scratch-crf/infer_model --data_dir data/prepared/nlpcc2018 \
+    python benchmarks/decoding_report.py --model_dir output/nlpcc2018-nano-scratch-tokenwise/infer_model \
+        --crf_model_dir output/nlpcc2018-nano-scratch/infer_model --data_dir data/prepared/nlpcc2018 \
         --output_dir benchmarks/results
 
 On the dev and test splits, through Paddle Inference:
@@ -171,9 +171,14 @@ def markdown(report: dict) -> str:
     cal = report["calibration"]
     lines += ["", f"Calibration (test, 15-bin ECE); temperatures fitted on dev: intent {cal['intent_temperature']:.3f}, "
               f"slot {cal['slot_temperature']:.3f}:", ""]
-    lines += markdown_table(["confidence", "ECE, T = 1", "ECE, calibrated", "count"],
-                            [[n, f"{cal['test']['before'][n]['ece']:.4f}", f"{cal['test']['after'][n]['ece']:.4f}",
-                              str(cal["test"]["after"][n]["count"])] for n in ("intent", "slot_span", "answer_score")])
+    rows = [[n, f"{cal['test']['before'][n]['ece']:.4f}", f"{cal['test']['after'][n]['ece']:.4f}", str(cal["test"]["after"][n]["count"])]
+            for n in ("intent", "slot_span", "answer_score")]
+    if "crf" in cal:
+        c = cal["crf"]
+        rows += [[f"CRF model: {n} (T {c['intent_temperature' if n == 'intent' else 'slot_temperature']:.3f})" if n != "answer_score"
+                  else f"CRF model: {n}", f"{c['test']['before'][n]['ece']:.4f}", f"{c['test']['after'][n]['ece']:.4f}",
+                  str(c["test"]["after"][n]["count"])] for n in ("intent", "slot_span", "answer_score")]
+    lines += markdown_table(["confidence", "ECE, T = 1", "ECE, calibrated", "count"], rows)
     sel = report["selective"]
     if sel["dev_at_threshold"] is None:
         lines += ["", f"Abstaining: no threshold keeps dev strict sentence accuracy >= {pct(sel['target_accuracy'])} %."]
@@ -235,6 +240,13 @@ def main(argv=None):
         "test": {"before": calibration_figures(uncalibrated, redecode(predictions["test"], uncalibrated), splits["test"]),
                  "after": calibration_figures(predictor.decoder, predictions["test"], splits["test"])},
     }
+    if crf:
+        crf_test = crf.predictions(splits["test"])
+        crf_uncalibrated = Decoder.for_task(crf.task, Calibration(), CONSTRAINED, crf.decoder.transitions)
+        report["calibration"]["crf"] = {
+            "intent_temperature": crf.decoder.calibration.intent_temperature, "slot_temperature": crf.decoder.calibration.slot_temperature,
+            "test": {"before": calibration_figures(crf_uncalibrated, redecode(crf_test, crf_uncalibrated), splits["test"]),
+                     "after": calibration_figures(crf.decoder, crf_test, splits["test"])}}
     curves = {name: coverage_curve([p.answer_score for p in predictions[name]],
                                    sentence_outcomes(predictions[name], splits[name], labels)) for name in splits}
     dev_point = threshold_for_accuracy(curves["dev"], args.target_accuracy)
