@@ -15,7 +15,7 @@ from paddlenlp.utils.log import logger as paddlenlp_logger
 import export_format
 from data.corpus import Utterance
 from model import JointLoss, offline_hint
-from decoding import Calibration, Decoder
+from decoding import TEMPERATURE_GRID, Calibration, Decoder
 from backends import open_predictor
 from predictor import LogitsFn, merge_windows, score
 from task import CharTokenizer, Task
@@ -162,6 +162,12 @@ def calibrate_export(directory: str, dev: List[Utterance], threads: int = 0) -> 
     export_format.write_calibration(directory, calibration)
     logger.info(f"{directory}: calibrated on dev, intent temperature {calibration.intent_temperature:.3f}, "
                 f"slot temperature {calibration.slot_temperature:.3f}")
+    bounds = (TEMPERATURE_GRID[0], TEMPERATURE_GRID[-1])
+    at_bound = [k for k, t in (("intent", calibration.intent_temperature), ("slot", calibration.slot_temperature))
+                if min(abs(t - b) / b for b in bounds) < 0.01]
+    if at_bound:  # e.g. a dev split the model gets (almost) all right: nothing to calibrate against
+        logger.warning(f"{directory}: the {' and '.join(at_bound)} temperature sits at the search bound {bounds}: dev holds "
+                       "too few errors to calibrate against, so those confidences are only as trustworthy as dev is hard")
     return calibration
 
 
