@@ -85,11 +85,9 @@ def viterbi(scores: np.ndarray, allowed: np.ndarray, start_ok: np.ndarray, step:
     return path[::-1]
 
 
-def softmax64(logits: np.ndarray, temperature: float, allowed: Optional[np.ndarray] = None) -> np.ndarray:
-    """softmax(logits / T) over the last axis in float64, zero outside `allowed`."""
+def softmax64(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) over the last axis in float64."""
     z = np.asarray(logits, dtype="float64") / temperature
-    if allowed is not None:
-        z = np.where(allowed, z, -np.inf)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)

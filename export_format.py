@@ -113,8 +113,9 @@ def write_task_files(directory: str, task: Task) -> None:
 def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict, onednn_int8: bool = False,
           calibration: Calibration = Calibration(), slot_transitions: Optional[List[List[float]]] = None) -> ExportedModel:
     """Write a complete exported directory: the graph (by `write_graph`, at the GRAPH_PREFIX
-    path), the task files and inference_config.json (with the confidences' `calibration`). It is built beside `directory`, validated,
-    and renamed into place, replacing any earlier one: readers never see half of it."""
+    path), the task files and inference_config.json (with a CRF's `slot_transitions` and the
+    confidences' `calibration`). It is built beside `directory`, validated, and renamed into
+    place, replacing any earlier one: readers never see half of it."""
     with atomic_path(directory) as tmp:
         os.makedirs(tmp)
         input_names, output_names = write_graph(os.path.join(tmp, GRAPH_PREFIX))

@@ -1,5 +1,5 @@
 """Small helpers every part of the project shares: files written whole or not at all, JSON,
-Markdown tables, padding, softmax, the CPU math-library switch. Plain Python + numpy, no
+Markdown tables, padding, the CPU math-library switch. Plain Python + numpy, no
 import-time side effects (FastDeploy front ends import this and must never load paddle)."""
 import contextlib
 import json
@@ -77,11 +77,6 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_value: int) -> np.ndarray:
     for i, s in enumerate(sequences):
         out[i, : len(s)] = s
     return out
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 # ----------------------------------------------------------------------------- CPU

@@ -16,9 +16,7 @@ def test_atomic_path_replaces_a_file_whole(tmp_path):
     assert utils.load_json(path) == {"a": 1} and os.listdir(tmp_path) == ["results.json"]
 
 
-def test_pad_batch_softmax_and_markdown_table():
+def test_pad_batch_and_markdown_table():
     padded = utils.pad_batch([[1, 2, 3], [4]], pad_value=0)
     assert padded.dtype == np.int64 and padded.tolist() == [[1, 2, 3], [4, 0, 0]]
-    probs = utils.softmax(np.array([[0.0, np.log(3.0)]], dtype="float32"))
-    np.testing.assert_allclose(probs, [[0.25, 0.75]], rtol=1e-6)
     assert utils.markdown_table(["a", "b"], [[1, 2]]) == ["| a | b |", "| --- | ---: |", "| 1 | 2 |"]
