@@ -186,7 +186,6 @@ class Decoder:
         else:
             tag_ids = viterbi(slot_logits.astype("float64"), self.constraints.intent_tags[intent_id], self.constraints.start_ok, self.step)
         spans = bio_spans([self.labels.slot_tags[t] for t in tag_ids])
-        # greedy tags may lie outside the intent's tags: their confidences are then over all tags
         confidences = self.span_confidences(slot_logits, tag_ids, spans, intent_id, self.calibration.slot_temperature)
         probs = softmax64(intent_logits, self.calibration.intent_temperature)
         return Prediction(intent_id, probs, tag_ids, spans, confidences, intent_logits, slot_logits)
@@ -214,9 +213,11 @@ class SpanOutcomes:
     exactly (type, start, end); `confidences(T)` recomputes their confidences at temperature T."""
 
     def __init__(self, decoder: Decoder, predictions: Sequence[Prediction], utterances):
-        self.decoder, self.predictions = decoder, [p for p in predictions if p.spans]
-        self.correct = np.array([span in set(bio_spans(utt.token_tags())) for p, utt in zip(predictions, utterances)
-                                 for span in p.spans], dtype=float)
+        self.decoder, self.predictions, correct = decoder, [p for p in predictions if p.spans], []
+        for p, utt in zip(predictions, utterances):
+            gold = set(bio_spans(utt.token_tags()))
+            correct.extend(span in gold for span in p.spans)
+        self.correct = np.array(correct, dtype=float)
 
     def confidences(self, temperature: float) -> np.ndarray:
         return np.array([c for p in self.predictions
