@@ -88,9 +88,8 @@ def crf_nll(emissions, tags, mask, transitions):
     started = paddle.zeros_like(mask[:, :1])  # [B, 1]: 1 once a real token was seen
     for s in range(emissions.shape[1]):
         m = mask[:, s : s + 1]
-        first = emissions[:, s] + alpha  # alpha is 0 here: the first real token
         step = paddle.logsumexp(alpha.unsqueeze(2) + transitions, axis=1) + emissions[:, s]
-        new = started * step + (1 - started) * first
+        new = started * step + (1 - started) * emissions[:, s]  # the first real token: its emissions alone
         alpha = m * new + (1 - m) * alpha
         started = paddle.maximum(started, m)
     log_z = paddle.logsumexp(alpha, axis=1) * started.squeeze(1)

@@ -86,11 +86,18 @@ def sentence_outcomes(predictions, utterances, labels) -> np.ndarray:
                      for p, u in zip(predictions, utterances)])
 
 
-def decode_timing(predictor, test, cpp_demo: str, model_dir: str, repeats: int = 3) -> dict:
-    """Per-utterance decoding time, Python and C++, and the model's batch-1 time for scale."""
+def calibration_before_after(predictor, predictions, utterances) -> dict:
+    """calibration_figures with temperatures 1 and with the predictor's own (fitted on dev)."""
+    uncalibrated = Decoder.for_task(predictor.task, Calibration(), CONSTRAINED, predictor.decoder.transitions)
+    return {"before": calibration_figures(uncalibrated, redecode(predictions, uncalibrated), utterances),
+            "after": calibration_figures(predictor.decoder, predictions, utterances)}
+
+
+def decode_timing(predictor, test, merged, cpp_demo: str, model_dir: str, repeats: int = 3) -> dict:
+    """Per-utterance decoding time, Python and C++ (of `merged`, the predictions of `test`), and
+    the model's batch-1 time for scale."""
     texts = [u.text for u in test]
     encoded = [predictor.task.encode(t) for t in texts]
-    merged = predictor.predictions(test)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -211,12 +218,14 @@ def main(argv=None):
     predictions = {name: predictor.predictions(utts) for name, utts in splits.items()}
     decoders = {GREEDY: Decoder.for_task(predictor.task, calibration, GREEDY), CONSTRAINED: predictor.decoder}
     crf = open_predictor(args.crf_model_dir, "paddle-inference", args.cpu_threads) if args.crf_model_dir else None
+    crf_predictions = {name: crf.predictions(utts) for name, utts in splits.items()} if crf else {}
 
     report = {"model_dir": args.model_dir, "crf_model_dir": args.crf_model_dir, "decoders": []}
     for name, utts in splits.items():
-        runs = [(d, decoder, redecode(predictions[name], decoder)) for d, decoder in decoders.items()]
+        runs = [(GREEDY, decoders[GREEDY], redecode(predictions[name], decoders[GREEDY])),
+                (CONSTRAINED, predictor.decoder, predictions[name])]
         if crf:
-            runs.append(("CRF + constrained", crf.decoder, crf.predictions(utts)))
+            runs.append(("CRF + constrained", crf.decoder, crf_predictions[name]))
         for d, decoder, preds in runs:
             metrics = score(utts, preds, predictor.task)
             report["decoders"].append({"decoder": d, "split": name, **{k: metrics[k] for k in (
@@ -233,20 +242,14 @@ def main(argv=None):
     report["garbage"] = {"utterances": len(garbage), "by_decoder": by_decoder,
                          "records": predictor.predict(GARBAGE)}
 
-    uncalibrated = Decoder.for_task(predictor.task, Calibration(), CONSTRAINED)
     report["calibration"] = {
         "intent_temperature": calibration.intent_temperature, "slot_temperature": calibration.slot_temperature,
-        "fitted_on": calibration.fitted_on,
-        "test": {"before": calibration_figures(uncalibrated, redecode(predictions["test"], uncalibrated), splits["test"]),
-                 "after": calibration_figures(predictor.decoder, predictions["test"], splits["test"])},
+        "fitted_on": calibration.fitted_on, "test": calibration_before_after(predictor, predictions["test"], splits["test"]),
     }
     if crf:
-        crf_test = crf.predictions(splits["test"])
-        crf_uncalibrated = Decoder.for_task(crf.task, Calibration(), CONSTRAINED, crf.decoder.transitions)
         report["calibration"]["crf"] = {
             "intent_temperature": crf.decoder.calibration.intent_temperature, "slot_temperature": crf.decoder.calibration.slot_temperature,
-            "test": {"before": calibration_figures(crf_uncalibrated, redecode(crf_test, crf_uncalibrated), splits["test"]),
-                     "after": calibration_figures(crf.decoder, crf_test, splits["test"])}}
+            "test": calibration_before_after(crf, crf_predictions["test"], splits["test"])}
     curves = {name: coverage_curve([p.answer_score for p in predictions[name]],
                                    sentence_outcomes(predictions[name], splits[name], labels)) for name in splits}
     dev_point = threshold_for_accuracy(curves["dev"], args.target_accuracy)
@@ -258,7 +261,7 @@ def main(argv=None):
                            "dev_at_threshold": dev_point, "test_at_dev_threshold": test_point,
                            "test_all_accuracy": curves["test"][-1]["accuracy"],
                            "test_curve": curves["test"][:: max(1, len(curves["test"]) // 200)] + curves["test"][-1:]}
-    report["timing"] = decode_timing(predictor, splits["test"], args.cpp_demo, args.model_dir)
+    report["timing"] = decode_timing(predictor, splits["test"], predictions["test"], args.cpp_demo, args.model_dir)
 
     os.makedirs(args.output_dir, exist_ok=True)
     save_json(os.path.join(args.output_dir, "decoding.json"), report)
