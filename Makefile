@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-nlpcc train-nlpcc-tokenwise decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -42,22 +42,47 @@ demo: data
 		--num_train_epochs $(DEMO_EPOCHS) --learning_rate 5e-4 --warmup_ratio 0.1 \
 		--cpu_threads $(CPU_THREADS) --seed 42
 
-# The measured from-scratch run of the README on the real NLPCC 2018 Task 4 corpus: a CRF slot
-# head (better on dev than the per-token head: README "Decoding, confidence and abstaining").
+# The from-scratch NLPCC recipe every measured run shares (10 epochs, CRF slot head, whole utterances).
+NLPCC_TRAIN = $(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh --slot_crf \
+	--data_dir data/prepared/nlpcc2018 --do_train --do_eval --do_export --num_train_epochs 10 --learning_rate 5e-4 \
+	--warmup_ratio 0.1 --cpu_threads $(CPU_THREADS)
+# Session context of the measured model: chosen on dev (README "Session context and whole utterances").
+CONTEXT_TURNS ?= 2
+
+# The measured from-scratch run of the README on the real NLPCC 2018 Task 4 corpus.
 train-nlpcc: CORPUS = auto
 train-nlpcc: DATA_DIR = data/prepared/nlpcc2018
 train-nlpcc: data
-	$(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh --slot_crf \
-		--data_dir $(DATA_DIR) --output_dir output/nlpcc2018-nano-scratch --do_train --do_eval --do_export \
-		--num_train_epochs 10 --learning_rate 5e-4 --warmup_ratio 0.1 --cpu_threads $(CPU_THREADS) --seed 42
+	$(NLPCC_TRAIN) --context_turns $(CONTEXT_TURNS) --output_dir output/nlpcc2018-nano-scratch --seed 42
 
-# The same recipe with the per-token (softmax) slot head, for the comparison.
+# The same recipe with the per-token (softmax) slot head, as measured for the decoding report
+# (one utterance at a time, the reference's window of 16).
 train-nlpcc-tokenwise: CORPUS = auto
 train-nlpcc-tokenwise: DATA_DIR = data/prepared/nlpcc2018
 train-nlpcc-tokenwise: data
-	$(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh \
+	$(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh --max_seq_length 16 \
 		--data_dir $(DATA_DIR) --output_dir output/nlpcc2018-nano-scratch-tokenwise --do_train --do_eval --do_export \
 		--num_train_epochs 10 --learning_rate 5e-4 --warmup_ratio 0.1 --cpu_threads $(CPU_THREADS) --seed 42
+
+# Every run of the context table (hours on 2 cores: ~45 min a run, two at a time with
+# CPU_THREADS=1), then its report (benchmarks/results/context.*). Runs already done are skipped.
+CONTEXT_RUNS = k0-w16-s42 k0-w16-s43 k0-w16-s44 k0-s42 k1-s42 k2-s42 k2-s43 k2-s44
+context-runs-nlpcc: CORPUS = auto
+context-runs-nlpcc: DATA_DIR = data/prepared/nlpcc2018
+context-runs-nlpcc: data
+	for run in $(CONTEXT_RUNS); do \
+		test -f output/ctx/$$run/infer_model/inference_config.json && continue; \
+		k=$${run#k}; k=$${k%%-*}; seed=$${run##*-s}; \
+		$(NLPCC_TRAIN) --context_turns $$k $$(case $$run in *-w16-*) echo --max_seq_length 16;; esac) \
+			--output_dir output/ctx/$$run --seed $$seed || exit 1; \
+	done
+
+context-report-nlpcc: setup
+	$(PY) benchmarks/context_report.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results \
+		--recipe "K=0, window 16 (before)=output/ctx/k0-w16-s42,output/ctx/k0-w16-s43,output/ctx/k0-w16-s44" \
+		--recipe "K=0, whole utterances=output/ctx/k0-s42" --recipe "K=1=output/ctx/k1-s42" \
+		--recipe "K=2=output/ctx/k2-s42,output/ctx/k2-s43,output/ctx/k2-s44" \
+		--baseline "K=0, window 16 (before)" --chosen "K=$(CONTEXT_TURNS)"
 
 # Decoding and confidence report (greedy vs constrained vs CRF, calibration, abstaining, decoding
 # time in Python and C++): of the demo model, and of the two NLPCC models (after train-nlpcc and

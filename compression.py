@@ -6,6 +6,7 @@ test split through Paddle Inference, and reported (compress_report.json / .md).
 The fixes the pinned PaddleNLP / PaddleSlim need are in compat.py."""
 import collections
 import copy
+import dataclasses
 import os
 import shutil
 import time
@@ -30,7 +31,6 @@ from training import (
     logger,
     save_static_graph,
     slot_transitions,
-    window_ids,
 )
 from utils import markdown_table, save_json, write_text
 
@@ -52,20 +52,21 @@ def check_strategy(strategy: str) -> None:
 def prune_vocabulary(model: JointErnie, task: Task, texts: Iterable[str], max_vocab_size: int, output_dir: str) -> Tuple[JointErnie, Task]:
     """Keep the special tokens and the most frequent tokens of `texts` (ties by id), up to
     `max_vocab_size`; slice the word-embedding rows to match and the position embeddings to the
-    window length (windows never use later positions). Saves the pruned model and its task files
+    longest row (window + context: rows never use later positions). Saves the pruned model and its task files
     to `output_dir` and returns them; the input model is left as it was."""
     tokenizer = task.tokenizer
     counts = collections.Counter(i for text in texts for i in tokenizer.tokenize(text)[0])
     specials = [tokenizer.token_to_id[t] for t in SPECIAL_TOKENS]
     ranked = sorted((i for i in counts if i not in specials), key=lambda i: (-counts[i], i))
     keep = specials + ranked[: max(max_vocab_size - len(specials), 0)]
-    pruned_task = Task(CharTokenizer([tokenizer.vocab[i] for i in keep]), task.labels, task.max_seq_length, task.intent_slot_types)
+    pruned_task = dataclasses.replace(task, tokenizer=CharTokenizer([tokenizer.vocab[i] for i in keep]))
 
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     state["ernie.embeddings.word_embeddings.weight"] = state["ernie.embeddings.word_embeddings.weight"][keep]
-    state["ernie.embeddings.position_embeddings.weight"] = state["ernie.embeddings.position_embeddings.weight"][: task.max_seq_length]
+    state["ernie.embeddings.position_embeddings.weight"] = state["ernie.embeddings.position_embeddings.weight"][: task.max_row_length]
     config = copy.deepcopy(model.config)
-    config.vocab_size, config.pad_token_id, config.max_position_embeddings = len(keep), pruned_task.tokenizer.pad_id, task.max_seq_length
+    config.vocab_size, config.max_position_embeddings = len(keep), task.max_row_length
+    config.pad_token_id, config.sep_token_id = pruned_task.tokenizer.pad_id, pruned_task.tokenizer.sep_id
     pruned = JointErnie(config)
     pruned.set_state_dict(state)
     os.makedirs(output_dir, exist_ok=True)
@@ -78,7 +79,7 @@ def make_custom_evaluate(dev, task: Task):
     """trainer.compress's evaluation hook: dev sentence accuracy from the same metric code as
     training. The data loader yields the dev windows in order; during DynaBERT the OFA wrapper
     returns (student outputs, teacher outputs), so nested outputs are unwrapped."""
-    dev_windows = window_ids(task, dev)
+    dev_encoded = task.encode_corpus(dev)
 
     @paddle.no_grad()
     def custom_evaluate(trainer, model, data_loader):
@@ -96,7 +97,7 @@ def make_custom_evaluate(dev, task: Task):
             intent_rows.extend(outputs[0].numpy())
             slot_rows.extend(outputs[1].numpy())
         decoder = Decoder.for_task(task, transitions=slot_transitions(model))
-        metrics = score(dev, merge_windows(intent_rows, slot_rows, dev_windows, decoder), task)
+        metrics = score(dev, merge_windows(intent_rows, slot_rows, dev_encoded, decoder), task)
         logger.info(f"compress eval: sentence_acc {metrics['sentence_acc']:.4f}, intent_acc {metrics['intent_acc']:.4f}, "
                     f"slot_f1 {metrics['slot_f1']:.4f}")
         model.train()
@@ -183,7 +184,7 @@ def step_of_stage(stage: str, strategy: str) -> str:
 def qat_agreement(qat_model, task: Task, test, int8_stage: str, threads: int) -> float:
     """Share of test utterances whose intent and every tag agree between the dynamic QAT model
     and its exported int8 graph run by Paddle Inference."""
-    encoded = [task.encode(u.text) for u in test]
+    encoded = task.encode_corpus(test)
     decoder = Decoder.for_task(task, transitions=slot_transitions(qat_model))
     dynamic = run_windows(encoded, dynamic_logits_fn(qat_model), task.tokenizer.pad_id, decoder)
     static = run_windows(encoded, open_predictor(int8_stage, "paddle-inference", threads).logits_fn, task.tokenizer.pad_id, decoder)
@@ -204,7 +205,7 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
         model, task = prune_vocabulary(model, task, (u.text for u in train), max_vocab_size, os.path.join(compress_dir, "pruned_model"))
         stages.append(export(model, task, os.path.join(stages_dir, "pruned_vocab"), {**model_info, "stage": "pruned_vocab"}).directory)
         seconds["pruned_vocab"] = time.time() - start
-        logger.info(f"vocabulary pruned to {len(task.tokenizer)} tokens, positions to {task.max_seq_length}")
+        logger.info(f"vocabulary pruned to {len(task.tokenizer)} tokens, positions to {task.max_row_length}")
 
     args = copy.copy(training_args)  # compress() rewrites fields of its arguments
     args.output_dir = compress_dir

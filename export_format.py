@@ -3,7 +3,7 @@ validated by `read`. Every front end (run_eval.py, the FastDeploy demo, the benc
 demo and the Android app through deploy/cpp/slu.cc) reads directories through this contract;
 slu.cc checks the same keys and `tests/test_deploy_cpp.py` holds the two sides together.
 
-A directory (format_version 2):
+A directory (format_version 3):
 
     model.pdmodel, model.pdiparams   the static graph and its weights (Paddle 2.x program)
     vocab.txt                        one token per line, the line number is the id
@@ -12,9 +12,16 @@ A directory (format_version 2):
 
 inference_config.json:
 
-    format_version        2; a reader refuses a version it does not know (1 had no
-                          intent_slot_types and no calibration)
-    max_seq_length        tokens per model window, [CLS] and [SEP] included (>= 3)
+    format_version        3; a reader refuses a version it does not know (1 had no
+                          intent_slot_types and no calibration, 2 no context and no overlapping windows)
+    max_seq_length        tokens per model window of the utterance, [CLS] and [SEP] included (>= 3);
+                          longer utterances are cut into windows overlapping by half (task.window_bounds)
+    context_turns         earlier utterances of the session the model reads (0: none)
+    max_context_tokens    tokens of the context segment after the utterance's [SEP] (0 without
+                          context): the last context_turns utterances, nearest first, each
+                          followed by [SEP], cut from the far end (task.Task.context_ids). A row
+                          is [CLS] window [SEP] context; the graph derives the segment ids
+                          (0 up to the first [SEP], 1 after) from input_ids itself
     max_utterance_tokens  longest utterance (in tokens) a front end predicts; longer ones get an
                           error record, never a truncated guess
     vocab_size            lines of vocab.txt
@@ -56,7 +63,7 @@ from task import (
 )
 from utils import atomic_path, load_json, save_json, write_lines
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 GRAPH_PREFIX = "model"  # the path prefix Paddle saves a static graph at
 GRAPH_FILE, PARAMS_FILE = GRAPH_PREFIX + ".pdmodel", GRAPH_PREFIX + ".pdiparams"
 VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE = "vocab.txt", "intent_label.txt", "slot_label.txt"
@@ -66,7 +73,7 @@ SPECIAL_TOKENS = {"pad": PAD_TOKEN, "cls": CLS_TOKEN, "sep": SEP_TOKEN, "unk": U
 INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
 MAX_UTTERANCE_TOKENS = 512
-REQUIRED_KEYS = ["format_version", "max_seq_length", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
+REQUIRED_KEYS = ["format_version", "max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
                  "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"]
 
 # (input names, output names) of a graph written at a path prefix
@@ -127,6 +134,8 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
         save_json(os.path.join(tmp, CONFIG_FILE), {
             "format_version": FORMAT_VERSION,
             "max_seq_length": task.max_seq_length,
+            "context_turns": task.context_turns,
+            "max_context_tokens": task.max_context_tokens,
             "max_utterance_tokens": MAX_UTTERANCE_TOKENS,
             "vocab_size": len(task.tokenizer),
             "special_tokens": SPECIAL_TOKENS,
@@ -178,7 +187,7 @@ def read(directory: str) -> ExportedModel:
         if not ok:
             raise ExportError(f"{os.path.join(directory, path)}: {problem}")
 
-    for key in ("max_seq_length", "max_utterance_tokens", "vocab_size", "num_intents", "num_slot_tags"):
+    for key in ("max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size", "num_intents", "num_slot_tags"):
         value = config[key]
         check(isinstance(value, int) and not isinstance(value, bool), CONFIG_FILE, f"{key} must be an integer, not {value!r}")
     check(config["special_tokens"] == SPECIAL_TOKENS, CONFIG_FILE, f"special_tokens {config['special_tokens']} differ from {SPECIAL_TOKENS}")
@@ -209,7 +218,8 @@ def read(directory: str) -> ExportedModel:
     check(isinstance(config["calibration"], dict) and sorted(config["calibration"]) == keys, CONFIG_FILE,
           f"calibration {config['calibration']!r} must hold exactly {keys}")
     try:
-        task = Task(tokenizer, labels, config["max_seq_length"], config["intent_slot_types"])
+        task = Task(tokenizer, labels, config["max_seq_length"], config["intent_slot_types"], config["context_turns"],
+                    config["max_context_tokens"])
         calibration = Calibration(**config["calibration"])
     except (ValueError, TypeError) as e:
         raise ExportError(f"{config_path}: {e}") from None

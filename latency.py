@@ -17,6 +17,7 @@ import numpy as np
 from backends import open_predictor
 from data.corpus import read_corpus
 from predictor import describe, merge_windows
+from task import session_histories
 from utils import pad_batch
 
 
@@ -32,34 +33,35 @@ def measure(model_dir: str, backend: str, threads: int, test_file: str, num_utte
     task = predictor.task
     test = read_corpus(test_file, task.labels)
     texts = [u.text for u in test]
+    histories = session_histories(((u.session_id, u.text) for u in test), task.context_turns)  # context of its session
 
-    def one(text):
+    def one(text, history):
         t0 = time.perf_counter()
-        enc = task.encode(text)
+        enc = task.encode(text, history)
         ids = pad_batch(enc.windows, task.tokenizer.pad_id)
         t1 = time.perf_counter()
         intent_logits, slot_logits = predictor.logits_fn(ids)
         t2 = time.perf_counter()
-        describe(merge_windows(intent_logits, slot_logits, [enc.windows], predictor.decoder)[0], enc, task.labels)
+        describe(merge_windows(intent_logits, slot_logits, [enc], predictor.decoder)[0], enc, task.labels)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2
 
-    latency_texts = [texts[i % len(texts)] for i in range(num_utterances)]
-    for text in latency_texts[:warmup]:
-        one(text)
-    phases = np.array([one(text) for text in latency_texts]) * 1000  # ms, [n, 3]
+    latency_inputs = [(texts[i % len(texts)], histories[i % len(texts)]) for i in range(num_utterances)]
+    for text, history in latency_inputs[:warmup]:
+        one(text, history)
+    phases = np.array([one(text, history) for text, history in latency_inputs]) * 1000  # ms, [n, 3]
     total = phases.sum(1)
 
-    predictor.predict(texts[:256], batch_size=32)  # warm-up of batch shapes
+    predictor.predict(texts[:256], batch_size=32, histories=histories[:256])  # warm-up of batch shapes
     start = time.perf_counter()
-    predictor.predict(texts, batch_size=32)
+    predictor.predict(texts, batch_size=32, histories=histories)
     throughput = len(texts) / (time.perf_counter() - start)
 
     metrics = predictor.evaluate(test, batch_size=32)
     return {
         "latency_ms": {f"p{q}": float(np.percentile(total, q)) for q in (50, 90, 99)},
         "latency_mean_ms": {name: float(phases[:, i].mean()) for i, name in enumerate(("tokenization", "model", "postprocess"))},
-        "latency_utterances": len(latency_texts),
+        "latency_utterances": len(latency_inputs),
         "throughput_batch32_utt_per_s": throughput,
         **{k: metrics[k] for k in ("sentence_acc", "sentence_acc_ref", "intent_acc", "slot_f1")},
         "test_utterances": len(test),

@@ -35,6 +35,10 @@ class JointErnie(ErniePretrainedModel):
         # attention_mask: None derives it from padding; DynaBERT passes its own ([None, None]).
         if attention_mask is None:
             attention_mask = padding_mask(input_ids, self.config.pad_token_id)
+        # segments from the ids themselves, so the graph keeps its one input on every runtime
+        # (configs saved before sentence pairs have no sep_token_id: segment 0 throughout)
+        if token_type_ids is None and getattr(self.config, "sep_token_id", None) is not None:
+            token_type_ids = segment_ids(input_ids, self.config.sep_token_id)
         sequence_output, pooled_output = self.ernie(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
         intent_logits = self.intent_classifier(self.dropout(pooled_output))
         slot_logits = self.slot_classifier(self.dropout(sequence_output))
@@ -49,6 +53,15 @@ def padding_mask(input_ids: paddle.Tensor, pad_id: int) -> paddle.Tensor:
     FastDeploy's OpenVINO has no `abs`)."""
     offset = paddle.scale(input_ids.astype("float32"), bias=-float(pad_id))
     return paddle.clip(offset * offset, 0.0, 1.0)
+
+
+def segment_ids(input_ids: paddle.Tensor, sep_id: int) -> paddle.Tensor:
+    """[batch, seq] int64 ERNIE token types of `[CLS] utterance [SEP] context...` rows: 0 up to
+    the first [SEP], 1 after it (padding too; it is masked). Arithmetic, as padding_mask."""
+    offset = paddle.scale(input_ids.astype("float32"), bias=-float(sep_id))
+    is_sep = 1.0 - paddle.clip(offset * offset, 0.0, 1.0)
+    before = paddle.cumsum(is_sep, axis=1) - is_sep  # [SEP]s strictly before each position
+    return paddle.clip(before, 0.0, 1.0).astype("int64")
 
 
 class JointLoss(nn.Layer):
@@ -68,6 +81,9 @@ class JointLoss(nn.Layer):
             slot_loss = F.cross_entropy(slot_logits, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id)
         else:
             mask = (slot_labels != self.pad_slot_id).astype("float32")
+            # the CRF's loop runs up to the last tagged position, not over the context
+            width = int(mask.sum(1).max()) + 1
+            slot_logits, slot_labels, mask = slot_logits[:, :width], slot_labels[:, :width], mask[:, :width]
             slot_loss = crf_nll(slot_logits, slot_labels, mask, self.transitions).sum() / paddle.clip(mask.sum(), min=1.0)
         return intent_loss + self.slot_weight * slot_loss
 
@@ -127,7 +143,7 @@ def build_from_scratch(architecture: str, task: Task, **config_overrides) -> Joi
         sizes = sorted(k for k in known if k.startswith("ernie-3.0-tiny"))
         raise ValueError(f"unknown architecture {architecture!r}; ERNIE 3.0 Tiny sizes: {', '.join(sizes)}")
     config = ErnieConfig(**{**known[architecture], **config_overrides})
-    config.vocab_size, config.pad_token_id = len(task.tokenizer), task.tokenizer.pad_id
+    config.vocab_size, config.pad_token_id, config.sep_token_id = len(task.tokenizer), task.tokenizer.pad_id, task.tokenizer.sep_id
     config.num_intents, config.num_slot_tags = len(task.labels.intents), len(task.labels.slot_tags)
     return JointErnie(config)
 

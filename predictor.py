@@ -10,12 +10,18 @@ A result record (one JSON object per utterance):
     {"text": ..., "error": "utterance too long: N tokens (at most M)"}
     {"line": N, "error": "invalid UTF-8"}                          input line N (1-based) is not UTF-8
 
+Session input (`Predictor.predict_sessions`): one JSON object per line, {"session_id": ..., "text":
+...}; each utterance is predicted with the earlier utterances of its session in the input as
+context, and its record starts with "session_id". A line that is not such an object gives
+{"line": N, "error": "expected a JSON object with string \"session_id\" and \"text\""}.
+
 `pos` holds inclusive character offsets into the text as given (as the PaddleNLP demo).
 Confidences are calibrated probabilities (4 decimals; decoding.py says how): the intent's, and
 each slot span's. `fallback` is true when the weakest of them is below `min_confidence`: the
 assistant should ask again rather than act (the intent stays in the ranking).
 Plain Python + numpy: FastDeploy front ends use it without loading paddle.
 """
+import json
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,7 +29,7 @@ import numpy as np
 from decoding import CONSTRAINED, RANKING_SIZE, Calibration, Decoder, Prediction
 from export_format import MAX_UTTERANCE_TOKENS, ExportedModel
 from metrics import slu_metrics
-from task import Encoded, LabelMaps, Task
+from task import Encoded, LabelMaps, Task, session_histories
 from utils import pad_batch
 
 # padded input ids [batch, seq] -> (intent logits [batch, I], slot logits [batch, seq, T]);
@@ -32,6 +38,7 @@ LogitsFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 EMPTY_UTTERANCE = "empty utterance"
 INVALID_UTF8 = "invalid UTF-8"
+NOT_A_TURN = 'expected a JSON object with string "session_id" and "text"'
 
 
 def too_long_error(num_tokens: int, limit: int) -> str:
@@ -54,16 +61,35 @@ def decode_lines(data: bytes) -> List[Optional[str]]:
     return out
 
 
-def merge_windows(intent_logits, slot_logits, windows: Sequence[Sequence[Sequence[int]]], decoder: Decoder) -> List[Prediction]:
-    """Per-utterance predictions from per-window logits (rows in window order; `windows[u]` are
-    the id rows of utterance u). Slot logits of the real tokens are concatenated and decoded
-    together; the intent comes from the first window, where the command words of an over-long
-    utterance are."""
+def parse_turn(line: Optional[str]) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    """(session id, text, None) of one line of session input, or (None, None, error)."""
+    if line is None:
+        return None, None, INVALID_UTF8
+    try:  # strict JSON, as slu.cc's parser: no NaN/Infinity, no lone surrogate escapes ("\ud800")
+        turn = json.loads(line, parse_constant=_reject)
+        if not (isinstance(turn, dict) and isinstance(turn.get("session_id"), str) and isinstance(turn.get("text"), str)):
+            raise ValueError
+        turn["text"].encode("utf-8"), turn["session_id"].encode("utf-8")
+    except ValueError:  # UnicodeEncodeError included
+        return None, None, NOT_A_TURN
+    return turn["session_id"], turn["text"], None
+
+
+def _reject(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def merge_windows(intent_logits, slot_logits, encoded: Sequence[Encoded], decoder: Decoder) -> List[Prediction]:
+    """Per-utterance predictions from per-window logits (rows in window order, `encoded[u].windows`
+    the rows of utterance u). Each token's slot scores come from the window that keeps it
+    (task.window_keeps: overlaps split in the middle), then the utterance is decoded whole; the
+    intent comes from the first window, where the command words of an over-long utterance are."""
     predictions, r = [], 0
-    for rows in windows:
-        slots = np.concatenate([np.asarray(slot_logits[r + k][1 : len(w) - 1], dtype="float32") for k, w in enumerate(rows)])
+    for enc in encoded:
+        slots = np.concatenate([np.asarray(slot_logits[r + k][1 + keep - start : 1 + end - start], dtype="float32")
+                                for k, ((start, _), (keep, end)) in enumerate(zip(enc.bounds, enc.keeps))])
         predictions.append(decoder(intent_logits[r], slots))
-        r += len(rows)
+        r += len(enc.windows)
     return predictions
 
 
@@ -75,7 +101,7 @@ def run_windows(encoded: Sequence[Encoded], logits_fn: LogitsFn, pad_id: int, de
         intent_logits, slot_logits = logits_fn(pad_batch(rows[b : b + batch_size], pad_id))
         intent_rows.extend(intent_logits)
         slot_rows.extend(slot_logits)
-    return merge_windows(intent_rows, slot_rows, [enc.windows for enc in encoded], decoder)
+    return merge_windows(intent_rows, slot_rows, encoded, decoder)
 
 
 def describe(pred: Prediction, enc: Encoded, labels: LabelMaps, min_confidence: float = 0.0) -> dict:
@@ -130,11 +156,16 @@ class Predictor:
         return None
 
     def predict_with_logits(self, texts: Sequence[Optional[str]], batch_size: int = 64,
-                            on_windows: Optional[Callable[[int, int, int], None]] = None) -> Tuple[List[dict], List[Optional[Prediction]]]:
+                            on_windows: Optional[Callable[[int, int, int], None]] = None,
+                            histories: Optional[Sequence[Sequence[str]]] = None) -> Tuple[List[dict], List[Optional[Prediction]]]:
         """Result records in input order, and the merged logits behind each (None for errors); a
-        None text is an input line that was not UTF-8 (decode_lines). `on_windows(index, tokens,
-        windows)` is told of every utterance that needs several windows."""
-        encoded = [self.task.encode(t if t is not None else "") for t in texts]
+        None text is an input line that was not UTF-8 (decode_lines). `histories[i]`: the earlier
+        utterances of text i's session, oldest first (a model without context ignores them).
+        `on_windows(index, tokens, windows)` is told of every utterance that needs several windows."""
+        histories = histories if histories is not None else [()] * len(texts)
+        if len(histories) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(histories)} histories")
+        encoded = [self.task.encode(t if t is not None else "", h) for t, h in zip(texts, histories)]
         errors = [self.check(enc) if t is not None else INVALID_UTF8 for t, enc in zip(texts, encoded)]
         todo = [i for i, error in enumerate(errors) if error is None]
         if on_windows:
@@ -154,12 +185,22 @@ class Predictor:
 
         return [record(i) for i in range(len(texts))], preds
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> List[dict]:
-        return self.predict_with_logits(texts, batch_size)[0]
+    def predict(self, texts: Sequence[str], batch_size: int = 64, histories: Optional[Sequence[Sequence[str]]] = None) -> List[dict]:
+        return self.predict_with_logits(texts, batch_size, histories=histories)[0]
+
+    def predict_sessions(self, lines: Sequence[Optional[str]], batch_size: int = 64) -> List[dict]:
+        """Records of session input lines (the module docstring), in input order."""
+        turns = [parse_turn(line) for line in lines]
+        valid = [i for i, (_, _, error) in enumerate(turns) if error is None]
+        histories = session_histories(((turns[i][0], turns[i][1]) for i in valid), self.task.context_turns)
+        records = self.predict([turns[i][1] for i in valid], batch_size, histories)
+        by_line = {i: {"session_id": turns[i][0], **record} for i, record in zip(valid, records)}
+        return [by_line.get(i) or {"line": i + 1, "error": turns[i][2]} for i in range(len(lines))]
 
     def predictions(self, utterances, batch_size: int = 64) -> List[Prediction]:
-        """Predictions for corpus utterances, every one scored whole (no request checks)."""
-        encoded = [self.task.encode(u.text) for u in utterances]
+        """Predictions for corpus utterances, every one scored whole (no request checks), with the
+        earlier turns of its session in the file as context."""
+        encoded = self.task.encode_corpus(utterances)
         return run_windows(encoded, self.logits_fn, self.task.tokenizer.pad_id, self.decoder, batch_size)
 
     def evaluate(self, utterances, batch_size: int = 64) -> dict:

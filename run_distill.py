@@ -36,7 +36,7 @@ from data.corpus import read_corpus, read_split
 from latency import measure_in_subprocess
 from model import BiLSTMJoint, DistillLoss, JointLoss
 from predictor import Predictor
-from task import Task
+from task import Task, session_histories
 from training import (
     configure_cpu,
     dynamic_logits_fn,
@@ -75,9 +75,10 @@ class DistillArguments:
     latency_utterances: int = field(default=1000, metadata={"help": "Test utterances timed at batch 1 per model."})
 
 
-def gold_rows(utterances, task: Task, has_gold: bool) -> List[dict]:
-    """One training row per utterance: its first window (training truncates, as run_train.py)."""
-    rows = [task.labelled_windows(u)[0] for u in utterances]
+def gold_rows(utterances, histories, task: Task, has_gold: bool) -> List[dict]:
+    """One training row per utterance with its session's earlier turns as context (a context
+    teacher's task): its first window (a window shorter than the utterance truncates, as run_train.py)."""
+    rows = [task.labelled_rows(u, task.encode(u.text, h))[0] for u, h in zip(utterances, histories)]
     return [{**row, "has_gold": float(has_gold)} for row in rows]
 
 
@@ -114,8 +115,8 @@ def make_batch(rows, task: Task):
     batch = make_collator(tokenizer.pad_id, labels.pad_slot_id)(rows)
     ids = batch["input_ids"]
     batch["has_gold"] = np.array([r["has_gold"] for r in rows], dtype="float32")
-    # real characters: not padding, [CLS] or [SEP]
-    batch["token_mask"] = ((ids != tokenizer.pad_id) & (ids != tokenizer.cls_id) & (ids != tokenizer.sep_id)).astype("float32")
+    # the utterance's characters: after [CLS], before the first [SEP] (not the context, not padding)
+    batch["token_mask"] = ((np.cumsum(ids == tokenizer.sep_id, axis=1) == 0) & (ids != tokenizer.cls_id)).astype("float32")
     batch = {name: paddle.to_tensor(value) for name, value in batch.items()}
     if "teacher_intent" in rows[0]:
         slots = np.zeros(ids.shape + (len(labels.slot_tags),), dtype="float32")
@@ -206,7 +207,8 @@ def main(argv=None):
     new_student = lambda: BiLSTMJoint(len(task.tokenizer), len(task.labels.intents), len(task.labels.slot_tags), task.tokenizer.pad_id,
                                       args.embedding_dim, args.hidden_size, args.dropout)
 
-    gold = gold_rows(train, task, has_gold=True)
+    histories = session_histories(((u.session_id, u.text) for u in train), task.context_turns)
+    gold = gold_rows(train, histories, task, has_gold=True)
     joint_loss = JointLoss(task.labels.pad_slot_id)
     paddle.seed(args.seed)
     alone = fit("student alone", new_student(), gold, lambda m, b: joint_loss(m(b["input_ids"]), (b["intent_label"], b["slot_labels"])),
@@ -215,7 +217,8 @@ def main(argv=None):
     augmented = augment_corpus(train, args.augment_copies, args.seed, p_mask=args.p_mask,
                                p_substitute=args.p_substitute, p_ngram=args.p_ngram)
     logger.info(f"augmentation: {len(augmented)} new rows from {len(train)} training utterances x {args.augment_copies}")
-    rows = gold + gold_rows(augmented, task, has_gold=False)
+    # an augmented copy reads the context of its source utterance
+    rows = gold + gold_rows([u for _, u in augmented], [histories[i] for i, _ in augmented], task, has_gold=False)
     teacher_logits(teacher, rows, args.teacher_logits_file or os.path.join(args.output_dir, "teacher_logits.npz"))
     distill_loss = DistillLoss(task.labels.pad_slot_id, args.objective, args.temperature, args.alpha)
     paddle.seed(args.seed)

@@ -5,6 +5,13 @@ Paddle Inference by default or any backend of backends.py (--backend).
     python run_eval.py --model_dir output/demo/infer_model --text 导航去北京 --text 打电话给老王
     python run_eval.py --model_dir output/demo/infer_model --input_file utterances.txt   # one per line
     echo 播放周杰伦的稻香 | python run_eval.py --model_dir output/demo/infer_model     # stdin
+    python run_eval.py --model_dir M --text 取消 --context 导航去北京                  # with the session so far
+    python run_eval.py --model_dir M --sessions_file turns.jsonl   # {"session_id": "a", "text": "导航去北京"} per line
+
+A model trained with context (run_train.py --context_turns K) reads each utterance with the last K
+utterances of its session: from --context (oldest first) for --text, from the earlier lines of the
+same session_id in a --sessions_file, and from the earlier lines of the same session in a
+corpus-format --eval_file. A model without context ignores them.
 
 Prediction prints one JSON object per input line, the result record of predictor.py: text,
 intent, confidence, intent_ranking (top 3), slots as {slot, entity, pos: [first, last],
@@ -31,7 +38,11 @@ def parse_args(argv=None):
     parser.add_argument("--model_dir", required=True, help="exported directory (export_format.py): graph, vocab, labels, inference_config.json")
     parser.add_argument("--eval_file", help="labelled file in the corpus format (e.g. a prepared test.txt): print metrics")
     parser.add_argument("--text", action="append", default=[], help="an utterance to predict; repeat for more")
+    parser.add_argument("--context", action="append", default=[],
+                        help="an earlier utterance of the session of the --text utterances; repeat, oldest first")
     parser.add_argument("--input_file", help="utterances to predict, one per line ('-' for stdin)")
+    parser.add_argument("--sessions_file", help="utterances with their sessions, one JSON object {\"session_id\", \"text\"} per "
+                        "line, in conversation order ('-' for stdin); records start with session_id")
     parser.add_argument("--output_file", help="write the JSON lines / metrics here instead of stdout")
     parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS),
                         help="runtime (backends.py); the fastdeploy-* ones need a process without paddle, which this script keeps")
@@ -48,7 +59,7 @@ def read_utterances(args) -> list:
     if args.input_file and args.input_file != "-":
         with open(args.input_file, "rb") as f:
             lines += decode_lines(f.read())
-    elif args.input_file == "-" or (not args.text and not args.eval_file):
+    elif args.input_file == "-" or (not args.text and not args.eval_file and not args.sessions_file):
         lines += decode_lines(sys.stdin.buffer.read())
     return lines
 
@@ -66,7 +77,11 @@ def main(argv=None):
         metrics = predictor.evaluate(read_corpus(args.eval_file, predictor.task.labels), args.batch_size)
         out.append(json.dumps(metrics, ensure_ascii=False, indent=2))
     texts = read_utterances(args)
-    records, _ = predictor.predict_with_logits(texts, args.batch_size, lambda i, t, w: report_windows(i, t, w, window))
+    histories = [args.context if i < len(args.text) else [] for i in range(len(texts))]
+    records, _ = predictor.predict_with_logits(texts, args.batch_size, lambda i, t, w: report_windows(i, t, w, window), histories)
+    if args.sessions_file:
+        data = sys.stdin.buffer.read() if args.sessions_file == "-" else open(args.sessions_file, "rb").read()
+        records += predictor.predict_sessions(decode_lines(data), args.batch_size)
     out += [json.dumps(record, ensure_ascii=False) for record in records]
     text = "".join(line + "\n" for line in out)
     if args.output_file:

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import paddle
 from paddlenlp.trainer import CompressionArguments, PdArgumentParser
@@ -41,7 +42,7 @@ from training import (
     setup_logging,
     slot_transitions,
 )
-from utils import PROJECT_DIR, save_json
+from utils import PROJECT_DIR, load_json, save_json
 
 
 @dataclass
@@ -57,9 +58,21 @@ class ModelArguments:
                   "vocabulary built from the training data. Needs no download; far below pretrained accuracy."},
     )
     max_seq_length: int = field(
-        default=16,
-        metadata={"help": "Tokens per model window, [CLS] and [SEP] included. Training truncates longer utterances "
-                  "(the count is logged); evaluation and prediction cover them with consecutive windows."},
+        default=0,
+        metadata={"help": "Tokens per model window of the utterance, [CLS] and [SEP] included; 0 = the longest training "
+                  "utterance + 2, so none is truncated. A smaller window truncates longer training utterances (the count "
+                  "is logged); evaluation and prediction cover them with windows overlapping by half."},
+    )
+    context_turns: Optional[int] = field(
+        default=None,
+        metadata={"help": "Earlier utterances of the same session the model reads with each utterance, as the second "
+                  "segment of an ERNIE sentence pair (0 = one utterance at a time). Default: what the model given by "
+                  "--model_name_or_path was trained with, else 0."},
+    )
+    max_context_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "Tokens of the context segment ([SEP]s included), cut from the far end. Default: the model's, "
+                  "else 32. Ignored without context."},
     )
     slot_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the slot loss next to the intent loss."})
     slot_crf: bool = field(
@@ -105,6 +118,17 @@ class TrainingArguments(CompressionArguments):
     logging_steps: int = field(default=50, metadata={"help": "Log loss and speed every N steps."})
 
 
+def saved_context(name_or_dir: str) -> dict:
+    """The context settings a saved JointErnie was trained with (its config.json), or {}."""
+    path = os.path.join(name_or_dir, "config.json")
+    config = load_json(path) if os.path.isfile(path) else {}
+    return {k: config[k] for k in ("context_turns", "max_context_tokens") if k in config}
+
+
+def first_set(*values):
+    return next(v for v in values if v is not None)
+
+
 def main(argv=None):
     parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -121,18 +145,25 @@ def main(argv=None):
     logger.info(f"data {data_args.data_dir}: train {len(train)}, dev {len(dev)}, test {len(test)} utterances; "
                 f"slot types per intent in train: {slot_types}")
 
+    saved = {} if model_args.from_scratch else saved_context(model_args.model_name_or_path)
+    context_turns = first_set(model_args.context_turns, saved.get("context_turns"), 0)
+    context = {"context_turns": context_turns,
+               "max_context_tokens": first_set(model_args.max_context_tokens, saved.get("max_context_tokens"), 32) if context_turns else 0}
+    max_seq_length = model_args.max_seq_length or max(len(u.token_tags()) for u in train) + 2
     if model_args.from_scratch:
-        task = Task(CharTokenizer.build(u.text for u in train), labels, model_args.max_seq_length, slot_types)
-        model = build_from_scratch(model_args.model_name_or_path, task, slot_crf=model_args.slot_crf)
+        task = Task(CharTokenizer.build(u.text for u in train), labels, max_seq_length, slot_types, **context)
+        model = build_from_scratch(model_args.model_name_or_path, task, slot_crf=model_args.slot_crf, **context)
         logger.info(f"from scratch: {model_args.model_name_or_path} architecture, vocabulary of {len(task.tokenizer)} from train")
     else:
-        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, model_args.max_seq_length, slot_types)
+        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, max_seq_length, slot_types, **context)
         # a saved JointErnie keeps its own head; --slot_crf puts a CRF on one that has none
-        model = load_pretrained(model_args.model_name_or_path, labels, **({"slot_crf": True} if model_args.slot_crf else {}))
+        model = load_pretrained(model_args.model_name_or_path, labels, sep_token_id=task.tokenizer.sep_id, **context,
+                                **({"slot_crf": True} if model_args.slot_crf else {}))
     logger.info(f"parameters: {sum(p.size for p in model.parameters()):,}")
-    if model_args.max_seq_length > model.config.max_position_embeddings:
-        raise ValueError(f"--max_seq_length {model_args.max_seq_length}: must fit the model's {model.config.max_position_embeddings} positions")
-    model_info = {"architecture": model_args.model_name_or_path, "from_scratch": model_args.from_scratch}
+    if task.max_row_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_seq_length {max_seq_length} + max_context_tokens {task.max_context_tokens}: must fit the "
+                         f"model's {model.config.max_position_embeddings} positions")
+    model_info = {"architecture": model_args.model_name_or_path, "from_scratch": model_args.from_scratch, **context}
 
     trainer = build_trainer(model, task, train, dev, training_args, model_args.slot_loss_weight)
     if training_args.do_train:

@@ -146,19 +146,54 @@ class CharTokenizer:
         return ids, offsets
 
 
-# ----------------------------------------------------------------------------- windows
+# ----------------------------------------------------------------------------- windows and context
 
 
 def window_bounds(num_tokens: int, window: int) -> List[Tuple[int, int]]:
-    """Consecutive token windows covering a whole utterance (one, possibly empty, at least)."""
-    return [(s, min(s + window, num_tokens)) for s in range(0, max(num_tokens, 1), window)]
+    """Token windows covering a whole utterance (one, possibly empty, at least). Windows overlap
+    by half (stride window // 2), so that every token is scored by a window that sees at least a
+    quarter window on each side of it, unless it is near an end of the utterance."""
+    stride, bounds, start = max(1, window // 2), [], 0
+    while True:
+        end = min(start + window, num_tokens)
+        bounds.append((start, end))
+        if end >= num_tokens:
+            return bounds
+        start += stride
+
+
+def window_keeps(bounds: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The token range each window's slot scores are taken for: an overlap between two windows is
+    split in the middle, so each token comes from the window where it sits farther from a cut."""
+    cuts = [0] + [(start + bounds[i][1] + 1) // 2 for i, (start, _) in enumerate(bounds[1:])] + [bounds[-1][1]]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def session_histories(turns: Iterable[Tuple[str, str]], context_turns: int) -> List[List[str]]:
+    """For (session id, text) pairs in conversation order: the texts of the up to `context_turns`
+    turns before each one in its own session, oldest first. What a running assistant knows; no
+    label of an earlier turn is used."""
+    seen: Dict[str, List[str]] = {}
+    histories = []
+    for session_id, text in turns:
+        previous = seen.setdefault(session_id, [])
+        histories.append(list(previous))
+        previous.append(text)
+        del previous[: len(previous) - context_turns]  # keeps the last context_turns (none for 0)
+    return histories
 
 
 @dataclasses.dataclass
 class Encoded:
     text: str
     offsets: List[int]  # character offset of every token
-    windows: List[List[int]]  # [CLS] + up to max_seq_length-2 token ids + [SEP]
+    # model rows: [CLS] + up to max_seq_length-2 utterance tokens + [SEP] (+ context tokens)
+    windows: List[List[int]]
+    bounds: List[Tuple[int, int]]  # the utterance tokens [start, end) of each row
+
+    @property
+    def keeps(self) -> List[Tuple[int, int]]:
+        return window_keeps(self.bounds)
 
 
 def any_slot_types(labels: LabelMaps) -> Dict[str, List[str]]:
@@ -175,6 +210,9 @@ class Task:
     max_seq_length: int  # tokens per model window, [CLS] and [SEP] included
     # slot types seen with each intent in training: what constrained decoding allows
     intent_slot_types: Dict[str, List[str]]
+    context_turns: int = 0  # previous utterances of the session the model reads (0: none)
+    max_context_tokens: int = 0  # tokens of the context segment, its [SEP]s included
+
 
     def __post_init__(self):
         if self.max_seq_length < 3:
@@ -184,26 +222,50 @@ class Task:
         unknown = sorted({t for types in self.intent_slot_types.values() for t in types} - set(self.labels.slot_types))
         if unknown:
             raise ValueError(f"intent_slot_types holds slot types {unknown} that are not in the slot labels")
+        if self.context_turns < 0 or (self.context_turns > 0) != (self.max_context_tokens >= 2):
+            raise ValueError(f"context_turns {self.context_turns} with max_context_tokens {self.max_context_tokens}: "
+                             "a context model needs room for one token and its [SEP] (>= 2), a model without context 0")
+
+    @property
+    def max_row_length(self) -> int:
+        """The longest model row: a window and the context segment."""
+        return self.max_seq_length + self.max_context_tokens
 
     @property
     def slotless_intents(self) -> List[str]:
         """Intents with no slot type in training (the reference-compatible metric scores them on intent alone)."""
         return [i for i in self.labels.intents if not self.intent_slot_types[i]]
 
-    def encode(self, text: str) -> Encoded:
-        """Model windows of an utterance, so that no character is left unscored."""
-        ids, offsets = self.tokenizer.tokenize(text)
-        tok = self.tokenizer
-        bounds = window_bounds(len(ids), self.max_seq_length - 2)
-        return Encoded(text, offsets, [[tok.cls_id] + ids[s:e] + [tok.sep_id] for s, e in bounds])
+    def context_ids(self, history: Sequence[str]) -> List[int]:
+        """The context segment: the last `context_turns` utterances, nearest first, each followed
+        by [SEP], cut to `max_context_tokens` from the far end (the oldest text goes first)."""
+        ids = []
+        for text in reversed(history[-self.context_turns :] if self.context_turns else []):
+            ids += self.tokenizer.tokenize(text)[0] + [self.tokenizer.sep_id]
+        ids = ids[: self.max_context_tokens]
+        if ids and ids[-1] != self.tokenizer.sep_id:
+            ids[-1] = self.tokenizer.sep_id  # a cut turn still ends its segment
+        return ids
 
-    def labelled_windows(self, utt) -> List[dict]:
-        """Model rows of a corpus utterance with their labels, one per window. Training keeps
-        the first (i.e. truncates); evaluation keeps all, so the whole utterance is scored."""
-        enc = self.encode(utt.text)
+    def encode(self, text: str, history: Sequence[str] = ()) -> Encoded:
+        """Model rows of an utterance (overlapping windows, so that no character is left unscored),
+        each row an ERNIE sentence pair: [CLS] utterance window [SEP] context. `history`: the
+        session's earlier utterances, oldest first (only the last context_turns are read)."""
+        ids, offsets = self.tokenizer.tokenize(text)
+        tok, context = self.tokenizer, self.context_ids(history)
+        bounds = window_bounds(len(ids), self.max_seq_length - 2)
+        return Encoded(text, offsets, [[tok.cls_id] + ids[s:e] + [tok.sep_id] + context for s, e in bounds], bounds)
+
+    def encode_corpus(self, utterances) -> List[Encoded]:
+        """Corpus utterances encoded with their sessions' earlier turns (in file order) as context."""
+        histories = session_histories(((u.session_id, u.text) for u in utterances), self.context_turns)
+        return [self.encode(u.text, h) for u, h in zip(utterances, histories)]
+
+    def labelled_rows(self, utt, enc: Encoded) -> List[dict]:
+        """Model rows of a corpus utterance with their labels, one per window; the slot labels run
+        the row's length, PAD on [CLS], [SEP] and the context (tags only on the utterance)."""
         slot_id, pad = self.labels.slot_id, self.labels.pad_slot_id
         tags = [slot_id[tag] for tag in utt.token_tags()]
-        bounds = window_bounds(len(tags), self.max_seq_length - 2)
         intent = self.labels.intent_id[utt.intent]
-        return [{"input_ids": ids, "intent_label": intent, "slot_labels": [pad] + tags[s:e] + [pad]}
-                for ids, (s, e) in zip(enc.windows, bounds)]
+        return [{"input_ids": ids, "intent_label": intent, "slot_labels": [pad] + tags[s:e] + [pad] * (len(ids) - 1 - (e - s))}
+                for ids, (s, e) in zip(enc.windows, enc.bounds)]

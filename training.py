@@ -3,10 +3,11 @@ the Trainer over a Task, the dynamic graph as a logits function, and static expo
 import logging
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
+from paddle.io import DistributedBatchSampler
 from paddlenlp.datasets import MapDataset
 from paddlenlp.trainer import Trainer
 from paddlenlp.transformers import ErnieTokenizer
@@ -61,11 +62,6 @@ def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
 # ----------------------------------------------------------------------------- Trainer
 
 
-def window_ids(task: Task, utterances: List[Utterance]) -> List[List[List[int]]]:
-    """The id rows of every window of every utterance: how evaluation logits merge back."""
-    return [task.encode(u.text).windows for u in utterances]
-
-
 def make_collator(pad_id: int, pad_slot_id: int):
     def collate(rows):
         return {
@@ -77,32 +73,73 @@ def make_collator(pad_id: int, pad_slot_id: int):
     return collate
 
 
+class LengthBucketSampler(DistributedBatchSampler):
+    """Training batches of rows of similar length, so that a batch is padded to about its own
+    rows' length and training cost follows real lengths, not the longest utterance. Each epoch:
+    shuffle (seed + epoch), sort pools of `pool_batches` batches by length, cut them into batches,
+    shuffle the batch order. Rank r of n takes every n-th batch (all ranks get as many)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 pool_batches: int = 32):
+        super().__init__(lengths, batch_size, num_replicas, rank, shuffle=True)
+        self.lengths, self.seed, self.pool = np.asarray(lengths), seed, pool_batches * batch_size
+
+    def batches(self, epoch: int) -> List[List[int]]:
+        rng = np.random.RandomState(self.seed + epoch)
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for p in range(0, len(order), self.pool):
+            pool = order[p : p + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches += [pool[b : b + self.batch_size].tolist() for b in range(0, len(pool), self.batch_size)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        return (batches * self.nranks)[: len(self) * self.nranks]  # whole rounds: every rank steps alike
+
+    def __iter__(self):
+        yield from self.batches(self.epoch)[self.local_rank :: self.nranks]
+
+    def __len__(self) -> int:
+        num_batches = -(-len(self.lengths) // self.batch_size)  # pools hold whole batches: only the last is short
+        return -(-num_batches // self.nranks)
+
+
+class SluTrainer(Trainer):
+    """PaddleNLP's Trainer with length-bucketed training batches."""
+
+    def _get_train_sampler(self):
+        lengths = [len(row["input_ids"]) for row in self.train_dataset]
+        return LengthBucketSampler(lengths, self.args.per_device_train_batch_size, self.args.seed,
+                                   self.args.dataset_world_size, self.args.dataset_rank)
+
+
 def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance], training_args,
                   slot_loss_weight: float = 1.0) -> Trainer:
-    """The Trainer over `task`: the first window of every training utterance (longer ones are
-    truncated, counted in the log), every window of dev, metrics on whole dev utterances."""
+    """The Trainer over `task`: every training utterance with its session context, as one row
+    (the first window: an utterance longer than the window is truncated, and counted in the log),
+    every window of dev, metrics on whole dev utterances."""
     train_rows, truncated = [], 0
-    for utt in train:
-        windows = task.labelled_windows(utt)
-        train_rows.append(windows[0])
-        truncated += len(windows) > 1
-    logger.info(f"max_seq_length {task.max_seq_length}: {truncated} of {len(train)} training utterances "
-                f"truncated for training; evaluation scores whole utterances")
-    dev_windows = window_ids(task, dev)
+    for utt, enc in zip(train, task.encode_corpus(train)):
+        train_rows.append(task.labelled_rows(utt, enc)[0])
+        truncated += len(enc.windows) > 1
+    lengths = [len(row["input_ids"]) for row in train_rows]
+    logger.info(f"max_seq_length {task.max_seq_length}: {truncated} of {len(train)} training utterances truncated "
+                f"(evaluation scores whole utterances); context_turns {task.context_turns}, max_context_tokens "
+                f"{task.max_context_tokens}; training rows {np.mean(lengths):.1f} tokens on average, at most {max(lengths)}")
+    dev_encoded = task.encode_corpus(dev)
 
     def compute_metrics(p):
         intent_logits, slot_logits = p.predictions
         decoder = Decoder.for_task(task, transitions=slot_transitions(model))  # a CRF's transitions as trained so far
-        metrics = score(dev, merge_windows(intent_logits, slot_logits, dev_windows, decoder), task)
+        metrics = score(dev, merge_windows(intent_logits, slot_logits, dev_encoded, decoder), task)
         metrics.pop("per_intent")  # the Trainer logs scalars only
         return metrics
 
-    return Trainer(
+    return SluTrainer(
         model=model,
         args=training_args,
         criterion=JointLoss(task.labels.pad_slot_id, slot_loss_weight, getattr(model, "slot_transitions", None)),
         train_dataset=MapDataset(train_rows),
-        eval_dataset=MapDataset([row for utt in dev for row in task.labelled_windows(utt)]),
+        eval_dataset=MapDataset([row for utt, enc in zip(dev, dev_encoded) for row in task.labelled_rows(utt, enc)]),
         data_collator=make_collator(task.tokenizer.pad_id, task.labels.pad_slot_id),
         compute_metrics=compute_metrics,
     )

@@ -65,15 +65,15 @@ def augment(utt: Utterance, lexicon: Dict[str, List[str]], rng, p_mask: float = 
     return Utterance(utt.session_id, text, utt.intent, tuple(slots))
 
 
-def augment_corpus(utterances: Sequence[Utterance], copies: int, seed: int, **probabilities) -> List[Utterance]:
+def augment_corpus(utterances: Sequence[Utterance], copies: int, seed: int, **probabilities) -> List[Tuple[int, Utterance]]:
     """`copies` augmented versions of every utterance (seeded), without blanks and without copies
-    identical to their source."""
+    identical to their source, each with the index of its source (whose session context it shares)."""
     rng, lexicon = random.Random(seed), augmentation_lexicon(utterances)
     out = []
-    for utt in utterances:
+    for i, utt in enumerate(utterances):
         for _ in range(copies):
             new = augment(utt, lexicon, rng, **probabilities)
             if new.text.strip() and new.text != utt.text:
-                out.append(new)
+                out.append((i, new))
     return out
 

@@ -88,12 +88,13 @@ def synthetic_splits(synthetic_dir, labels):
 
 @pytest.fixture(scope="session")
 def trained(synthetic_dir, tmp_path_factory):
-    """Output directory of a short from-scratch nano run: train -> eval -> export."""
+    """Output directory of a short from-scratch nano run with one turn of session context: train ->
+    eval -> export (context-free models are trained in test_training.py)."""
     import run_train
 
     out = str(tmp_path_factory.mktemp("trained"))
     run_train.main([
-        "--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh",
+        "--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh", "--context_turns", "1",
         "--data_dir", synthetic_dir, "--output_dir", out,
         "--do_train", "--do_eval", "--do_export",
         "--num_train_epochs", "3", "--learning_rate", "1e-3", "--warmup_ratio", "0.1",

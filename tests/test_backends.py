@@ -1,6 +1,7 @@
 """The backend registry: every FastDeploy backend (through deploy/python/infer_demo.py, in a
 subprocess: FastDeploy cannot share a process with paddle 2.6) against Paddle Inference on the
 shared export, and the registry's refusals."""
+import json
 import os
 import shutil
 import subprocess
@@ -40,6 +41,15 @@ def test_fastdeploy_backend_matches_paddle_inference(backend, trained, synthetic
     got = np.load(logits_file)
     assert np.abs(got["intent"] - np.stack([p.intent_logits for p in preds])).max() <= TOLERANCE[backend]
     assert np.abs(got["slots"] - np.concatenate([p.slot_logits for p in preds])).max() <= TOLERANCE[backend]
+
+
+def test_fastdeploy_demo_reads_sessions_and_context(trained, synthetic_splits):
+    model_dir = os.path.join(trained, "infer_model")
+    reference = backends.open_predictor(model_dir)
+    lines = [json.dumps({"session_id": u.session_id, "text": u.text}, ensure_ascii=False) for u in synthetic_splits["test"][:60]]
+    assert run_fastdeploy_demo(model_dir, "fastdeploy-ort", lines + ["{}"], "--sessions") == reference.predict_sessions(lines + ["{}"])
+    texts = ["取消", "下一首"]
+    assert run_fastdeploy_demo(model_dir, "fastdeploy-ort", texts, "--context", "播放稻香") == reference.predict(texts, histories=[["播放稻香"]] * 2)
 
 
 def test_unknown_backend_and_fastdeploy_beside_paddle_are_refused(trained):

@@ -1,5 +1,6 @@
 """Compression: vocabulary pruning, the compatibility fixes, and one short end-to-end
 dynabert+qat+embeddings run over the shared trained model that exports every stage."""
+import dataclasses
 import os
 
 import numpy as np
@@ -79,7 +80,8 @@ def test_pruned_vocabulary_round_trips(tmp_path, labels):
     paddle.seed(0)
     model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(tokenizer, labels, 16, task.any_slot_types(labels)))
     model.eval()
-    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, task.any_slot_types(labels)), texts, max_vocab_size=9, output_dir=str(tmp_path))
+    context_task = task.Task(tokenizer, labels, 16, task.any_slot_types(labels), context_turns=1, max_context_tokens=8)
+    pruned, pruned_task = prune_vocabulary(model, context_task, texts, max_vocab_size=9, output_dir=str(tmp_path))
     pruned_tok = pruned_task.tokenizer
     pruned.eval()
     # specials first, then by frequency in `texts` (ties by old id)
@@ -89,10 +91,11 @@ def test_pruned_vocabulary_round_trips(tmp_path, labels):
     new_emb = pruned.ernie.embeddings.word_embeddings.weight.numpy()
     for new_id, token in enumerate(pruned_tok.vocab):
         np.testing.assert_array_equal(new_emb[new_id], old_emb[tokenizer.token_to_id[token]])
-    assert pruned.ernie.embeddings.position_embeddings.weight.shape == [16, 312]
-    # text inside the kept vocabulary: identical logits; dropped characters become [UNK]
-    same = lambda tok, text: paddle.to_tensor([task.Task(tok, LABELS, 16, task.any_slot_types(LABELS)).encode(text).windows[0]])
-    np.testing.assert_allclose(model(same(tokenizer, "北京 la"))[1].numpy(), pruned(same(pruned_tok, "北京 la"))[1].numpy(), atol=1e-6)
+    assert pruned.ernie.embeddings.position_embeddings.weight.shape == [16 + 8, 312]  # the window and the context
+    assert pruned_task.context_turns == 1 and pruned.config.sep_token_id == pruned_tok.sep_id
+    # text inside the kept vocabulary: identical logits, context included; dropped characters become [UNK]
+    row = lambda tok, text: paddle.to_tensor([dataclasses.replace(context_task, tokenizer=tok).encode(text, ["北京 la"]).windows[0]])
+    np.testing.assert_allclose(model(row(tokenizer, "北京 la"))[1].numpy(), pruned(row(pruned_tok, "北京 la"))[1].numpy(), atol=1e-6)
     assert pruned_tok.tokenize("导北")[0] == [pruned_tok.unk_id, pruned_tok.token_to_id["北"]]
 
 

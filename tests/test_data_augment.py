@@ -41,4 +41,5 @@ def test_augmentation_is_deterministic_under_a_seed(synthetic_splits):
     train = synthetic_splits["train"][:300]
     first, again, other = (augment.augment_corpus(train, 2, seed) for seed in (1, 1, 2))
     assert first == again and first != other
-    assert all(a.text.strip() for a in first)
+    assert all(a.text.strip() and a.intent == train[i].intent and a.session_id == train[i].session_id for i, a in first)
+    assert [i for i, _ in first] == sorted(i for i, _ in first)

@@ -44,7 +44,7 @@ def test_cpp_reads_the_contract_python_writes(demo):
     assert contract == {
         "format_version": export_format.FORMAT_VERSION, "files": export_format.FILES, "required_keys": export_format.REQUIRED_KEYS,
         "output_roles": export_format.OUTPUT_ROLES, "empty_utterance": predictor.EMPTY_UTTERANCE, "invalid_utf8": predictor.INVALID_UTF8,
-        "too_long_error": predictor.too_long_error(600, 512),
+        "not_a_turn": predictor.NOT_A_TURN, "too_long_error": predictor.too_long_error(600, 512),
     }
 
 
@@ -54,7 +54,9 @@ def edit_config(directory, **changes):
 
 
 @pytest.mark.parametrize("name, change, cpp_error", [
-    ("format_version", {"format_version": 1}, "format_version 1; this build reads format_version 2"),
+    ("format_version", {"format_version": 2}, "format_version 2; this build reads format_version 3"),
+    ("context budget", {"context_turns": 2, "max_context_tokens": 0},
+     "context_turns 2 with max_context_tokens 0: a context model needs room for one token and its [SEP]"),
     ("calibration", {"calibration": {"intent_temperature": -1, "slot_temperature": 1, "fitted_on": None}},
      "calibration intent_temperature must be a positive number, not -1"),
     ("calibration keys", {"calibration": {"intent_temperature": 1}}, "calibration {\"intent_temperature\":1} must hold exactly"),
@@ -80,25 +82,35 @@ def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_pa
     assert proc.returncode == 1 and f"slu_demo: {broken}/" in proc.stderr and expected in proc.stderr, proc.stderr
 
 
+def session_lines(turns):
+    """(session id, text) pairs as session input lines (run_eval.py --sessions_file)."""
+    return [json.dumps({"session_id": sid, "text": text}, ensure_ascii=False) for sid, text in turns]
+
+
 def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path, request):
-    """Every synthetic test utterance, the tricky strings and, when the corpus is present, every
-    NLPCC utterance under a vocabulary built from the corpus (so few characters are [UNK])."""
+    """The model rows (overlapping windows + the session's context) and offsets of every synthetic
+    test utterance, the tricky strings and, when the corpus is present, every NLPCC utterance
+    under a vocabulary built from the corpus (so few characters are [UNK]), with windows of 8
+    and two turns of context cut at 12 tokens, so that both cuts happen often."""
     model_dir = os.path.join(trained, "infer_model")
-    cases = [(model_dir, [u.text for u in synthetic_splits["test"]] + TRICKY)]
+    turns = [(u.session_id, u.text) for u in synthetic_splits["test"]] + [("tricky", t) for t in TRICKY]
+    cases = [(model_dir, turns)]
     if os.path.isfile(os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")):
         corpus = request.getfixturevalue("corpus")
         corpus_dir = shutil.copytree(model_dir, str(tmp_path / "corpus_vocab"))
         corpus_tokenizer = task.CharTokenizer.build(u.text for u in corpus)
         export_format.write_vocab(corpus_dir, corpus_tokenizer)
-        edit_config(corpus_dir, vocab_size=len(corpus_tokenizer))
-        cases.append((corpus_dir, [u.text for u in corpus] + TRICKY))
-    for directory, texts in cases:
-        tokenizer = task.CharTokenizer.from_file(os.path.join(directory, "vocab.txt"))
-        got = run(demo, directory, texts, "--tokenize_only")
-        expected = [dict(zip(("ids", "offsets"), tokenizer.tokenize(t))) for t in texts]
-        assert len(got) == len(texts)
-        mismatches = [(t, g, e) for t, g, e in zip(texts, got, expected) if g != e]
+        edit_config(corpus_dir, vocab_size=len(corpus_tokenizer), max_seq_length=10, context_turns=2, max_context_tokens=12)
+        cases.append((corpus_dir, [(u.session_id, u.text) for u in corpus] + [("tricky", t) for t in TRICKY]))
+    for directory, turns in cases:
+        the_task = export_format.read(directory).task
+        histories = task.session_histories(turns, the_task.context_turns)
+        got = run(demo, directory, session_lines(turns), "--sessions", "--tokenize_only")
+        expected = [{"windows": e.windows, "offsets": e.offsets} for e in (the_task.encode(t, h) for (_, t), h in zip(turns, histories))]
+        assert len(got) == len(turns)
+        mismatches = [(t, g, e) for t, g, e in zip(turns, got, expected) if g != e]
         assert not mismatches, mismatches[:3]
+        assert sum(len(e["windows"]) > 1 for e in expected) > 0 and sum(len(w) > len(e["offsets"]) + 2 for e in expected for w in e["windows"]) > 0
 
 
 def test_cpp_decoding_is_identical_on_the_whole_corpus(demo, trained, synthetic_splits, tmp_path, request):
@@ -135,8 +147,16 @@ def test_cpp_decoding_is_identical_on_the_whole_corpus(demo, trained, synthetic_
 
 def test_cpp_demo_matches_the_python_prediction_path(demo, trained, synthetic_splits):
     model_dir = os.path.join(trained, "infer_model")
+    python = backends.open_predictor(model_dir)
     texts = [u.text for u in synthetic_splits["test"][:150]] + TRICKY + ["", "   "]
-    assert_same_records(run(demo, model_dir, texts), backends.open_predictor(model_dir).predict(texts))
+    assert_same_records(run(demo, model_dir, texts), python.predict(texts))
+    # with context: --context for the utterances given, and session input
+    assert_same_records(run(demo, model_dir, texts[:20], "--context", "导航去人民公园", "--context", "取消"),
+                        python.predict(texts[:20], histories=[["导航去人民公园", "取消"]] * 20))
+    lines = session_lines((u.session_id, u.text) for u in synthetic_splits["test"][:150]) + ["{", '{"session_id": 1, "text": "x"}']
+    expected = python.predict_sessions(lines)
+    assert_same_records(run(demo, model_dir, lines, "--sessions"), expected)
+    assert expected[-1] == {"line": 152, "error": predictor.NOT_A_TURN} and expected[0]["session_id"] == synthetic_splits["test"][0].session_id
 
 
 def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):

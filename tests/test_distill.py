@@ -9,6 +9,7 @@ from conftest import run_fastdeploy_demo, strip_confidence
 
 import backends
 import run_distill
+import task
 import utils
 from model import BiLSTMJoint, DistillLoss
 
@@ -65,7 +66,13 @@ def test_student_matches_after_save_load_and_ignores_padding(tmp_path):
 
 def test_teacher_logits_are_cached_and_reused(trained, synthetic_splits, labels, tmp_path, monkeypatch):
     teacher = backends.open_predictor(os.path.join(trained, "infer_model"))
-    rows = run_distill.gold_rows(synthetic_splits["dev"][:40], teacher.task, has_gold=True)
+    dev = synthetic_splits["dev"][:40]
+    histories = task.session_histories(((u.session_id, u.text) for u in dev), teacher.task.context_turns)
+    rows = run_distill.gold_rows(dev, histories, teacher.task, has_gold=True)
+    assert sum(len(r["input_ids"]) > len(u.token_tags()) + 2 for r, u in zip(rows, dev)) > 20  # with the previous turn
+    # distillation matches slot logits on the utterance's characters only, not on the context
+    mask = run_distill.make_batch(rows, teacher.task)["token_mask"].numpy()
+    assert mask.sum(1).tolist() == [len(u.token_tags()) for u in dev] and mask[:, 0].sum() == 0
     cache = str(tmp_path / "teacher.npz")
     run_distill.teacher_logits(teacher, rows, cache)
     first = [(r["teacher_intent"].copy(), r["teacher_slots"].copy()) for r in rows]

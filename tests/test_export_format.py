@@ -12,7 +12,7 @@ import task
 
 LABELS = task.LabelMaps.from_files()
 SLOT_TYPES = {**task.any_slot_types(LABELS), "OTHERS": [], "music.pause": [], "navigation.navigation": ["destination", "origin"]}
-TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, SLOT_TYPES)
+TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, SLOT_TYPES, context_turns=2, max_context_tokens=24)
 
 
 def fake_graph(prefix):
@@ -33,6 +33,7 @@ def test_write_then_read_round_trips(exported):
     model = export_format.read(exported)
     assert model.task.tokenizer.vocab == TASK.tokenizer.vocab and model.task.labels == LABELS
     assert model.task.max_seq_length == 16 and model.task.slotless_intents == ["OTHERS", "music.pause"]
+    assert (model.task.context_turns, model.task.max_context_tokens) == (2, 24)
     assert model.task.intent_slot_types == SLOT_TYPES and model.calibration == decoding.Calibration()
     config = model.config
     assert config["format_version"] == export_format.FORMAT_VERSION and set(config) == set(export_format.REQUIRED_KEYS)
@@ -60,7 +61,10 @@ def edit_config(**changes):
     ("intent_label.txt", lambda t: t + "weather.query\n", r"intent_label.txt: 12 intents, inference_config.json says 11"),
     ("slot_label.txt", lambda t: t.replace("B-song\n", ""), r"slot_label.txt: 31 slot tags, inference_config.json says 32"),
     ("intent_label.txt", lambda t: t + "OTHERS\n", r"duplicate intent labels \['OTHERS'\]"),
-    ("inference_config.json", edit_config(format_version=1), r"inference_config.json: format_version 1; this code reads format_version 2"),
+    ("inference_config.json", edit_config(format_version=2), r"inference_config.json: format_version 2; this code reads format_version 3"),
+    ("inference_config.json", edit_config(max_context_tokens=0), r"inference_config.json: context_turns 2 with max_context_tokens 0"),
+    ("inference_config.json", edit_config(context_turns=-1), r"inference_config.json: context_turns -1 with max_context_tokens 24"),
+    ("inference_config.json", edit_config(context_turns=True), r"context_turns must be an integer, not True"),
     ("inference_config.json", lambda t: t[:-10], r"inference_config.json: not valid JSON"),
     ("inference_config.json", edit_config(max_seq_length=2), r"inference_config.json: max_seq_length 2: must hold"),
     ("inference_config.json", edit_config(intent_slot_types={"OTHERS": []}), r"intent_slot_types must name every intent label once"),

@@ -13,6 +13,7 @@ from model import (
     build_from_scratch,
     load_pretrained,
     padding_mask,
+    segment_ids,
 )
 from training import pretrained_tokenizer
 
@@ -53,10 +54,33 @@ def test_padding_mask_gives_the_outputs_of_ernies_own_mask(tokenizer, labels):
     model = small_model(tokenizer, labels)
     model.eval()
     ours = model(ids)
-    sequence, pooled = model.ernie(ids)  # attention_mask None: ERNIE's `input_ids == pad_token_id`
+    # attention_mask None: ERNIE's `input_ids == pad_token_id`; the same segments as JointErnie derives
+    sequence, pooled = model.ernie(ids, token_type_ids=segment_ids(ids, tokenizer.sep_id))
     ernies = (model.intent_classifier(pooled), model.slot_classifier(sequence))
     for a, b in zip(ours, ernies):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_segments_are_derived_from_the_first_sep(tokenizer, labels):
+    """[CLS] utterance [SEP] context [SEP]: segment 0 through the first [SEP], 1 after (padding
+    too, masked anyway). The model derives them itself, so its graph keeps one input."""
+    the_task = task.Task(tokenizer, labels, 16, task.any_slot_types(labels), context_turns=1, max_context_tokens=8)
+    rows = [the_task.encode("暂停", ["播放周杰伦的稻香"]).windows[0], the_task.encode("导航去北京").windows[0]]
+    ids = paddle.to_tensor(utils.pad_batch(rows, tokenizer.pad_id))
+    np.testing.assert_array_equal(segment_ids(ids, tokenizer.sep_id).numpy(), [
+        [0, 0, 0, 0] + [1] * 8,  # [CLS] 暂 停 [SEP] | 播 放 周 杰 伦 的 稻 [SEP] (cut to 8)
+        [0] * 7 + [1] * 5,  # [CLS] 导 航 去 北 京 [SEP] | padding
+    ])
+    model = small_model(tokenizer, labels)
+    assert model.config.sep_token_id == tokenizer.sep_id
+    model.eval()
+    derived = model(ids)
+    explicit = model(ids, token_type_ids=segment_ids(ids, tokenizer.sep_id))
+    zeros = model(ids, token_type_ids=paddle.zeros_like(ids))
+    np.testing.assert_allclose(derived[0].numpy(), explicit[0].numpy(), atol=1e-6)
+    assert np.abs(derived[0].numpy()[0] - zeros[0].numpy()[0]).max() > 1e-4  # the context row reads its segments
+    # a row without context has segment 0 on every real token: the same as no segments at all
+    np.testing.assert_allclose(derived[1].numpy()[1, :7], zeros[1].numpy()[1, :7], atol=1e-5)
 
 
 def test_unknown_architecture_lists_the_tiny_sizes(tokenizer, labels):

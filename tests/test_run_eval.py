@@ -16,7 +16,7 @@ HARD = [
     "导航去人民公园",
     "",
     "打电话给 13812345678",  # space and digits
-    "播放ＡＢ乐队的歌曲然后导航去第一人民医院再打电话给老王好吗",  # full-width, 29 characters: 3 windows
+    "播放ＡＢ乐队的歌曲然后导航去第一人民医院再打电话给老王好吗" * 2,  # full-width, 58 characters: several windows
     "😀🚗",  # characters outside the vocabulary
     "   ",
 ]
@@ -59,7 +59,8 @@ def test_input_file_gives_one_defined_result_per_line(model_dir, tmp_path, capsy
             first, last = slot["pos"]
             assert slot["slot"] in labels.slot_types and text[first : last + 1] == slot["entity"]
             assert not text[first].isspace() and not text[last].isspace()
-    assert "utterance 4: 29 characters, predicted in 3 windows of 14" in err
+    window = backends.open_predictor(model_dir).task.max_seq_length - 2
+    assert f"utterance 4: 58 characters, predicted in {len(task.window_bounds(58, window))} windows of {window}" in err
     # the same predictions as the library call, batched differently
     model = backends.open_predictor(model_dir)
     real = [t for t in HARD if any(map(task.carries_token, t))]
@@ -71,6 +72,26 @@ def test_text_flags_and_stdin(model_dir, capsys, monkeypatch):
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["导航去人民公园", "下一首"]
     out, _ = run(["--model_dir", model_dir], capsys, stdin="下一首\n打开导航\n", monkeypatch=monkeypatch)
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["下一首", "打开导航"]
+
+
+def test_context_flags_and_session_files(model_dir, tmp_path, capsys, monkeypatch):
+    """--context for --text, --sessions_file (a file or stdin) for sessions: the records of the
+    library calls, each session with its own history."""
+    model = backends.open_predictor(model_dir)
+    out, _ = run(["--model_dir", model_dir, "--text", "取消", "--text", "下一首", "--context", "播放稻香"], capsys)
+    assert [json.loads(line) for line in out.splitlines()] == model.predict(["取消", "下一首"], histories=[["播放稻香"]] * 2)
+    lines = ['{"session_id": "a", "text": "导航去人民公园"}', '{"session_id": "b", "text": "播放稻香"}', '["a", "取消"]',
+             '{"session_id": "a", "text": "取消"}', '{"session_id": "b", "text": "取消"}']
+    path = tmp_path / "turns.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out, _ = run(["--model_dir", model_dir, "--sessions_file", str(path)], capsys)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records == model.predict_sessions(lines)
+    assert records[2] == {"line": 3, "error": 'expected a JSON object with string "session_id" and "text"'}
+    assert records[3]["text"] == records[4]["text"] == "取消" and [r["session_id"] for r in records[3:]] == ["a", "b"]
+    assert records[3]["intent_ranking"] == model.predict(["取消"], histories=[["导航去人民公园"]])[0]["intent_ranking"]
+    out, _ = run(["--model_dir", model_dir, "--sessions_file", "-"], capsys, stdin="\n".join(lines) + "\n", monkeypatch=monkeypatch)
+    assert [json.loads(line) for line in out.splitlines()] == records
 
 
 def test_malformed_eval_file_names_the_line(model_dir, tmp_path):

@@ -3,6 +3,7 @@ import pytest
 
 import task
 import utils
+from data.corpus import Utterance
 
 LABELS = task.LabelMaps.from_files()
 
@@ -17,12 +18,15 @@ def check_alignment(utterances, tokenizer, labels, max_seq_length=16):
         spans = [(k, offsets[s], offsets[e - 1] + 1) for k, s, e in task.bio_spans(tags)]
         # slots never start or end on a space, so token spans give back the slot spans exactly
         assert spans == [(s.type, s.start, s.end) for s in utt.slots], utt
-        # training rows: every window carries the tags of its own tokens
-        rows = task.Task(tokenizer, labels, max_seq_length, task.any_slot_types(labels)).labelled_windows(utt)
-        window_tags = [labels.slot_tags[t] for r in rows for t in r["slot_labels"][1:-1]]
-        assert window_tags == tags
-        assert all(len(r["input_ids"]) == len(r["slot_labels"]) <= max_seq_length for r in rows)
-        assert [i for r in rows for i in r["input_ids"][1:-1]] == ids
+        # training rows: every window carries the tags of its own tokens; the kept parts cover each token once
+        the_task = task.Task(tokenizer, labels, max_seq_length, task.any_slot_types(labels))
+        enc = the_task.encode(utt.text)
+        rows = the_task.labelled_rows(utt, enc)
+        for row, (start, end) in zip(rows, enc.bounds):
+            assert [labels.slot_tags[t] for t in row["slot_labels"][1 : 1 + end - start]] == tags[start:end]
+            assert row["input_ids"][1 : 1 + end - start] == ids[start:end]
+            assert len(row["input_ids"]) == len(row["slot_labels"]) <= max_seq_length
+        assert [i for keep, end in enc.keeps for i in range(keep, end)] == list(range(len(ids)))
 
 
 def test_alignment_on_synthetic(synthetic_splits, labels):
@@ -53,13 +57,48 @@ def test_vocabulary_is_deterministic_and_saved(tmp_path):
         task.CharTokenizer(["a", "b"])
 
 
-def test_windows_cover_long_utterances():
+def test_windows_overlap_by_half_and_split_overlaps_in_the_middle():
     tok = task.CharTokenizer.build(["一二三四五六七八九十"])
     enc = task.Task(tok, LABELS, 6, task.any_slot_types(LABELS)).encode("一二三四五 六七八九十")  # 4 tokens a window
-    assert [len(w) for w in enc.windows] == [6, 6, 4]
-    assert enc.windows[0][0] == tok.cls_id and enc.windows[-1][-1] == tok.sep_id
-    assert task.Task(tok, LABELS, 6, task.any_slot_types(LABELS)).encode("").windows == [[tok.cls_id, tok.sep_id]]
-    assert task.window_bounds(0, 4) == [(0, 0)] and task.window_bounds(8, 4) == [(0, 4), (4, 8)]
+    assert enc.bounds == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert enc.keeps == [(0, 3), (3, 5), (5, 7), (7, 10)]
+    assert [len(w) for w in enc.windows] == [6, 6, 6, 6]
+    assert enc.windows[1][1:5] == [tok.token_to_id[c] for c in "三四五六"] and enc.windows[-1][-1] == tok.sep_id
+    empty = task.Task(tok, LABELS, 6, task.any_slot_types(LABELS)).encode("")
+    assert empty.windows == [[tok.cls_id, tok.sep_id]] and empty.keeps == [(0, 0)]
+    assert task.window_bounds(0, 4) == [(0, 0)] and task.window_bounds(4, 4) == [(0, 4)]
+    assert task.window_bounds(5, 4) == [(0, 4), (2, 5)] and task.window_bounds(3, 1) == [(0, 1), (1, 2), (2, 3)]
+    assert task.window_keeps([(0, 1), (1, 2), (2, 3)]) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_session_histories_keep_each_sessions_last_turns():
+    turns = [("a", "导航去北京"), ("b", "播放稻香"), ("a", "取消"), ("a", "再见"), ("b", "下一首")]
+    assert task.session_histories(turns, 2) == [[], [], ["导航去北京"], ["导航去北京", "取消"], ["播放稻香"]]
+    assert task.session_histories(turns, 1)[3] == ["取消"]
+    assert task.session_histories(turns, 0) == [[]] * 5
+
+
+def test_context_is_the_nearest_turns_first_cut_from_the_far_end():
+    tok = task.CharTokenizer.build(["导航去北京取消播放稻香好"])
+    ids = lambda text: [tok.token_to_id[c] for c in text]
+    sep = tok.sep_id
+    two = task.Task(tok, LABELS, 16, task.any_slot_types(LABELS), context_turns=2, max_context_tokens=32)
+    # ERNIE sentence pair: [CLS] utterance [SEP] previous turn [SEP] the one before [SEP]
+    enc = two.encode("取消", ["播放稻香", "导航去北京", "好"])  # oldest first; only the last two are read
+    assert enc.windows == [[tok.cls_id] + ids("取消") + [sep] + ids("好") + [sep] + ids("导航去北京") + [sep]]
+    cut = task.Task(tok, LABELS, 16, task.any_slot_types(LABELS), context_turns=2, max_context_tokens=5)
+    assert cut.context_ids(["导航去北京", "好"]) == ids("好") + [sep] + ids("导航") + [sep]  # the oldest text loses its end
+    assert cut.context_ids([]) == [] and two.context_ids([""]) == [sep]
+    # tags only on the utterance: PAD on [CLS], [SEP] and the context
+    utt = Utterance("s", "取消", "navigation.cancel_navigation")
+    row = two.labelled_rows(utt, enc)[0]
+    pad, outside = LABELS.pad_slot_id, LABELS.slot_id["O"]
+    assert row["slot_labels"] == [pad, outside, outside] + [pad] * (len(row["input_ids"]) - 3)
+    # every window of a long utterance carries the same context
+    long_enc = task.Task(tok, LABELS, 4, task.any_slot_types(LABELS), 1, 8).encode("导航去北京", ["好"])
+    assert [w[-2:] for w in long_enc.windows] == [ids("好") + [sep]] * len(long_enc.windows) == [ids("好") + [sep]] * 4
+    with pytest.raises(ValueError, match="max_context_tokens"):
+        task.Task(tok, LABELS, 16, task.any_slot_types(LABELS), context_turns=1, max_context_tokens=0)
 
 
 def test_bio_spans_conlleval_rules():

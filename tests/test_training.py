@@ -1,5 +1,6 @@
 """run_train.py end to end (one shared short run) and training.py: training, best-model selection,
 evaluation, and the exported static graph against the dynamic graph."""
+import dataclasses
 import glob
 import os
 import shutil
@@ -10,10 +11,11 @@ import pytest
 
 import backends
 import export_format
+import predictor
 import task
 import utils
 from model import JointErnie, build_from_scratch
-from training import save_static_graph
+from training import LengthBucketSampler, save_static_graph
 
 
 
@@ -33,7 +35,8 @@ def test_outputs_logs_and_metrics(trained, synthetic_splits):
     for name in ("config.json", "model_state.pdparams", "vocab.txt", "train.log", "eval_results.json", "train_results.json"):
         assert os.path.isfile(os.path.join(trained, name)), name
     log = open(os.path.join(trained, "train.log"), encoding="utf-8").read()
-    assert "training utterances truncated for training" in log and "CPU math threads: 2" in log
+    assert f"0 of {len(synthetic_splits['train'])} training utterances truncated" in log and "CPU math threads: 2" in log
+    assert "context_turns 1, max_context_tokens 32" in log
     results = utils.load_json(os.path.join(trained, "eval_results.json"))
     for split in ("dev", "test"):
         m = results[split]
@@ -59,11 +62,13 @@ def test_best_checkpoint_is_the_one_kept(trained):
     assert dev["sentence_acc"] == pytest.approx(state["best_metric"], abs=1.5 / dev["num_utterances"])
 
 
-def test_export_is_self_contained(trained, tmp_path, static):
+def test_export_is_self_contained(trained, tmp_path, static, synthetic_splits):
     export = os.path.join(trained, "infer_model")
     assert all(os.path.isfile(os.path.join(export, f)) for f in export_format.FILES)
     config = utils.load_json(os.path.join(export, export_format.CONFIG_FILE))
-    assert config["max_seq_length"] == 16 and config["intent_slot_types"]["OTHERS"] == [] and config["slot_transitions"] is None
+    longest = max(len(u.token_tags()) for u in synthetic_splits["train"])
+    assert config["max_seq_length"] == longest + 2 and config["context_turns"] == 1 and config["max_context_tokens"] == 32
+    assert config["intent_slot_types"]["OTHERS"] == [] and config["slot_transitions"] is None
     assert config["calibration"]["fitted_on"] == "dev (299 utterances)" and config["calibration"]["intent_temperature"] != 1.0
     moved = shutil.copytree(export, str(tmp_path / "elsewhere"))
     texts = ["导航去人民公园", "打电话给 13812345678", ""]
@@ -85,8 +90,9 @@ def test_export_has_no_scalar_fill_constant(trained):
 
 def test_static_graph_matches_dynamic_graph(dynamic, static, synthetic_splits):
     tokenizer = static.task.tokenizer
-    encoded = [static.task.encode(u.text) for u in synthetic_splits["test"]]
+    encoded = static.task.encode_corpus(synthetic_splits["test"])  # with the session's previous turn
     windows = [w for e in encoded for w in e.windows]
+    assert sum(len(w) > len(e.offsets) + 2 for e in encoded for w in e.windows) > len(encoded) / 2
     for b in range(0, len(windows), 64):
         ids = utils.pad_batch(windows[b : b + 64], tokenizer.pad_id)
         with paddle.no_grad():
@@ -115,12 +121,47 @@ def test_static_evaluation_reproduces_training_evaluation(trained, static, synth
 
 
 def test_long_utterances_are_scored_whole(static):
-    text = "播放林小雨的晚风轻轻吹然后导航去第一人民医院再打电话给老王"  # 29 chars, two windows
-    result = static.predict([text])[0]
-    assert len(static.task.encode(text).windows) == 3
+    """An utterance longer than the model's window (here a window of 8 on the same graph) is
+    predicted in overlapping windows, every character scored."""
+    short_window = predictor.Predictor(dataclasses.replace(static.task, max_seq_length=8), static.logits_fn, calibration=static.decoder.calibration)
+    text = "播放林小雨的晚风轻轻吹然后导航去第一人民医院再打电话给老王"  # 29 chars
+    assert len(short_window.task.encode(text).windows) == 9  # windows of 6, stride 3
+    [result] = short_window.predict([text], histories=[["你好"]])
     for slot in result["slots"]:
         first, last = slot["pos"]
         assert text[first : last + 1] == slot["entity"] and 0 <= first <= last < len(text)
+    assert static.predict([text])[0]["intent"] in static.task.labels.intents
+
+
+def test_the_context_model_reads_the_previous_turn(static):
+    """Same utterance, different previous turn: different logits (the graph reads the context)."""
+    _, after_music = static.predict_with_logits(["取消"], histories=[["播放周杰伦的稻香"]])
+    _, after_navigation = static.predict_with_logits(["取消"], histories=[["导航去人民公园"]])
+    _, alone = static.predict_with_logits(["取消"])
+    assert np.abs(after_music[0].intent_logits - after_navigation[0].intent_logits).max() > 1e-3
+    assert np.abs(after_music[0].intent_logits - alone[0].intent_logits).max() > 1e-3
+
+
+def test_length_buckets_cover_every_row_once_with_short_padding():
+    rng = np.random.RandomState(0)
+    lengths = rng.randint(3, 60, size=1000)
+    sampler = LengthBucketSampler(lengths, batch_size=16, seed=7)
+    sampler.set_epoch(0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 63 and sorted(i for b in batches for i in b) == list(range(1000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded < 1.15 * lengths.sum()  # random batches would pad to ~1.8x
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # reshuffled each epoch, the same on every run
+    sampler.set_epoch(0)
+    assert list(sampler) == batches
+    # two ranks: disjoint halves of the batches, as many steps each
+    ranks = [LengthBucketSampler(lengths, 16, 7, num_replicas=2, rank=r) for r in (0, 1)]
+    halves = [list(r) for r in ranks]
+    assert len(halves[0]) == len(halves[1]) == 32
+    rows = [{i for b in h for i in b} for h in halves]
+    assert rows[0] | rows[1] == set(range(1000))
+    assert rows[0].isdisjoint({i for b in halves[1][:-1] for i in b})  # rank 1's last batch repeats one: both step alike
 
 
 def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_dir, synthetic_splits):
@@ -138,10 +179,15 @@ def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_d
     out = str(tmp_path / "out")
     run_train.main([
         "--model_name_or_path", pretrained, "--data_dir", synthetic_dir, "--output_dir", out,
-        "--do_train", "--do_eval", "--max_steps", "3", "--evaluation_strategy", "no", "--save_strategy", "no",
+        "--do_train", "--do_eval", "--do_export", "--max_steps", "3", "--evaluation_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--disable_tqdm", "true",
     ])
     assert task.CharTokenizer.from_file(os.path.join(out, "vocab.txt")).vocab == tokenizer.vocab
+    # a model without context (the default): rows hold the utterance alone, exported as such
+    exported = export_format.read(os.path.join(out, "infer_model"))
+    assert exported.config["context_turns"] == 0 and exported.config["max_context_tokens"] == 0
+    expected = utils.load_json(os.path.join(out, "eval_results.json"))["test"]
+    assert backends.open_predictor(exported.directory).evaluate(synthetic_splits["test"])["per_intent"] == expected["per_intent"]
     assert utils.load_json(os.path.join(out, "eval_results.json"))["test"]["num_utterances"] == len(synthetic_splits["test"])
     assert JointErnie.from_pretrained(out).config.vocab_size == len(tokenizer)
 
@@ -156,18 +202,20 @@ def test_export_leaves_the_model_in_dygraph(tmp_path, labels):
 
 def test_crf_head_trains_exports_and_decodes_with_its_transitions(tmp_path, synthetic_dir, synthetic_splits):
     """--slot_crf: the transitions are learned, saved with the model, written into the export and
-    used by every decoder: the exported model's evaluation equals the dynamic one's."""
+    used by every decoder: the exported model's evaluation equals the dynamic one's. With two
+    turns of context (the CRF's loss runs over the utterance's tags only)."""
     import run_train
 
     out = str(tmp_path / "crf")
     run_train.main([
-        "--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh", "--slot_crf", "--data_dir", synthetic_dir,
+        "--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh", "--slot_crf", "--context_turns", "2", "--data_dir", synthetic_dir,
         "--output_dir", out, "--do_train", "--do_eval", "--do_export", "--max_steps", "40", "--learning_rate", "1e-3",
         "--evaluation_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true",
     ])
     model = JointErnie.from_pretrained(out)
     learned = model.slot_transitions.numpy()
     exported = export_format.read(os.path.join(out, "infer_model"))
+    assert exported.config["context_turns"] == 2 and model.config.context_turns == 2
     assert np.abs(learned).max() > 0.01  # moved from its zero start
     assert np.allclose(exported.slot_transitions, learned, atol=1e-6)
     expected = utils.load_json(os.path.join(out, "eval_results.json"))["test"]

@@ -48,11 +48,12 @@ def convert(model_dir: str, target: str, out_prefix: str, lite_venv: str) -> str
     return out_prefix + ".nb"
 
 
-def verify(model_dir: str, nb_x86: str, texts, lite_venv: str, threads: int) -> dict:
-    """Predictions of the x86 .nb against Paddle Inference on the same windows and batches."""
+def verify(model_dir: str, nb_x86: str, utterances, lite_venv: str, threads: int) -> dict:
+    """Predictions of the x86 .nb against Paddle Inference on the same windows (with the session
+    context a context model reads) and batches."""
     reference = open_predictor(model_dir, "paddle-inference", threads)
     pad_id = reference.task.tokenizer.pad_id
-    encoded = [reference.task.encode(t) for t in texts]
+    encoded = reference.task.encode_corpus(utterances)
     batches = []
 
     def recording(ids):
@@ -72,8 +73,8 @@ def verify(model_dir: str, nb_x86: str, texts, lite_venv: str, threads: int) -> 
     got = run_windows(encoded, lambda ids: next(replay), pad_id, reference.decoder, batch_size=32)
     same = sum(g.intent_id == e.intent_id and g.tag_ids == e.tag_ids for g, e in zip(got, expected))
     return {
-        "utterances": len(texts),
-        "prediction_agreement": same / len(texts),
+        "utterances": len(utterances),
+        "prediction_agreement": same / len(utterances),
         "max_abs_logit_diff": float(max(max(np.abs(g.intent_logits - e.intent_logits).max(), np.abs(g.slot_logits - e.slot_logits).max())
                                         for g, e in zip(got, expected))),
     }
@@ -99,9 +100,9 @@ def main(argv=None):
         return
     with tempfile.TemporaryDirectory() as tmp:
         nb_x86 = convert(args.model_dir, "x86", os.path.join(tmp, "model_x86"), args.lite_venv)
-        texts = [u.text for u in read_corpus(args.verify_file)]
+        utterances = read_corpus(args.verify_file)
         report = {"model_dir": args.model_dir, "verify_file": args.verify_file, "x86_nb_mb": os.path.getsize(nb_x86) / 1e6,
-                  "arm_nb_mb": os.path.getsize(nb) / 1e6, **verify(args.model_dir, nb_x86, texts, args.lite_venv, args.cpu_threads)}
+                  "arm_nb_mb": os.path.getsize(nb) / 1e6, **verify(args.model_dir, nb_x86, utterances, args.lite_venv, args.cpu_threads)}
     save_json(os.path.join(args.output_dir, "verify.json"), report)
     print(f"x86 .nb vs Paddle Inference on {report['utterances']} utterances: {100 * report['prediction_agreement']:.2f} % identical "
           f"predictions, largest logit difference {report['max_abs_logit_diff']:.2e}")

@@ -3,6 +3,8 @@
 //
 //   build/cpp/slu_demo --model_dir output/demo/infer_model --text 导航去北京
 //   echo 播放周杰伦的稻香 | build/cpp/slu_demo --model_dir output/demo/infer_model
+//   build/cpp/slu_demo --model_dir M --text 取消 --context 导航去北京
+//   build/cpp/slu_demo --model_dir M --sessions < turns.jsonl   # {"session_id": ..., "text": ...} per line
 #include <openvino/openvino.hpp>
 
 #include <chrono>
@@ -10,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "slu.h"
@@ -18,17 +21,20 @@ namespace {
 
 struct Args {
   std::string model_dir, precision = "f32", logits_file;
-  std::vector<std::string> texts;
+  std::vector<std::string> texts, context;
   int cpu_threads = 0;
   double min_confidence = 0.0;
-  bool tokenize_only = false, print_contract = false;
+  bool tokenize_only = false, print_contract = false, sessions = false;
 };
 
 const char* kUsage =
-    "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--cpu_threads N] [--precision f32|bf16] [--min_confidence P]\n"
-    "                [--tokenize_only | --logits_file FILE]\n"
+    "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--context EARLIER]... [--sessions] [--cpu_threads N]\n"
+    "                [--precision f32|bf16] [--min_confidence P] [--tokenize_only | --logits_file FILE]\n"
     "       slu_demo --print_contract\n"
-    "  without --text, one utterance per stdin line; --min_confidence: results whose intent or any slot confidence\n"
+    "  without --text, one utterance per stdin line; --context: an earlier utterance of the --text utterances' session\n"
+    "  (repeat, oldest first; read by models trained with context); --sessions: stdin lines are JSON objects\n"
+    "  {\"session_id\", \"text\"} in conversation order, each read with its session's earlier lines as context (run_eval.py\n"
+    "  --sessions_file); --min_confidence: results whose intent or any slot confidence\n"
     "  is below P say \"fallback\": true; --tokenize_only prints token ids and offsets (tests); --logits_file decodes\n"
     "  logits given in FILE instead of running the model (float32: per utterance without an error record, its\n"
     "  intent logits, then its tokens' slot logits; tests and the decoding benchmark) and times the decoding;\n"
@@ -44,6 +50,8 @@ Args ParseArgs(int argc, char** argv) {
     };
     if (flag == "--model_dir") args.model_dir = value();
     else if (flag == "--text") args.texts.push_back(value());
+    else if (flag == "--context") args.context.push_back(value());
+    else if (flag == "--sessions") args.sessions = true;
     else if (flag == "--cpu_threads") args.cpu_threads = std::stoi(value());
     else if (flag == "--precision") args.precision = value();
     else if (flag == "--min_confidence") args.min_confidence = std::stod(value());
@@ -57,12 +65,15 @@ Args ParseArgs(int argc, char** argv) {
   return args;
 }
 
-std::string TokensJson(const slu::Encoded& enc) {
-  std::string ids = "[", offsets = "[";
-  for (const auto& w : enc.windows)
-    for (size_t t = 1; t + 1 < w.size(); ++t) ids += (ids.size() > 1 ? ", " : "") + std::to_string(w[t]);
+std::string TokensJson(const slu::Encoded& enc) {  // the model rows and token offsets (tests)
+  std::string windows = "[", offsets = "[";
+  for (const auto& w : enc.windows) {
+    std::string row = "[";
+    for (int64_t id : w) row += (row.size() > 1 ? ", " : "") + std::to_string(id);
+    windows += (windows.size() > 1 ? ", " : "") + row + "]";
+  }
   for (int o : enc.offsets) offsets += (offsets.size() > 1 ? ", " : "") + std::to_string(o);
-  return "{\"ids\": " + ids + "], \"offsets\": " + offsets + "]}";
+  return "{\"windows\": " + windows + "], \"offsets\": " + offsets + "]}";
 }
 
 }  // namespace
@@ -105,21 +116,34 @@ int main(int argc, char** argv) {
     ov::InferRequest request = run_model ? compiled.create_infer_request() : ov::InferRequest();
     const size_t window = model.max_seq_length() - 2;
     auto start = std::chrono::steady_clock::now();
+    std::unordered_map<std::string, slu::History> histories;  // --sessions: per session id
     for (size_t n = 0; n < texts.size(); ++n) {
+      std::string text = texts[n], session_id, turn_error;
+      const std::vector<std::string>* history = &args.context;
+      if (args.sessions) {
+        if (!slu::ParseTurn(texts[n], &session_id, &text, &turn_error)) {
+          std::cout << slu::LineErrorJson(n + 1, turn_error) << "\n";
+          continue;
+        }
+        history = &histories.emplace(session_id, model.NewHistory()).first->second.texts();
+      }
+      // the session's record, with "session_id" first in session mode
+      auto emit = [&](const std::string& record) { std::cout << (args.sessions ? slu::WithSessionId(session_id, record) : record) << "\n"; };
       slu::Encoded enc;
       try {
-        enc = model.Encode(texts[n]);
+        enc = model.Encode(text, *history);
       } catch (const std::invalid_argument& e) {  // malformed UTF-8: name the line
         std::cout << slu::LineErrorJson(n + 1, e.what()) << "\n";
         continue;
       }
+      if (args.sessions) histories.at(session_id).Add(text);
       if (args.tokenize_only) {
         std::cout << TokensJson(enc) << "\n";
         continue;
       }
       const std::string error = model.Check(enc);
       if (!error.empty()) {
-        std::cout << slu::ErrorJson(texts[n], error) << "\n";
+        emit(slu::ErrorJson(text, error));
         continue;
       }
       if (enc.offsets.size() > window)
@@ -144,7 +168,7 @@ int main(int argc, char** argv) {
       auto decode_start = std::chrono::steady_clock::now();
       const std::string record = model.Describe(enc, intent_logits.data(), token_logits, args.min_confidence);
       decode_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decode_start).count();
-      std::cout << record << "\n";
+      emit(record);
     }
     if (given_logits.is_open() && given_logits.peek() != std::char_traits<char>::eof())
       throw std::runtime_error(args.logits_file + ": holds more logits than the utterances need");

@@ -13,8 +13,8 @@ namespace slu {
 
 const std::vector<std::string> kFiles = {kGraphFile, kParamsFile, kVocabFile, kIntentLabelFile, kSlotLabelFile, kConfigFile};
 const std::vector<std::string> kRequiredKeys = {
-    "format_version", "max_seq_length", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
-    "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"};
+    "format_version", "max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size",
+    "special_tokens", "num_intents", "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"};
 const std::vector<std::string> kOutputRoles = {"intent_logits", "slot_logits"};
 
 namespace {
@@ -102,7 +102,7 @@ bool CarriesToken(char32_t c) {
 
 std::string ContractJson() {
   Json contract = {{"format_version", kFormatVersion}, {"files", kFiles}, {"required_keys", kRequiredKeys},
-                   {"output_roles", kOutputRoles}, {"empty_utterance", kEmptyUtterance}, {"invalid_utf8", kInvalidUtf8}, {"too_long_error", TooLongError(600, 512)}};
+                   {"output_roles", kOutputRoles}, {"empty_utterance", kEmptyUtterance}, {"invalid_utf8", kInvalidUtf8}, {"not_a_turn", kNotATurn}, {"too_long_error", TooLongError(600, 512)}};
   return contract.dump();
 }
 
@@ -198,10 +198,13 @@ Model::Model(const std::string& model_dir) {
                           "; this build reads format_version " + std::to_string(kFormatVersion) + " (re-export the model)");
   for (const std::string& key : kRequiredKeys)
     if (!config.contains(key)) fail(kConfigFile, "lacks " + key);
-  for (const char* key : {"max_seq_length", "max_utterance_tokens", "vocab_size", "num_intents", "num_slot_tags"})
+  for (const char* key : {"max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size",
+                          "num_intents", "num_slot_tags"})
     if (!config[key].is_number_integer()) fail(kConfigFile, std::string(key) + " must be an integer, not " + config[key].dump());
   try {
     max_seq_length_ = config["max_seq_length"].get<int>();
+    context_turns_ = config["context_turns"].get<int>();
+    max_context_tokens_ = config["max_context_tokens"].get<int>();
     max_utterance_tokens_ = config["max_utterance_tokens"].get<size_t>();
     std::vector<std::string> roles;
     for (const Json& output : config["outputs"]) roles.push_back(output.at("role").get<std::string>());
@@ -232,6 +235,9 @@ Model::Model(const std::string& model_dir) {
     fail(kConfigFile, std::string("unexpected content (") + e.what() + ")");
   }
   if (max_seq_length_ < 3) fail(kConfigFile, "max_seq_length must be >= 3");
+  if (context_turns_ < 0 || (context_turns_ > 0) != (max_context_tokens_ >= 2))
+    fail(kConfigFile, "context_turns " + std::to_string(context_turns_) + " with max_context_tokens " + std::to_string(max_context_tokens_) +
+                          ": a context model needs room for one token and its [SEP] (>= 2), a model without context 0");
   if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
 }
 
@@ -253,18 +259,64 @@ std::vector<int> Model::Tokenize(const std::u32string& text, std::vector<int>* o
   return ids;
 }
 
-Encoded Model::Encode(const std::string& utf8_text) const {
+std::vector<int64_t> Model::ContextIds(const std::vector<std::string>& history) const {
+  std::vector<int64_t> ids;
+  const size_t first = history.size() - std::min<size_t>(history.size(), context_turns_);
+  for (size_t t = history.size(); t-- > first;) {  // nearest first
+    std::vector<int> offsets;
+    for (int id : Tokenize(DecodeUtf8(history[t]), &offsets)) ids.push_back(id);
+    ids.push_back(sep_id_);
+  }
+  if (ids.size() > static_cast<size_t>(max_context_tokens_)) ids.resize(max_context_tokens_);  // the far end goes
+  if (!ids.empty()) ids.back() = sep_id_;
+  return ids;
+}
+
+Encoded Model::Encode(const std::string& utf8_text, const std::vector<std::string>& history) const {
   Encoded enc;
   enc.text = DecodeUtf8(utf8_text);
   std::vector<int> ids = Tokenize(enc.text, &enc.offsets);
-  const size_t window = max_seq_length_ - 2;
-  for (size_t s = 0; s < std::max<size_t>(ids.size(), 1); s += window) {  // utils.window_bounds
+  const std::vector<int64_t> context = ContextIds(history);
+  // task.window_bounds: windows of max_seq_length-2 tokens, overlapping by half
+  const size_t window = max_seq_length_ - 2, stride = std::max<size_t>(1, window / 2);
+  for (size_t s = 0;; s += stride) {
+    const size_t e = std::min(s + window, ids.size());
     std::vector<int64_t> row{cls_id_};
-    row.insert(row.end(), ids.begin() + s, ids.begin() + std::min(s + window, ids.size()));
+    row.insert(row.end(), ids.begin() + s, ids.begin() + e);
     row.push_back(sep_id_);
+    row.insert(row.end(), context.begin(), context.end());
     enc.windows.push_back(row);
+    enc.bounds.emplace_back(s, e);
+    if (e >= ids.size()) break;
   }
   return enc;
+}
+
+void History::Add(const std::string& utf8_text) {
+  texts_.push_back(utf8_text);
+  if (texts_.size() > turns_) texts_.erase(texts_.begin(), texts_.begin() + (texts_.size() - turns_));
+}
+
+bool ParseTurn(const std::string& line, std::string* session_id, std::string* text, std::string* error) {
+  try {
+    DecodeUtf8(line);
+  } catch (const std::invalid_argument&) {
+    *error = kInvalidUtf8;
+    return false;
+  }
+  Json turn = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!turn.is_object() || !turn.contains("session_id") || !turn["session_id"].is_string() || !turn.contains("text") ||
+      !turn["text"].is_string()) {
+    *error = kNotATurn;
+    return false;
+  }
+  *session_id = turn["session_id"].get<std::string>();
+  *text = turn["text"].get<std::string>();
+  return true;
+}
+
+std::string WithSessionId(const std::string& session_id, const std::string& record_json) {
+  return "{\"session_id\":" + Json(session_id).dump() + "," + record_json.substr(1);
 }
 
 std::vector<int64_t> Model::PadWindows(const Encoded& enc, size_t* seq_len) const {
@@ -304,8 +356,12 @@ std::vector<float> Model::MergeWindows(const Encoded& enc, const float* slot_log
   const size_t n_tags = slot_tags_.size();
   std::vector<float> out;
   for (size_t w = 0; w < enc.windows.size(); ++w) {
-    const float* first = slot_logits + (w * seq_len + 1) * n_tags;  // skip [CLS]
-    out.insert(out.end(), first, first + (enc.windows[w].size() - 2) * n_tags);
+    // task.window_keeps: an overlap between two windows is split in the middle
+    const size_t start = enc.bounds[w].first;
+    const size_t keep = w == 0 ? start : (start + enc.bounds[w - 1].second + 1) / 2;
+    const size_t end = w + 1 < enc.windows.size() ? (enc.bounds[w + 1].first + enc.bounds[w].second + 1) / 2 : enc.bounds[w].second;
+    const float* row = slot_logits + (w * seq_len + 1) * n_tags;  // skip [CLS]
+    out.insert(out.end(), row + (keep - start) * n_tags, row + (end - start) * n_tags);
   }
   return out;
 }

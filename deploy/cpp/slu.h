@@ -13,7 +13,7 @@
 namespace slu {
 
 // The export contract, as export_format.py states it (tests/test_deploy_cpp.py compares the two).
-constexpr int kFormatVersion = 2;
+constexpr int kFormatVersion = 3;
 constexpr const char* kGraphFile = "model.pdmodel";
 constexpr const char* kParamsFile = "model.pdiparams";
 constexpr const char* kVocabFile = "vocab.txt";
@@ -28,6 +28,7 @@ std::string ContractJson();                            // the above as one JSON 
 // The result records of predictor.py.
 constexpr const char* kEmptyUtterance = "empty utterance";
 constexpr const char* kInvalidUtf8 = "invalid UTF-8";
+constexpr const char* kNotATurn = "expected a JSON object with string \"session_id\" and \"text\"";
 std::string TooLongError(size_t num_tokens, size_t limit);
 
 // Code points of a UTF-8 string; throws std::invalid_argument on malformed UTF-8.
@@ -38,7 +39,22 @@ bool CarriesToken(char32_t c);  // task.carries_token: not whitespace, control o
 struct Encoded {
   std::u32string text;
   std::vector<int> offsets;                  // code-point offset of every token in text
-  std::vector<std::vector<int64_t>> windows;  // [CLS] + up to max_seq_length-2 ids + [SEP]
+  // model rows, one per window: [CLS] + up to max_seq_length-2 utterance ids + [SEP] + context ids
+  std::vector<std::vector<int64_t>> windows;
+  std::vector<std::pair<size_t, size_t>> bounds;  // utterance tokens [start, end) of each row
+};
+
+// The earlier utterances of one session, the last `turns` of them (task.session_histories).
+class History {
+ public:
+  explicit History(size_t turns = 0) : turns_(turns) {}
+  const std::vector<std::string>& texts() const { return texts_; }  // oldest first
+  void Add(const std::string& utf8_text);
+  void Clear() { texts_.clear(); }
+
+ private:
+  size_t turns_;
+  std::vector<std::string> texts_;
 };
 
 // What decoding needs of inference_config.json (decoding.py: Calibration, SlotConstraints, CRF).
@@ -62,14 +78,20 @@ class Model {
 
   // One token per character that carries one, folded as task.normalize_char does.
   std::vector<int> Tokenize(const std::u32string& text, std::vector<int>* offsets) const;
-  Encoded Encode(const std::string& utf8_text) const;
+  // task.Task.encode: overlapping windows of the utterance, each followed by the context segment
+  // built from `history` (the session's earlier utterances, oldest first; throws
+  // std::invalid_argument if the utterance or a history text is not UTF-8).
+  Encoded Encode(const std::string& utf8_text, const std::vector<std::string>& history = {}) const;
+  std::vector<int64_t> ContextIds(const std::vector<std::string>& history) const;  // task.Task.context_ids
+  History NewHistory() const { return History(context_turns_); }
 
   // The windows as one row-major [windows x seq_len] id block, padded to the longest with
   // [PAD] (utils.pad_batch): the model input of one utterance.
   std::vector<int64_t> PadWindows(const Encoded& enc, size_t* seq_len) const;
 
-  // The slot logits of the real tokens of all windows, concatenated: [tokens x tags]
-  // (predictor.merge_windows), from slot_logits [windows x seq_len x tags], row-major.
+  // The slot logits of every token of the utterance, each from the window that keeps it
+  // (task.window_keeps): [tokens x tags] (predictor.merge_windows), from slot_logits
+  // [windows x seq_len x tags], row-major.
   std::vector<float> MergeWindows(const Encoded& enc, const float* slot_logits, int seq_len) const;
 
   // The JSON result of one utterance (predictor.describe): intent_logits of its first window
@@ -86,6 +108,7 @@ class Model {
                                       const std::vector<struct Span>& spans, size_t intent) const;
 
   int max_seq_length() const { return max_seq_length_; }
+  int context_turns() const { return context_turns_; }
   const std::string& graph_path() const { return graph_path_; }
   size_t num_intents() const { return intents_.size(); }
   size_t num_slot_tags() const { return slot_tags_.size(); }
@@ -93,7 +116,7 @@ class Model {
  private:
   std::unordered_map<std::string, int> token_to_id_;
   std::vector<std::string> intents_, slot_tags_;
-  int pad_id_ = 0, cls_id_ = 0, sep_id_ = 0, unk_id_ = 0, max_seq_length_ = 0;
+  int pad_id_ = 0, cls_id_ = 0, sep_id_ = 0, unk_id_ = 0, max_seq_length_ = 0, context_turns_ = 0, max_context_tokens_ = 0;
   Decoding decoding_;
   size_t max_utterance_tokens_ = 0;
   std::string graph_path_;
@@ -108,5 +131,10 @@ std::vector<Span> BioSpans(const std::vector<std::string>& tags);
 
 std::string ErrorJson(const std::string& utf8_text, const std::string& error);
 std::string LineErrorJson(size_t line, const std::string& error);  // {"line": N, "error": ...}
+
+// One line of session input (predictor.parse_turn): true with *session_id and *text set, or false
+// with *error set (kInvalidUtf8 or kNotATurn).
+bool ParseTurn(const std::string& line, std::string* session_id, std::string* text, std::string* error);
+std::string WithSessionId(const std::string& session_id, const std::string& record_json);  // "session_id" first
 
 }  // namespace slu

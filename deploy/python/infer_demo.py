@@ -24,11 +24,17 @@ def main(argv=None):
     parser.add_argument("--backend", choices=FASTDEPLOY_BACKENDS, default="fastdeploy-ort", help="FastDeploy CPU backend")
     parser.add_argument("--cpu_threads", type=int, default=0, help="CPU threads; 0 = one per core")
     parser.add_argument("--text", action="append", default=[], help="an utterance; repeat for more (default: stdin lines)")
+    parser.add_argument("--context", action="append", default=[],
+                        help="an earlier utterance of the --text utterances' session; repeat, oldest first (context models)")
+    parser.add_argument("--sessions", action="store_true",
+                        help="stdin lines are JSON objects {\"session_id\", \"text\"} in conversation order (run_eval.py --sessions_file)")
     parser.add_argument("--min_confidence", type=float, default=0.0,
                         help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
     parser.add_argument("--batch_size", type=int, default=64, help="windows per inference call")
     parser.add_argument("--logits_file", help="also save the merged intent and slot logits (.npz) of the predicted utterances, for parity checks")
     args = parser.parse_args(argv)
+    if args.sessions and args.logits_file:
+        parser.error("--logits_file goes with utterances, not --sessions")
 
     try:
         predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
@@ -36,7 +42,10 @@ def main(argv=None):
         sys.exit(f"infer_demo: {e}")
     texts = args.text or decode_lines(sys.stdin.buffer.read())  # None: a line that is not UTF-8
     start = time.perf_counter()
-    records, predictions = predictor.predict_with_logits(texts, args.batch_size)
+    if args.sessions:
+        records, predictions = predictor.predict_sessions(texts, args.batch_size), []
+    else:
+        records, predictions = predictor.predict_with_logits(texts, args.batch_size, histories=[args.context] * len(texts))
     elapsed = time.perf_counter() - start
     if args.logits_file:
         predicted = [p for p in predictions if p is not None]

@@ -20,7 +20,8 @@ using paddle::lite_api::PaddlePredictor;
 
 class Session {
  public:
-  Session(const std::string& model_dir, int threads, double min_confidence) : model_(model_dir), min_confidence_(min_confidence) {
+  Session(const std::string& model_dir, int threads, double min_confidence)
+      : model_(model_dir), history_(model_.NewHistory()), min_confidence_(min_confidence) {
     MobileConfig config;
     config.set_model_from_file(model_dir + "/" + kLiteModelFile);
     config.set_threads(threads);
@@ -28,14 +29,16 @@ class Session {
     predictor_ = paddle::lite_api::CreatePaddlePredictor<MobileConfig>(config);
   }
 
-  // One utterance (UTF-8) -> the JSON line run_eval.py prints for it.
+  // The next utterance (UTF-8) of the conversation -> the JSON line run_eval.py prints for it; a
+  // context model reads it with the conversation's earlier utterances (since NewConversation).
   std::string Predict(const std::string& text) {
     slu::Encoded enc;
     try {
-      enc = model_.Encode(text);
+      enc = model_.Encode(text, history_.texts());
     } catch (const std::invalid_argument& e) {
       return slu::ErrorJson("", e.what());
     }
+    history_.Add(text);
     const std::string error = model_.Check(enc);
     if (!error.empty()) return slu::ErrorJson(text, error);
     size_t seq_len = 0;
@@ -50,8 +53,11 @@ class Session {
                            min_confidence_);
   }
 
+  void NewConversation() { history_.Clear(); }
+
  private:
   slu::Model model_;
+  slu::History history_;
   double min_confidence_;
   std::shared_ptr<PaddlePredictor> predictor_;
 };
@@ -103,6 +109,10 @@ extern "C" JNIEXPORT jbyteArray JNICALL Java_org_ernietiny_slu_SluPredictor_nati
   for (const std::string& name : slu::kFiles)
     if (name != slu::kGraphFile && name != slu::kParamsFile) names += "\n" + name;
   return ToBytes(env, names);
+}
+
+extern "C" JNIEXPORT void JNICALL Java_org_ernietiny_slu_SluPredictor_nativeNewConversation(JNIEnv*, jclass, jlong handle) {
+  reinterpret_cast<Session*>(handle)->NewConversation();
 }
 
 extern "C" JNIEXPORT void JNICALL Java_org_ernietiny_slu_SluPredictor_nativeRelease(JNIEnv*, jclass, jlong handle) {

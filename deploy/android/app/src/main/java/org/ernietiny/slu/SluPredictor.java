@@ -23,9 +23,20 @@ public final class SluPredictor implements AutoCloseable {
         handle = nativeCreate(modelDir.getBytes(StandardCharsets.UTF_8), threads, minConfidence);
     }
 
+    /**
+     * The next utterance of the conversation. A model trained with context (run_train.py
+     * --context_turns K) reads it with the conversation's last K utterances, so "取消" after
+     * "导航去北京" cancels the navigation; call newConversation() when a conversation ends.
+     */
     public String predict(String utterance) {
         if (handle == 0) throw new IllegalStateException("SluPredictor is closed");
         return new String(nativePredict(handle, utterance.getBytes(StandardCharsets.UTF_8)), StandardCharsets.UTF_8);
+    }
+
+    /** Forget the earlier utterances: the next one starts a conversation. */
+    public void newConversation() {
+        if (handle == 0) throw new IllegalStateException("SluPredictor is closed");
+        nativeNewConversation(handle);
     }
 
     @Override
@@ -39,6 +50,8 @@ public final class SluPredictor implements AutoCloseable {
     private static native long nativeCreate(byte[] modelDir, int threads, double minConfidence);
 
     private static native byte[] nativePredict(long handle, byte[] utterance);
+
+    private static native void nativeNewConversation(long handle);
 
     private static native void nativeRelease(long handle);
 
