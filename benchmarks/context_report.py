@@ -139,7 +139,7 @@ def plot(report: dict, path: str) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", action="append", required=True, help="NAME=RUN_DIR[,RUN_DIR...] (one run per seed)")
+    parser.add_argument("--recipe", action="append", required=True, help="NAME=RUN_DIR[,RUN_DIR...] (one run per seed; the last = separates)")
     parser.add_argument("--baseline", required=True, help="the recipe before context (timed)")
     parser.add_argument("--chosen", required=True, help="the recipe chosen on dev (timed, its errors broken down)")
     parser.add_argument("--data_dir", default="data/prepared/nlpcc2018")
@@ -150,7 +150,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     splits = {name: read_corpus(os.path.join(args.data_dir, f"{name}.txt")) for name in ("dev", "test")}
-    recipes = dict(r.split("=", 1) for r in args.recipe)
+    recipes = dict(r.rsplit("=", 1) for r in args.recipe)  # names may hold "=" (K=2), directories do not
     report = {"data_dir": args.data_dir, "baseline": args.baseline, "chosen": args.chosen, "recipes": {}}
     for name, dirs in recipes.items():
         runs = []
