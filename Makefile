@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -41,6 +41,21 @@ demo: data
 		--data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) --do_train --do_eval --do_export \
 		--num_train_epochs $(DEMO_EPOCHS) --learning_rate 5e-4 --warmup_ratio 0.1 \
 		--cpu_threads $(CPU_THREADS) --seed 42
+
+# The demo recipe trained data-parallel by `python -m paddle.distributed.launch`: NPROC processes
+# (here CPU processes over gloo, one math thread each), batch 64/NPROC each: the demo's global
+# batch of 64. Launcher logs in $(OUTPUT_DIR)-dist/launch-logs/workerlog.N; outputs written by rank 0.
+NPROC ?= 2
+train-dist: data
+	$(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(OUTPUT_DIR)-dist/launch-logs \
+		run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh \
+		--data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-dist --do_train --do_eval --do_export \
+		--num_train_epochs $(DEMO_EPOCHS) --learning_rate 5e-4 --warmup_ratio 0.1 \
+		--per_device_train_batch_size $$((64 / $(NPROC))) --cpu_threads 1 --seed 42
+
+# Training throughput: the CPU fixes, and 1 process x 2 threads against 2 processes x 1 thread.
+train-throughput: setup
+	$(PY) benchmarks/train_throughput.py --output_dir benchmarks/results
 
 # The from-scratch NLPCC recipe every measured run shares (10 epochs, CRF slot head, whole utterances).
 NLPCC_TRAIN = $(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh --slot_crf \

@@ -72,11 +72,21 @@ def dynabert_running(trainer) -> bool:
 
 
 def _rotating_save_checkpoint(original):
-    """paddlenlp rotates checkpoints only when `local_rank == 0`, and a single-process run has
-    local_rank -1: --save_total_limit was ignored and every epoch's checkpoint (64 MB for nano)
-    stayed. Rotate after each save in that case, as a distributed run's rank 0 does."""
+    """Two fixes around each checkpoint save.
+
+    Rotation: paddlenlp rotates checkpoints only when `local_rank == 0`, and a single-process run
+    has local_rank -1: --save_total_limit was ignored and every epoch's checkpoint (64 MB for nano)
+    stayed. Rotate after each save in that case, as a distributed run's rank 0 does.
+
+    RNG state: paddle 2.6 pickles a generator state as (device, seed, offset) only
+    (GeneratorState.__getstate__), so the CPU generator's position in its stream is lost in
+    rng_state.pth and a resumed run drew other dropout masks than the uninterrupted one. Reseed
+    the CPU generator from --seed, the step and the rank just before saving: the saved seed is
+    then its whole state, and --resume_from_checkpoint continues exactly."""
 
     def _save_checkpoint(self, model, metrics=None):
+        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 1024 + self.args.process_index
+        paddle.framework.core.default_cpu_generator().manual_seed(seed % 2**63)
         result = original(self, model, metrics)
         if self.args.local_rank == -1 and self.args.should_save_model_state:
             self._rotate_checkpoints(use_mtime=True, output_dir=self.args.output_dir)

@@ -43,6 +43,7 @@ from training import (
     export,
     logger,
     make_collator,
+    refuse_launcher,
     setup_logging,
 )
 from utils import PROJECT_DIR, markdown_table, pad_batch, save_json, write_text
@@ -197,6 +198,7 @@ def main(argv=None):
     (args,) = PdArgumentParser((DistillArguments,)).parse_args_into_dataclasses(args=argv)
     for backend in args.latency_backends.split(","):
         check_backend(backend)
+    refuse_launcher("distillation (run_distill.py)")
     setup_logging(args.output_dir, "distill.log")
     threads = configure_cpu(args.cpu_threads)
     paddle.seed(args.seed)

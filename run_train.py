@@ -16,6 +16,7 @@ from typing import Optional
 
 import paddle
 from paddlenlp.trainer import CompressionArguments, PdArgumentParser
+from paddlenlp.trainer.trainer_utils import set_seed
 
 import compat
 import export_format
@@ -39,8 +40,10 @@ from training import (
     export,
     logger,
     pretrained_tokenizer,
+    refuse_launcher,
     setup_logging,
     slot_transitions,
+    weights_digest,
 )
 from utils import PROJECT_DIR, load_json, save_json
 
@@ -130,10 +133,19 @@ def first_set(*values):
 
 
 def main(argv=None):
+    # Each run names parameters and optimizer states from 0, as a fresh process does: a checkpoint's
+    # optimizer state is keyed by those names, so --resume_from_checkpoint finds its own in any process.
+    with paddle.utils.unique_name.guard():
+        run(argv)
+
+
+def run(argv=None):
     parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.label_names = ["intent_label", "slot_labels"]  # what the Trainer pops for the criterion
-    setup_logging(training_args.output_dir)
+    if training_args.do_compress:
+        refuse_launcher("compression (--do_compress)")
+    setup_logging(training_args.output_dir, to_file=training_args.should_save)
     compat.apply()
     threads = configure_cpu(model_args.cpu_threads)
     logger.info(f"CPU math threads: {threads} (MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}), "
@@ -150,6 +162,7 @@ def main(argv=None):
     context = {"context_turns": context_turns,
                "max_context_tokens": first_set(model_args.max_context_tokens, saved.get("max_context_tokens"), 32) if context_turns else 0}
     max_seq_length = model_args.max_seq_length or max(len(u.token_tags()) for u in train) + 2
+    set_seed(training_args.seed)  # before the model: --seed fixes a from-scratch initialisation too
     if model_args.from_scratch:
         task = Task(CharTokenizer.build(u.text for u in train), labels, max_seq_length, slot_types, **context)
         model = build_from_scratch(model_args.model_name_or_path, task, slot_crf=model_args.slot_crf, **context)
@@ -159,6 +172,12 @@ def main(argv=None):
         # a saved JointErnie keeps its own head; --slot_crf puts a CRF on one that has none
         model = load_pretrained(model_args.model_name_or_path, labels, sep_token_id=task.tokenizer.sep_id, **context,
                                 **({"slot_crf": True} if model_args.slot_crf else {}))
+    checkpoint = training_args.resume_from_checkpoint
+    if training_args.do_train and checkpoint:
+        saved_vocab = os.path.join(checkpoint, export_format.VOCAB_FILE)
+        if os.path.isfile(saved_vocab) and CharTokenizer.from_file(saved_vocab).vocab != task.tokenizer.vocab:
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: its {export_format.VOCAB_FILE} differs from this run's "
+                             "vocabulary (other training data or model?): resume with the data and flags it was trained with")
     logger.info(f"parameters: {sum(p.size for p in model.parameters()):,}")
     if task.max_row_length > model.config.max_position_embeddings:
         raise ValueError(f"max_seq_length {max_seq_length} + max_context_tokens {task.max_context_tokens}: must fit the "
@@ -167,15 +186,25 @@ def main(argv=None):
 
     trainer = build_trainer(model, task, train, dev, training_args, model_args.slot_loss_weight)
     if training_args.do_train:
+        args = training_args
+        global_batch = args.train_batch_size * args.dataset_world_size * args.gradient_accumulation_steps
+        logger.info(f"processes: {args.world_size} (rank {args.process_index}); global batch {global_batch} = "
+                    f"{args.train_batch_size} per process x {args.dataset_world_size} x "
+                    f"{args.gradient_accumulation_steps} accumulation steps")
         start = time.time()
-        result = trainer.train()
-        trainer.save_model()  # the best checkpoint when --load_best_model_at_end
-        export_format.write_task_files(training_args.output_dir, task)
+        # a checkpoint of this output directory continues its run: step count, optimizer, scheduler, RNG states
+        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        logger.info(f"rank {args.process_index}: weights sha256 {weights_digest(model)}")  # the same on every rank
+        trainer.save_model()  # the best checkpoint when --load_best_model_at_end; rank 0 writes
+        if args.should_save:
+            export_format.write_task_files(args.output_dir, task)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", {**result.metrics, "wall_time_s": time.time() - start, "cpu_threads": threads})
 
     # Under `python -m paddle.distributed.launch` only the first process evaluates and writes files.
-    if training_args.do_eval and trainer.is_world_process_zero():
+    # PaddleNLP turns do_eval on with any evaluation_strategy; compression alone scores its fp32 stage itself.
+    evaluate = training_args.do_eval and (training_args.do_train or not training_args.do_compress)
+    if evaluate and trainer.is_world_process_zero():
         results = {}
         for name, utts in (("dev", dev), ("test", test)):
             predictor = Predictor(task, dynamic_logits_fn(model), transitions=slot_transitions(model))

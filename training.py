@@ -1,5 +1,6 @@
 """Paddle-side steps shared by run_train.py, compression and run_distill.py: CPU setup, logging,
 the Trainer over a Task, the dynamic graph as a logits function, and static export."""
+import hashlib
 import logging
 import os
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import paddle
 from paddle.io import DistributedBatchSampler
 from paddlenlp.datasets import MapDataset
-from paddlenlp.trainer import Trainer
+from paddlenlp.trainer import Trainer, TrainerCallback
 from paddlenlp.transformers import ErnieTokenizer
 from paddlenlp.utils.log import logger as paddlenlp_logger
 
@@ -36,16 +37,42 @@ def configure_cpu(threads: int) -> int:
     return n
 
 
-def setup_logging(output_dir: str, log_name: str = "train.log") -> None:
-    """This project's and PaddleNLP's log lines to stdout and to <output_dir>/<log_name>."""
-    os.makedirs(output_dir, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(output_dir, log_name), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for log in (logger, paddlenlp_logger.logger):
-        log.addHandler(handler)
+def setup_logging(output_dir: str, log_name: str = "train.log", to_file: bool = True) -> None:
+    """This project's and PaddleNLP's log lines to stdout and, when `to_file` (the process that
+    writes the outputs: rank 0 under paddle.distributed.launch), to <output_dir>/<log_name>."""
+    if to_file:
+        os.makedirs(output_dir, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(output_dir, log_name), encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for log in (logger, paddlenlp_logger.logger):
+            log.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # paddlenlp configures the root logger too; print once
     logger.addHandler(logging.StreamHandler(sys.stdout))
+
+
+def launched_processes() -> int:
+    """How many processes paddle.distributed.launch started for this job (1 without it)."""
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+
+
+def refuse_launcher(job: str) -> None:
+    """Jobs that run in one process (compression, distillation) stop before any work when
+    started by paddle.distributed.launch with several processes, instead of running N copies
+    that write the same files."""
+    if launched_processes() > 1:
+        raise SystemExit(f"{job} runs in a single process: start it without paddle.distributed.launch "
+                         f"(this one started {launched_processes()} processes); only training (run_train.py --do_train) "
+                         "is data-parallel")
+
+
+def weights_digest(model) -> str:
+    """sha256 of every parameter, in name order: equal on all ranks of a data-parallel run."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(parameter.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
@@ -76,31 +103,55 @@ def make_collator(pad_id: int, pad_slot_id: int):
 class LengthBucketSampler(DistributedBatchSampler):
     """Training batches of rows of similar length, so that a batch is padded to about its own
     rows' length and training cost follows real lengths, not the longest utterance. Each epoch:
-    shuffle (seed + epoch), sort pools of `pool_batches` batches by length, cut them into batches,
-    shuffle the batch order. Rank r of n takes every n-th batch (all ranks get as many)."""
+    shuffle (seed + epoch), sort pools of `pool_batches` global batches by length, cut them into
+    global batches of batch_size x num_replicas rows, shuffle their order. Rank r of n takes the
+    r-th contiguous slice of every global batch, so the sequence of global batches is the same
+    for any number of ranks with the same global batch size (1 process x 64 = 2 processes x 32)."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
                  pool_batches: int = 32):
         super().__init__(lengths, batch_size, num_replicas, rank, shuffle=True)
-        self.lengths, self.seed, self.pool = np.asarray(lengths), seed, pool_batches * batch_size
+        self.lengths, self.seed = np.asarray(lengths), seed
+        self.global_batch = batch_size * num_replicas
+        self.pool = pool_batches * self.global_batch
 
-    def batches(self, epoch: int) -> List[List[int]]:
+    def global_batches(self, epoch: int) -> List[List[int]]:
         rng = np.random.RandomState(self.seed + epoch)
         order = rng.permutation(len(self.lengths))
         batches = []
         for p in range(0, len(order), self.pool):
             pool = order[p : p + self.pool]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            batches += [pool[b : b + self.batch_size].tolist() for b in range(0, len(pool), self.batch_size)]
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-        return (batches * self.nranks)[: len(self) * self.nranks]  # whole rounds: every rank steps alike
+            batches += [pool[b : b + self.global_batch].tolist() for b in range(0, len(pool), self.global_batch)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def rank_slice(self, batch: List[int]) -> List[int]:
+        """This rank's rows of a global batch. Only the epoch's last batch can be short: it is
+        split as evenly as it goes (sizes differ by at most one); a rank left without a row (fewer
+        rows than ranks) repeats the batch's first row, so that every rank takes every step."""
+        if len(batch) == self.global_batch:
+            return batch[self.local_rank * self.batch_size : (self.local_rank + 1) * self.batch_size]
+        pieces = np.array_split(np.asarray(batch), self.nranks)
+        return pieces[self.local_rank].tolist() or batch[:1]
 
     def __iter__(self):
-        yield from self.batches(self.epoch)[self.local_rank :: self.nranks]
+        for batch in self.global_batches(self.epoch):
+            yield self.rank_slice(batch)
 
     def __len__(self) -> int:
-        num_batches = -(-len(self.lengths) // self.batch_size)  # pools hold whole batches: only the last is short
-        return -(-num_batches // self.nranks)
+        return -(-len(self.lengths) // self.global_batch)  # pools hold whole batches: only the last is short
+
+
+class TaskFilesInCheckpoints(TrainerCallback):
+    """vocab.txt and the label files beside every checkpoint's weights, so that a checkpoint can
+    be exported, compressed or fine-tuned on its own (--model_name_or_path .../checkpoint-N)."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            export_format.write_task_files(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), self.task)
 
 
 class SluTrainer(Trainer):
@@ -142,6 +193,7 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
         eval_dataset=MapDataset([row for utt, enc in zip(dev, dev_encoded) for row in task.labelled_rows(utt, enc)]),
         data_collator=make_collator(task.tokenizer.pad_id, task.labels.pad_slot_id),
         compute_metrics=compute_metrics,
+        callbacks=[TaskFilesInCheckpoints(task)],
     )
 
 

@@ -155,13 +155,58 @@ def test_length_buckets_cover_every_row_once_with_short_padding():
     assert list(sampler) != batches  # reshuffled each epoch, the same on every run
     sampler.set_epoch(0)
     assert list(sampler) == batches
-    # two ranks: disjoint halves of the batches, as many steps each
-    ranks = [LengthBucketSampler(lengths, 16, 7, num_replicas=2, rank=r) for r in (0, 1)]
+    # two ranks of 8: the same global batches as one process of 16, each rank a disjoint half
+    ranks = [LengthBucketSampler(lengths, 8, 7, num_replicas=2, rank=r) for r in (0, 1)]
     halves = [list(r) for r in ranks]
-    assert len(halves[0]) == len(halves[1]) == 32
-    rows = [{i for b in h for i in b} for h in halves]
-    assert rows[0] | rows[1] == set(range(1000))
-    assert rows[0].isdisjoint({i for b in halves[1][:-1] for i in b})  # rank 1's last batch repeats one: both step alike
+    assert len(halves[0]) == len(halves[1]) == len(batches)
+    assert [a + b for a, b in zip(*halves)] == batches
+    assert all(set(a).isdisjoint(b) for a, b in zip(*halves))
+    assert sorted(len(a) for a in halves[0])[:2] == sorted(len(b) for b in halves[1])[:2] == [4, 8]  # 1000 = 62 x 16 + 8
+    # a last global batch with fewer rows than ranks: the rank without one repeats a row
+    three = [list(LengthBucketSampler(lengths[:17], 4, 7, num_replicas=4, rank=r)) for r in range(4)]
+    short = [min(b, key=len) for b in three]
+    assert [len(b) for b in short] == [1, 1, 1, 1] and len({i for b in short for i in b}) == 1
+
+
+def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, synthetic_dir, monkeypatch):
+    """A fault injected in step 8 of 12 (after checkpoint-6) stops the run; rerun with
+    --resume_from_checkpoint it continues the step count, optimizer, scheduler and RNG states and
+    ends with the weights of an uninterrupted run. The checkpoint exports on its own."""
+    import run_train
+    import training
+
+    common = ["--from_scratch", "--data_dir", synthetic_dir, "--do_train", "--max_steps", "12", "--save_steps", "6",
+              "--eval_steps", "6", "--evaluation_strategy", "steps", "--save_strategy", "steps", "--save_total_limit", "3",
+              "--load_best_model_at_end", "false", "--per_device_train_batch_size", "32", "--learning_rate", "1e-3",
+              "--seed", "42", "--cpu_threads", "2", "--disable_tqdm", "true"]
+    run_train.main(common + ["--output_dir", str(tmp_path / "whole")])
+
+    step = training.SluTrainer.training_step
+
+    def dies_in_step_8(self, *args, **kwargs):
+        if self.state.global_step == 7:
+            raise RuntimeError("injected fault in step 8")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.SluTrainer, "training_step", dies_in_step_8)
+    killed = str(tmp_path / "killed")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_train.main(common + ["--output_dir", killed])
+    monkeypatch.setattr(training.SluTrainer, "training_step", step)
+    assert {"config.json", "model_state.pdparams", "optimizer.pdopt", "scheduler.pdparams", "vocab.txt", "intent_label.txt",
+            "slot_label.txt"} <= set(os.listdir(os.path.join(killed, "checkpoint-6")))
+    run_train.main(common + ["--output_dir", killed, "--resume_from_checkpoint", os.path.join(killed, "checkpoint-6")])
+    log = open(os.path.join(killed, "train.log"), encoding="utf-8").read()
+    assert "Continuing training from global step 6" in log
+    whole, resumed = (paddle.load(os.path.join(d, "model_state.pdparams")) for d in (str(tmp_path / "whole"), killed))
+    assert sorted(whole) == sorted(resumed)
+    for name in whole:
+        np.testing.assert_allclose(resumed[name].numpy(), whole[name].numpy(), rtol=0, atol=1e-6, err_msg=name)
+    # a checkpoint holds its vocabulary and labels: it exports without its run directory
+    exported = str(tmp_path / "from-checkpoint")
+    run_train.main(["--model_name_or_path", os.path.join(killed, "checkpoint-12"), "--data_dir", synthetic_dir,
+                    "--output_dir", exported, "--do_export"])
+    assert backends.open_predictor(os.path.join(exported, "infer_model")).predict(["导航去北京"])[0]["text"] == "导航去北京"
 
 
 def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_dir, synthetic_splits):
