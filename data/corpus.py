@@ -1,14 +1,16 @@
 """The NLPCC 2018 Task 4 corpus format: `session<TAB>query<TAB>intent<TAB>annotated query` lines,
 slots marked `<type>text</type>` or `<type>text||value</type>`, blank lines between sessions."""
 import dataclasses
+import hashlib
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
 
 from task import OUTSIDE_LABEL, LabelMaps, carries_token
-from utils import PROJECT_DIR, atomic_path
+from utils import PROJECT_DIR, atomic_path, load_json
 
 # Where the corpus is looked for when no --corpus_file is given.
+STATS_FILE = "stats.json"  # beside the splits of data/prepare_data.py
 CORPUS_SEARCH_PATH = [
     os.path.join(PROJECT_DIR, "data", "nlpcc2018", "corpus.train.txt"),
     os.path.join(PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt"),
@@ -145,18 +147,36 @@ def write_corpus(path: str, utterances: Sequence[Utterance]) -> None:
             previous = utt.session_id
 
 
-def find_corpus(corpus_file: Optional[str] = None) -> Optional[str]:
-    """The corpus given by flag, else the first one found on CORPUS_SEARCH_PATH, else None."""
+def find_corpus(corpus_file: Optional[str] = None) -> str:
+    """The corpus given by flag, else the first one found on CORPUS_SEARCH_PATH; an error that says
+    where to put it when there is none (the synthetic corpus is used only when asked for)."""
     if corpus_file:
         if not os.path.isfile(corpus_file):
             raise FileNotFoundError(f"corpus file not found: {corpus_file}")
         return corpus_file
-    return next((os.path.normpath(p) for p in CORPUS_SEARCH_PATH if os.path.isfile(p)), None)
+    found = next((os.path.normpath(p) for p in CORPUS_SEARCH_PATH if os.path.isfile(p)), None)
+    if found is None:
+        raise FileNotFoundError(
+            "the NLPCC 2018 Task 4 corpus was not found at " + " or ".join(os.path.normpath(p) for p in CORPUS_SEARCH_PATH)
+            + ": put corpus.train.txt there, pass --corpus_file, or ask for the synthetic corpus with --synthetic")
+    return found
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def read_split(data_dir: str, name: str, labels: LabelMaps) -> List[Utterance]:
-    """train/dev/test.txt of data/prepare_data.py."""
+    """train/dev/test.txt of data/prepare_data.py, checked against the sha256 its stats.json
+    records: a split from another run (a prepare_data killed between its files) is refused.
+    A directory without stats.json (splits made by hand) is read as it is."""
     path = os.path.join(data_dir, f"{name}.txt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py --output_dir {data_dir}` first")
+    stats_path = os.path.join(data_dir, STATS_FILE)
+    expected = load_json(stats_path).get("files", {}).get(f"{name}.txt") if os.path.isfile(stats_path) else None
+    if expected and file_sha256(path) != expected["sha256"]:
+        raise ValueError(f"{path} is not the file {stats_path} describes (another prepare_data run, or one cut short): "
+                         f"run `python data/prepare_data.py --output_dir {data_dir}` again")
     return read_corpus(path, labels)

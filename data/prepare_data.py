@@ -4,14 +4,15 @@
     python data/prepare_data.py --synthetic --output_dir data/prepared   # embedded offline default
 
 Without --corpus_file the NLPCC 2018 Task 4 corpus is looked for at data/nlpcc2018/corpus.train.txt
-and ../shared/data/nlpcc2018/corpus.train.txt; when neither exists the synthetic corpus is used.
-The split is a pure function of the session ids and --seed: the same files on every machine.
+and ../shared/data/nlpcc2018/corpus.train.txt; when neither exists that is an error (the synthetic
+corpus only with --synthetic). The split is a pure function of the session ids and --seed: the same
+files on every machine. Each file is written beside its target and renamed into place, stats.json
+last with the sha256 of every split: readers (data.corpus.read_split) refuse a mix of two runs.
 """
 import argparse
-import hashlib
 import os
 
-from data.corpus import find_corpus, read_corpus, write_corpus
+from data.corpus import STATS_FILE, file_sha256, find_corpus, read_corpus, write_corpus
 from data.split import intent_slot_types, split_by_session, split_stats
 from data.synthetic import generate
 from utils import PROJECT_DIR, save_json
@@ -28,19 +29,26 @@ def main(argv=None):
     parser.add_argument("--dev_fraction", type=float, default=0.1, help="share of utterances in dev (test gets the rest)")
     args = parser.parse_args(argv)
 
+    if not (0 < args.train_fraction and 0 <= args.dev_fraction and args.train_fraction + args.dev_fraction < 1):
+        parser.error(f"--train_fraction {args.train_fraction} and --dev_fraction {args.dev_fraction}: need train > 0, "
+                     "dev >= 0 and train + dev < 1 (test gets the rest)")
     corpus = None if args.synthetic else find_corpus(args.corpus_file)
     if corpus:
         utterances = read_corpus(corpus)
-        with open(corpus, "rb") as f:
-            source = {"corpus_file": os.path.abspath(corpus), "sha256": hashlib.sha256(f.read()).hexdigest()}
+        if not utterances:
+            raise SystemExit(f"{corpus}: no utterance in the corpus")
+        source = {"corpus_file": os.path.abspath(corpus), "sha256": file_sha256(corpus)}
     else:
         utterances = generate(args.synthetic_size)
         source = {"synthetic": True, "utterances": args.synthetic_size}
     splits = split_by_session(utterances, args.seed, (args.train_fraction, args.dev_fraction))
 
     os.makedirs(args.output_dir, exist_ok=True)
+    files = {}
     for name, utts in splits.items():
-        write_corpus(os.path.join(args.output_dir, f"{name}.txt"), utts)
+        path = os.path.join(args.output_dir, f"{name}.txt")
+        write_corpus(path, utts)
+        files[f"{name}.txt"] = {"sha256": file_sha256(path), "utterances": len(utts)}
     stats = {
         "source": source,
         "seed": args.seed,
@@ -49,8 +57,9 @@ def main(argv=None):
         "corrections": sum(u.has_correction for u in utterances),
         "intent_slot_types": intent_slot_types(splits["train"], []),
         "splits": split_stats(splits),
+        "files": files,
     }
-    save_json(os.path.join(args.output_dir, "stats.json"), stats)
+    save_json(os.path.join(args.output_dir, STATS_FILE), stats)
     print(f"{'synthetic corpus' if not corpus else corpus}: {stats['utterances']} utterances, {stats['sessions']} sessions, "
           f"{stats['corrections']} with corrections")
     for name, s in stats["splits"].items():

@@ -2,11 +2,12 @@
 import collections
 import os
 import random
+import shutil
 
 import pytest
 
 import utils
-from data import prepare_data, split
+from data import corpus, prepare_data, split
 from data.corpus import Slot, Utterance, read_corpus
 
 
@@ -68,3 +69,36 @@ def test_prepare_data_writes_identical_files_and_stats(tmp_path, labels):
     splits = {n: read_corpus(os.path.join(outs[0], f"{n}.txt"), labels) for n in ("train", "dev", "test")}
     assert {n: len(v) for n, v in splits.items()} == {n: s["utterances"] for n, s in stats["splits"].items()}
     assert stats["corrections"] == sum(u.has_correction for v in splits.values() for u in v) > 0
+
+
+def test_a_split_from_another_prepare_data_run_is_refused(tmp_path, labels):
+    """A prepare_data killed between its files leaves new splits beside an older stats.json (or
+    the reverse): stats.json records each split's sha256, and read_split refuses the mix."""
+    out = str(tmp_path / "prep")
+    prepare_data.main(["--synthetic", "--synthetic_size", "300", "--output_dir", out])
+    stats = utils.load_json(os.path.join(out, "stats.json"))
+    assert set(stats["files"]) == {"train.txt", "dev.txt", "test.txt"}
+    assert len(corpus.read_split(out, "train", labels)) == stats["files"]["train.txt"]["utterances"]
+    other = str(tmp_path / "other")
+    prepare_data.main(["--synthetic", "--synthetic_size", "400", "--output_dir", other])
+    shutil.copy(os.path.join(other, "train.txt"), os.path.join(out, "train.txt"))  # the first file of a newer run
+    with pytest.raises(ValueError, match=r"train.txt is not the file .*stats.json describes"):
+        corpus.read_split(out, "train", labels)
+    assert len(corpus.read_split(out, "dev", labels)) == stats["files"]["dev.txt"]["utterances"]
+    os.remove(os.path.join(out, "stats.json"))  # splits made by hand, without stats.json: read as they are
+    assert len(corpus.read_split(out, "train", labels)) == utils.load_json(os.path.join(other, "stats.json"))["files"]["train.txt"]["utterances"]
+
+
+def test_prepare_data_refuses_what_would_give_empty_or_fake_splits(tmp_path, monkeypatch):
+    out = str(tmp_path / "prep")
+    monkeypatch.setattr(corpus, "CORPUS_SEARCH_PATH", [str(tmp_path / "nowhere" / "corpus.train.txt")])
+    with pytest.raises(FileNotFoundError, match="corpus was not found at .*nowhere.*--synthetic"):
+        prepare_data.main(["--output_dir", out])  # asked for the real corpus: no synthetic stand-in
+    for train, dev in (("1.5", "0.1"), ("0.8", "-0.2"), ("0.6", "0.4"), ("0", "0.1")):
+        with pytest.raises(SystemExit):
+            prepare_data.main(["--synthetic", "--train_fraction", train, "--dev_fraction", dev, "--output_dir", out])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(SystemExit, match="no utterance"):
+        prepare_data.main(["--corpus_file", str(empty), "--output_dir", out])
+    assert not os.path.exists(out)
