@@ -21,8 +21,10 @@ recipe (jieba data augmentation, MSE on logits) and vanilla KD, applied to joint
    the test split: accuracy, size and batch-1 latency per backend, measured in this run.
 """
 import copy
+import hashlib
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -30,6 +32,7 @@ import numpy as np
 import paddle
 from paddlenlp.trainer import PdArgumentParser
 
+import export_format
 from backends import BACKENDS, check_backend, model_size_mb, open_predictor
 from data.augment import augment_corpus
 from data.corpus import read_corpus, read_split
@@ -46,7 +49,7 @@ from training import (
     refuse_launcher,
     setup_logging,
 )
-from utils import PROJECT_DIR, markdown_table, pad_batch, save_json, write_text
+from utils import PROJECT_DIR, atomic_path, markdown_table, pad_batch, save_json, write_text
 
 
 @dataclass
@@ -83,28 +86,41 @@ def gold_rows(utterances, histories, task: Task, has_gold: bool) -> List[dict]:
     return [{**row, "has_gold": float(has_gold)} for row in rows]
 
 
-def teacher_logits(teacher: Predictor, rows: List[dict], cache: str) -> None:
-    """Adds the teacher's logits to every row; reuses `cache` when it was made for the same rows."""
+def teacher_logits(teacher: Predictor, teacher_dir: str, rows: List[dict], cache: str) -> None:
+    """Adds the teacher's logits to every row; reuses `cache` when it was made by the same teacher
+    (sha256 of its graph and weights) for the same rows, and recomputes it otherwise, or when it
+    cannot be read (a cut file)."""
     ids = [np.asarray(r["input_ids"]) for r in rows]
     flat_ids = np.concatenate(ids)
+    digest = hashlib.sha256()
+    for name in (export_format.GRAPH_FILE, export_format.PARAMS_FILE):
+        with open(os.path.join(teacher_dir, name), "rb") as f:
+            digest.update(f.read())
+    fingerprint = digest.hexdigest()
+    cached = None
     if os.path.isfile(cache):
-        saved = np.load(cache)
-        if np.array_equal(saved["ids"], flat_ids) and np.array_equal(saved["lengths"], [len(i) for i in ids]):
-            logger.info(f"teacher logits: reusing {cache}")
-            intent, slots = saved["intent"], saved["slots"]
-        else:
-            logger.info(f"teacher logits: {cache} was made for other rows; recomputing")
-            os.remove(cache)
-    if not os.path.isfile(cache):
+        try:
+            with np.load(cache) as saved:
+                if (str(saved["teacher"]) == fingerprint and np.array_equal(saved["ids"], flat_ids)
+                        and np.array_equal(saved["lengths"], [len(i) for i in ids])):
+                    cached = saved["intent"], saved["slots"]
+                    logger.info(f"teacher logits: reusing {cache}")
+                else:
+                    logger.info(f"teacher logits: {cache} was made by another teacher or for other rows; recomputing")
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            logger.warning(f"teacher logits: {cache} cannot be read ({type(e).__name__}: {e}); recomputing")
+    if cached is None:
         start, intent, slots = time.time(), [], []
         for b in range(0, len(ids), 256):
             batch = ids[b : b + 256]
             i_logits, s_logits = teacher.logits_fn(pad_batch(batch, teacher.task.tokenizer.pad_id))
             intent.append(i_logits)
             slots += [s_logits[k, : len(row)] for k, row in enumerate(batch)]
-        intent, slots = np.concatenate(intent), np.concatenate(slots)
-        np.savez(cache, ids=flat_ids, lengths=[len(i) for i in ids], intent=intent, slots=slots)
+        cached = np.concatenate(intent), np.concatenate(slots)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, teacher=fingerprint, ids=flat_ids, lengths=[len(i) for i in ids], intent=cached[0], slots=cached[1])
         logger.info(f"teacher logits for {len(rows)} rows in {time.time() - start:.0f} s, cached in {cache}")
+    intent, slots = cached
     offsets = np.cumsum([0] + [len(i) for i in ids])
     for k, row in enumerate(rows):
         row["teacher_intent"], row["teacher_slots"] = intent[k], slots[offsets[k] : offsets[k + 1]]
@@ -221,7 +237,7 @@ def main(argv=None):
     logger.info(f"augmentation: {len(augmented)} new rows from {len(train)} training utterances x {args.augment_copies}")
     # an augmented copy reads the context of its source utterance
     rows = gold + gold_rows([u for _, u in augmented], [histories[i] for i, _ in augmented], task, has_gold=False)
-    teacher_logits(teacher, rows, args.teacher_logits_file or os.path.join(args.output_dir, "teacher_logits.npz"))
+    teacher_logits(teacher, args.teacher_dir, rows, args.teacher_logits_file or os.path.join(args.output_dir, "teacher_logits.npz"))
     distill_loss = DistillLoss(task.labels.pad_slot_id, args.objective, args.temperature, args.alpha)
     paddle.seed(args.seed)
     distilled = fit("distilled student", new_student(), rows,

@@ -1,6 +1,7 @@
 """Distillation: slot-preserving augmentation, the two objectives on hand-computed values, the
 teacher-logit cache, and a tiny end-to-end run of run_distill.py."""
 import os
+import shutil
 
 import numpy as np
 import paddle
@@ -74,15 +75,34 @@ def test_teacher_logits_are_cached_and_reused(trained, synthetic_splits, labels,
     mask = run_distill.make_batch(rows, teacher.task)["token_mask"].numpy()
     assert mask.sum(1).tolist() == [len(u.token_tags()) for u in dev] and mask[:, 0].sum() == 0
     cache = str(tmp_path / "teacher.npz")
-    run_distill.teacher_logits(teacher, rows, cache)
+    teacher_dir = os.path.join(trained, "infer_model")
+    run_distill.teacher_logits(teacher, teacher_dir, rows, cache)
     first = [(r["teacher_intent"].copy(), r["teacher_slots"].copy()) for r in rows]
     assert all(len(r["teacher_slots"]) == len(r["input_ids"]) for r in rows)
     direct = teacher.logits_fn(utils.pad_batch([rows[3]["input_ids"]], teacher.task.tokenizer.pad_id))
     np.testing.assert_allclose(first[3][0], direct[0][0], atol=1e-4)
 
+    logits_fn = teacher.logits_fn
     monkeypatch.setattr(teacher, "logits_fn", lambda ids: pytest.fail("the cache should have been reused"))
-    run_distill.teacher_logits(teacher, rows, cache)
+    run_distill.teacher_logits(teacher, teacher_dir, rows, cache)
     assert all(np.array_equal(r["teacher_intent"], f[0]) for r, f in zip(rows, first))
+
+    # another teacher with the same vocabulary and rows (its weights changed): recomputed, not reused
+    other_dir = str(tmp_path / "other-teacher")
+    shutil.copytree(teacher_dir, other_dir)
+    params = os.path.join(other_dir, "model.pdiparams")
+    data = bytearray(open(params, "rb").read())
+    data[-1] ^= 1
+    open(params, "wb").write(bytes(data))
+    calls = []
+    monkeypatch.setattr(teacher, "logits_fn", lambda ids: calls.append(len(ids)) or logits_fn(ids))
+    run_distill.teacher_logits(teacher, other_dir, rows, cache)
+    assert sum(calls) == len(rows)
+    # a cache cut short (a kill mid-write of an older version): recomputed with a warning, not a BadZipFile
+    open(cache, "r+b").truncate(os.path.getsize(cache) // 2)
+    calls.clear()
+    run_distill.teacher_logits(teacher, teacher_dir, rows, cache)
+    assert sum(calls) == len(rows) and all(np.allclose(r["teacher_intent"], f[0], atol=1e-5) for r, f in zip(rows, first))
 
 
 def test_tiny_distillation_run(trained, synthetic_dir, synthetic_splits, tmp_path):
