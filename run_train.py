@@ -128,6 +128,14 @@ def saved_context(name_or_dir: str) -> dict:
     return {k: config[k] for k in ("context_turns", "max_context_tokens") if k in config}
 
 
+def keep_secrets_out_of_outputs(training_args) -> None:
+    """--wandb_api_key would be printed into train.log and pickled into training_args.bin with every
+    checkpoint: hand it to wandb through the environment (wandb reads WANDB_API_KEY) and clear it."""
+    if training_args.wandb_api_key:
+        os.environ["WANDB_API_KEY"] = training_args.wandb_api_key
+        training_args.wandb_api_key = None
+
+
 def first_set(*values):
     return next(v for v in values if v is not None)
 
@@ -143,6 +151,7 @@ def run(argv=None):
     parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.label_names = ["intent_label", "slot_labels"]  # what the Trainer pops for the criterion
+    keep_secrets_out_of_outputs(training_args)
     if training_args.do_compress:
         refuse_launcher("compression (--do_compress)")
     setup_logging(training_args.output_dir, to_file=training_args.should_save)

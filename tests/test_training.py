@@ -171,7 +171,8 @@ def test_length_buckets_cover_every_row_once_with_short_padding():
 def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, synthetic_dir, monkeypatch):
     """A fault injected in step 8 of 12 (after checkpoint-6) stops the run; rerun with
     --resume_from_checkpoint it continues the step count, optimizer, scheduler and RNG states and
-    ends with the weights of an uninterrupted run. The checkpoint exports on its own."""
+    ends with the weights of an uninterrupted run. The checkpoint exports on its own. The killed
+    run was given an API key: no file of the run holds it."""
     import run_train
     import training
 
@@ -190,8 +191,9 @@ def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
 
     monkeypatch.setattr(training.SluTrainer, "training_step", dies_in_step_8)
     killed = str(tmp_path / "killed")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="injected fault"):
-        run_train.main(common + ["--output_dir", killed])
+        run_train.main(common + ["--output_dir", killed, "--wandb_api_key", "secret-4f9a"])
     monkeypatch.setattr(training.SluTrainer, "training_step", step)
     assert {"config.json", "model_state.pdparams", "optimizer.pdopt", "scheduler.pdparams", "vocab.txt", "intent_label.txt",
             "slot_label.txt"} <= set(os.listdir(os.path.join(killed, "checkpoint-6")))
@@ -202,6 +204,10 @@ def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
     assert sorted(whole) == sorted(resumed)
     for name in whole:
         np.testing.assert_allclose(resumed[name].numpy(), whole[name].numpy(), rtol=0, atol=1e-6, err_msg=name)
+    # an API key reaches wandb through its environment variable, never the log or the pickled arguments
+    assert os.environ["WANDB_API_KEY"] == "secret-4f9a"
+    written = [os.path.join(d, f) for d, _, files in os.walk(killed) for f in files]
+    assert not [f for f in written if b"secret-4f9a" in open(f, "rb").read()]
     # a checkpoint holds its vocabulary and labels: it exports without its run directory
     exported = str(tmp_path / "from-checkpoint")
     run_train.main(["--model_name_or_path", os.path.join(killed, "checkpoint-12"), "--data_dir", synthetic_dir,
