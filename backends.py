@@ -99,7 +99,9 @@ def open_predictor(model_dir: str, backend: str = "paddle-inference", threads: i
     go to Predictor (min_confidence, decoder)."""
     check_backend(backend)
     exported = export_format.read(model_dir)
-    return Predictor.from_exported(exported, BACKENDS[backend].load(exported, cpu_threads(threads)), **options)
+    logits_fn = BACKENDS[backend].load(exported, cpu_threads(threads))
+    export_format.check_graph_outputs(exported, logits_fn, backend)
+    return Predictor.from_exported(exported, logits_fn, **options)
 
 
 def model_size_mb(model_dir: str) -> float:

@@ -236,3 +236,23 @@ def check_graph_io(exported: ExportedModel, input_names: Sequence[str], num_outp
     if list(input_names) != expected or num_outputs != len(exported.config["outputs"]):
         raise ExportError(f"{exported.path(GRAPH_FILE)}: {runtime} finds inputs {list(input_names)} and {num_outputs} outputs; "
                           f"{CONFIG_FILE} declares {expected} and {len(exported.config['outputs'])}")
+
+
+def check_graph_outputs(exported: ExportedModel, logits_fn, runtime: str) -> None:
+    """One probe row ([CLS], the last vocabulary id, [SEP]) through a loaded graph (`logits_fn`:
+    input ids -> intent and slot logits): its outputs must have the shapes the label files give and
+    be finite. A graph from another model, label files of another task, or damaged weights (a
+    flipped byte can give NaN) are refused, naming the files, instead of answering with labels read
+    past the outputs or "confidence": NaN."""
+    tokenizer, labels = exported.task.tokenizer, exported.task.labels
+    intent, slots = logits_fn(np.array([[tokenizer.cls_id, len(tokenizer) - 1, tokenizer.sep_id]], dtype="int64"))
+    where = f"{exported.directory} ({runtime})"
+    if intent.shape != (1, len(labels.intents)):
+        raise ExportError(f"{where}: {GRAPH_FILE} gives {intent.shape[-1]} intent scores but {INTENT_LABEL_FILE} has "
+                          f"{len(labels.intents)} labels: the graph and the label file come from different models")
+    if slots.shape != (1, 3, len(labels.slot_tags)):
+        raise ExportError(f"{where}: {GRAPH_FILE} gives slot scores of shape {list(slots.shape)} for 3 tokens but "
+                          f"{SLOT_LABEL_FILE} has {len(labels.slot_tags)} tags: the graph and the label file come from different models")
+    if not (np.isfinite(intent).all() and np.isfinite(slots).all()):
+        raise ExportError(f"{where}: the graph's outputs are not finite (NaN or inf) on a probe input: "
+                          f"{PARAMS_FILE} is damaged or not this graph's weights")

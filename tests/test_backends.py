@@ -68,3 +68,31 @@ def test_demo_refuses_a_broken_directory_with_a_message(trained, tmp_path):
     os.remove(os.path.join(broken, "model.pdiparams"))
     proc = subprocess.run([sys.executable, FASTDEPLOY_DEMO, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and f"infer_demo: {broken}: missing model.pdiparams" in proc.stderr
+
+
+def test_graphs_that_disagree_with_their_labels_or_give_nan_are_refused_at_load(trained, tmp_path):
+    """What the file checks cannot see, a probe row through the loaded graph does: an intent label
+    file one label longer (with a config that agrees with it), and NaN weights."""
+    source = os.path.join(trained, "infer_model")
+    longer = str(tmp_path / "longer")
+    shutil.copytree(source, longer)
+    with open(os.path.join(longer, "intent_label.txt"), "a", encoding="utf-8") as f:
+        f.write("weather.query\n")
+    config = json.load(open(os.path.join(longer, "inference_config.json"), encoding="utf-8"))
+    config["num_intents"] += 1
+    config["intent_slot_types"]["weather.query"] = []
+    json.dump(config, open(os.path.join(longer, "inference_config.json"), "w", encoding="utf-8"))
+    with pytest.raises(ValueError, match=r"longer \(paddle-inference\): model.pdmodel gives 11 intent scores but intent_label.txt has 12"):
+        backends.open_predictor(longer)
+
+    nan = str(tmp_path / "nan")
+    shutil.copytree(source, nan)
+    params = os.path.join(nan, "model.pdiparams")
+    data = bytearray(open(params, "rb").read())
+    data[-4096:] = np.full(1024, np.nan, dtype="float32").tobytes()  # the last tensors' last values
+    open(params, "wb").write(bytes(data))
+    with pytest.raises(ValueError, match="outputs are not finite .* model.pdiparams is damaged"):
+        backends.open_predictor(nan)
+    proc = subprocess.run([sys.executable, FASTDEPLOY_DEMO, "--model_dir", nan, "--backend", "fastdeploy-ort", "--text", "导航"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "outputs are not finite" in proc.stderr and proc.stdout == ""

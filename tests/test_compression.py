@@ -30,7 +30,7 @@ def compressed(trained, tmp_path_factory):
     from data import prepare_data
 
     data_dir = str(tmp_path_factory.mktemp("synthetic8000"))
-    prepare_data.main(["--synthetic", "--synthetic_size", "8000", "--train_fraction", "0.6", "--dev_fraction", "0.1",
+    prepare_data.main(["--synthetic", "--synthetic_size", "8000", "--train_fraction", "0.65", "--dev_fraction", "0.05",
                        "--output_dir", data_dir])
     out = str(tmp_path_factory.mktemp("compressed"))
     run_train.main([

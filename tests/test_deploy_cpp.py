@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import assert_same_records
 
@@ -168,3 +169,12 @@ def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):
     os.remove(os.path.join(broken, "vocab.txt"))
     proc = subprocess.run([demo, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and f"{broken}/vocab.txt: cannot open" in proc.stderr
+    # weights that give NaN: refused after one probe row, before any answer, in Python's words
+    nan = shutil.copytree(model_dir, str(tmp_path / "nan"))
+    params = os.path.join(nan, "model.pdiparams")
+    data = bytearray(open(params, "rb").read())
+    data[-4096:] = np.full(1024, np.nan, dtype="float32").tobytes()
+    open(params, "wb").write(bytes(data))
+    proc = subprocess.run([demo, "--model_dir", nan, "--text", "导航"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"{nan} (openvino): the graph's outputs are not finite (NaN or inf) on a probe input: model.pdiparams is damaged" in proc.stderr

@@ -114,6 +114,13 @@ int main(int argc, char** argv) {
       compiled = core.compile_model(core.read_model(model.graph_path()), "CPU", config);
     }
     ov::InferRequest request = run_model ? compiled.create_infer_request() : ov::InferRequest();
+    if (run_model) {  // one probe row before any answer: outputs of the label files' shapes, finite
+      std::vector<int64_t> probe = model.ProbeRow();
+      request.set_input_tensor(0, ov::Tensor(ov::element::i64, {1, probe.size()}, probe.data()));
+      request.infer();
+      const ov::Tensor intent = request.get_output_tensor(0), slots = request.get_output_tensor(1);
+      model.CheckProbeOutputs(intent.get_shape(), intent.data<float>(), slots.get_shape(), slots.data<float>(), "openvino");
+    }
     const size_t window = model.max_seq_length() - 2;
     auto start = std::chrono::steady_clock::now();
     std::unordered_map<std::string, slu::History> histories;  // --sessions: per session id

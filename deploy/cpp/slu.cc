@@ -184,6 +184,7 @@ Decoding ReadDecoding(const Json& config, const std::vector<std::string>& intent
 Model::Model(const std::string& model_dir) {
   for (const std::string& name : kFiles) OpenOrThrow(model_dir + "/" + name);
   graph_path_ = model_dir + "/" + kGraphFile;
+  model_dir_ = model_dir;
   const std::string config_path = model_dir + "/" + kConfigFile;
   auto fail = [&](const std::string& file, const std::string& problem) { throw std::runtime_error(model_dir + "/" + file + ": " + problem); };
   Json config;
@@ -241,6 +242,29 @@ Model::Model(const std::string& model_dir) {
   if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
 }
 
+
+void Model::CheckProbeOutputs(const std::vector<size_t>& intent_shape, const float* intent, const std::vector<size_t>& slot_shape,
+                              const float* slots, const std::string& runtime) const {
+  const std::string where = model_dir_ + " (" + runtime + "): ";
+  auto dims = [](const std::vector<size_t>& shape) {
+    std::string out = "[";
+    for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+    return out + "]";
+  };
+  if (intent_shape != std::vector<size_t>{1, intents_.size()})
+    throw std::runtime_error(where + kGraphFile + " gives " + std::to_string(intent_shape.empty() ? 0 : intent_shape.back()) +
+                             " intent scores but " + kIntentLabelFile + " has " + std::to_string(intents_.size()) +
+                             " labels: the graph and the label file come from different models");
+  if (slot_shape != std::vector<size_t>{1, 3, slot_tags_.size()})
+    throw std::runtime_error(where + kGraphFile + " gives slot scores of shape " + dims(slot_shape) + " for 3 tokens but " +
+                             kSlotLabelFile + " has " + std::to_string(slot_tags_.size()) +
+                             " tags: the graph and the label file come from different models");
+  const bool finite = std::all_of(intent, intent + intents_.size(), [](float v) { return std::isfinite(v); }) &&
+                      std::all_of(slots, slots + 3 * slot_tags_.size(), [](float v) { return std::isfinite(v); });
+  if (!finite)
+    throw std::runtime_error(where + "the graph's outputs are not finite (NaN or inf) on a probe input: " + kParamsFile +
+                             " is damaged or not this graph's weights");
+}
 
 std::string Model::Check(const Encoded& enc) const {
   if (enc.offsets.empty()) return kEmptyUtterance;

@@ -107,6 +107,13 @@ class Model {
   std::vector<double> SpanConfidences(const std::vector<float>& token_logits, const std::vector<int>& tag_ids,
                                       const std::vector<struct Span>& spans, size_t intent) const;
 
+  // export_format.check_graph_outputs: the probe row ([CLS], the last vocabulary id, [SEP]) to run
+  // through the loaded graph once, and the check of its outputs (shapes against the label files,
+  // all finite); throws std::runtime_error naming the files, as Python does.
+  std::vector<int64_t> ProbeRow() const { return {cls_id_, static_cast<int64_t>(token_to_id_.size()) - 1, sep_id_}; }
+  void CheckProbeOutputs(const std::vector<size_t>& intent_shape, const float* intent, const std::vector<size_t>& slot_shape,
+                         const float* slots, const std::string& runtime) const;
+
   int max_seq_length() const { return max_seq_length_; }
   int context_turns() const { return context_turns_; }
   const std::string& graph_path() const { return graph_path_; }
@@ -119,7 +126,7 @@ class Model {
   int pad_id_ = 0, cls_id_ = 0, sep_id_ = 0, unk_id_ = 0, max_seq_length_ = 0, context_turns_ = 0, max_context_tokens_ = 0;
   Decoding decoding_;
   size_t max_utterance_tokens_ = 0;
-  std::string graph_path_;
+  std::string graph_path_, model_dir_;
 };
 
 // BIO spans (type, start, end-exclusive), conlleval style, as task.bio_spans.
