@@ -2,15 +2,19 @@
 scratch or from pretrained weights) and its loss; the Bi-LSTM distillation student and the
 distillation losses."""
 import json
+import logging
 import os
 from typing import Tuple
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+import safetensors.numpy
 from paddlenlp.transformers import ErnieConfig, ErnieModel, ErniePretrainedModel
 
 from task import LabelMaps, Task
+
+logger = logging.getLogger("ernie_tiny_slu")  # the project's log (training.setup_logging)
 
 
 class JointErnie(ErniePretrainedModel):
@@ -121,9 +125,22 @@ def offline_hint(name: str) -> str:
     )
 
 
-def load_pretrained(name_or_dir: str, labels: LabelMaps, **config_overrides) -> JointErnie:
+SAFE_WEIGHTS, PICKLED_WEIGHTS = "model.safetensors", "model_state.pdparams"  # PaddleNLP's weight file names
+
+
+def load_pretrained(name_or_dir: str, labels: LabelMaps, trust_pickled_weights: bool = False, **config_overrides) -> JointErnie:
     """ERNIE 3.0 Tiny weights by hub name or local directory; the two heads start fresh unless the
-    directory already holds a JointErnie."""
+    directory already holds a JointErnie. A local directory is read from model.safetensors; one
+    with only pickled weights (model_state.pdparams: unpickling can run any code) is refused unless
+    `trust_pickled_weights`. Hub names download PaddleNLP's published (pickled) weights."""
+    if os.path.isdir(name_or_dir):
+        safe = os.path.isfile(os.path.join(name_or_dir, SAFE_WEIGHTS))
+        if not safe and os.path.isfile(os.path.join(name_or_dir, PICKLED_WEIGHTS)):
+            if not trust_pickled_weights:
+                raise ValueError(f"{name_or_dir} holds pickled weights ({PICKLED_WEIGHTS}) and no {SAFE_WEIGHTS}: loading a "
+                                 "pickle runs whatever code it carries. If you made this file, pass --trust_pickled_weights "
+                                 "(the run then writes its own weights as safetensors)")
+            logger.warning(f"{name_or_dir}: loading pickled weights ({PICKLED_WEIGHTS}) as --trust_pickled_weights asks")
     try:
         # The config is loaded first: from_pretrained would hand keys that a plain ERNIE config.json
         # lacks (num_intents, num_slot_tags) to __init__ instead of the config.
@@ -132,6 +149,14 @@ def load_pretrained(name_or_dir: str, labels: LabelMaps, **config_overrides) -> 
         return JointErnie.from_pretrained(name_or_dir, config=config)
     except OSError as e:
         raise OSError(offline_hint(name_or_dir)) from e
+
+
+def save_safe(model, directory: str) -> None:
+    """config.json and the weights as model.safetensors (no pickle), replacing pickled ones."""
+    model = model._layers if isinstance(model, paddle.DataParallel) else model
+    model.save_pretrained(directory, safe_serialization=True)
+    if os.path.isfile(os.path.join(directory, PICKLED_WEIGHTS)):
+        os.remove(os.path.join(directory, PICKLED_WEIGHTS))
 
 
 def build_from_scratch(architecture: str, task: Task, **config_overrides) -> JointErnie:
@@ -190,8 +215,9 @@ class BiLSTMJoint(nn.Layer):
         return self.intent_classifier(self.dropout(pooled)), self.slot_classifier(self.dropout(states))
 
     def save(self, directory: str) -> None:
+        """student_config.json and the weights as model.safetensors (no pickle)."""
         os.makedirs(directory, exist_ok=True)
-        paddle.save(self.state_dict(), os.path.join(directory, "model_state.pdparams"))
+        safetensors.numpy.save_file({k: v.numpy() for k, v in self.state_dict().items()}, os.path.join(directory, SAFE_WEIGHTS))
         with open(os.path.join(directory, "student_config.json"), "w") as f:
             json.dump(self.config, f, indent=2)
 
@@ -199,7 +225,7 @@ class BiLSTMJoint(nn.Layer):
     def load(cls, directory: str) -> "BiLSTMJoint":
         with open(os.path.join(directory, "student_config.json")) as f:
             model = cls(**json.load(f))
-        model.set_state_dict(paddle.load(os.path.join(directory, "model_state.pdparams")))
+        model.set_state_dict({k: paddle.to_tensor(v) for k, v in safetensors.numpy.load_file(os.path.join(directory, SAFE_WEIGHTS)).items()})
         return model
 
 

@@ -24,7 +24,7 @@ from backends import open_predictor
 from compression import compress
 from data.corpus import read_split
 from data.split import intent_slot_types
-from model import build_from_scratch, load_pretrained
+from model import build_from_scratch, load_pretrained, save_safe
 from predictor import Predictor
 from task import (
     DEFAULT_INTENT_LABEL_FILE,
@@ -90,6 +90,11 @@ class ModelArguments:
     )
     cpu_threads: int = field(
         default=0, metadata={"help": "CPU math threads (OpenMP/MKL); 0 = one per core. Overrides OMP_NUM_THREADS."}
+    )
+    trust_pickled_weights: bool = field(
+        default=False,
+        metadata={"help": "Allow --model_name_or_path DIR with only pickled weights (model_state.pdparams; unpickling "
+                  "runs any code it carries). This project writes model.safetensors; use it for files you made."},
     )
 
 
@@ -179,8 +184,8 @@ def run(argv=None):
     else:
         task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, max_seq_length, slot_types, **context)
         # a saved JointErnie keeps its own head; --slot_crf puts a CRF on one that has none
-        model = load_pretrained(model_args.model_name_or_path, labels, sep_token_id=task.tokenizer.sep_id, **context,
-                                **({"slot_crf": True} if model_args.slot_crf else {}))
+        model = load_pretrained(model_args.model_name_or_path, labels, model_args.trust_pickled_weights,
+                                sep_token_id=task.tokenizer.sep_id, **context, **({"slot_crf": True} if model_args.slot_crf else {}))
     checkpoint = training_args.resume_from_checkpoint
     if training_args.do_train and checkpoint:
         saved_vocab = os.path.join(checkpoint, export_format.VOCAB_FILE)
@@ -204,8 +209,8 @@ def run(argv=None):
         # a checkpoint of this output directory continues its run: step count, optimizer, scheduler, RNG states
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         logger.info(f"rank {args.process_index}: weights sha256 {weights_digest(model)}")  # the same on every rank
-        trainer.save_model()  # the best checkpoint when --load_best_model_at_end; rank 0 writes
-        if args.should_save:
+        if args.should_save:  # the best checkpoint's weights when --load_best_model_at_end, as safetensors
+            save_safe(model, args.output_dir)
             export_format.write_task_files(args.output_dir, task)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", {**result.metrics, "wall_time_s": time.time() - start, "cpu_threads": threads})

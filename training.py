@@ -143,15 +143,19 @@ class LengthBucketSampler(DistributedBatchSampler):
 
 
 class TaskFilesInCheckpoints(TrainerCallback):
-    """vocab.txt and the label files beside every checkpoint's weights, so that a checkpoint can
-    be exported, compressed or fine-tuned on its own (--model_name_or_path .../checkpoint-N)."""
+    """vocab.txt, the label files and the weights as model.safetensors beside every checkpoint's
+    Trainer files, so that a checkpoint can be exported, compressed or fine-tuned on its own
+    (--model_name_or_path .../checkpoint-N) without unpickling anything. The Trainer's own
+    model_state.pdparams stays: it reloads the best checkpoint and resumes from it (own files)."""
 
     def __init__(self, task: Task):
         self.task = task
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, model=None, **kwargs):
         if args.should_save:
-            export_format.write_task_files(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), self.task)
+            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            export_format.write_task_files(checkpoint, self.task)
+            (model._layers if isinstance(model, paddle.DataParallel) else model).save_pretrained(checkpoint, safe_serialization=True)
 
 
 class SluTrainer(Trainer):

@@ -3,11 +3,13 @@ evaluation, and the exported static graph against the dynamic graph."""
 import dataclasses
 import glob
 import os
+import pickle
 import shutil
 
 import numpy as np
 import paddle
 import pytest
+import safetensors.numpy
 
 import backends
 import export_format
@@ -32,7 +34,8 @@ def static(trained):
 
 
 def test_outputs_logs_and_metrics(trained, synthetic_splits):
-    for name in ("config.json", "model_state.pdparams", "vocab.txt", "train.log", "eval_results.json", "train_results.json"):
+    assert not os.path.exists(os.path.join(trained, "model_state.pdparams"))  # the model's weights: no pickle
+    for name in ("config.json", "model.safetensors", "vocab.txt", "train.log", "eval_results.json", "train_results.json"):
         assert os.path.isfile(os.path.join(trained, name)), name
     log = open(os.path.join(trained, "train.log"), encoding="utf-8").read()
     assert f"0 of {len(synthetic_splits['train'])} training utterances truncated" in log and "CPU math threads: 2" in log
@@ -195,15 +198,15 @@ def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
     with pytest.raises(RuntimeError, match="injected fault"):
         run_train.main(common + ["--output_dir", killed, "--wandb_api_key", "secret-4f9a"])
     monkeypatch.setattr(training.SluTrainer, "training_step", step)
-    assert {"config.json", "model_state.pdparams", "optimizer.pdopt", "scheduler.pdparams", "vocab.txt", "intent_label.txt",
-            "slot_label.txt"} <= set(os.listdir(os.path.join(killed, "checkpoint-6")))
+    assert {"config.json", "model_state.pdparams", "model.safetensors", "optimizer.pdopt", "scheduler.pdparams", "vocab.txt",
+            "intent_label.txt", "slot_label.txt"} <= set(os.listdir(os.path.join(killed, "checkpoint-6")))
     run_train.main(common + ["--output_dir", killed, "--resume_from_checkpoint", os.path.join(killed, "checkpoint-6")])
     log = open(os.path.join(killed, "train.log"), encoding="utf-8").read()
     assert "Continuing training from global step 6" in log
-    whole, resumed = (paddle.load(os.path.join(d, "model_state.pdparams")) for d in (str(tmp_path / "whole"), killed))
+    whole, resumed = (safetensors.numpy.load_file(os.path.join(d, "model.safetensors")) for d in (str(tmp_path / "whole"), killed))
     assert sorted(whole) == sorted(resumed)
     for name in whole:
-        np.testing.assert_allclose(resumed[name].numpy(), whole[name].numpy(), rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(resumed[name], whole[name], rtol=0, atol=1e-6, err_msg=name)
     # an API key reaches wandb through its environment variable, never the log or the pickled arguments
     assert os.environ["WANDB_API_KEY"] == "secret-4f9a"
     written = [os.path.join(d, f) for d, _, files in os.walk(killed) for f in files]
@@ -225,14 +228,29 @@ def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_d
     pretrained = str(tmp_path / "ernie")
     tokenizer = task.CharTokenizer.build(u.text for u in synthetic_splits["dev"])  # deliberately not train's
     config = ErnieConfig(**{**ErnieConfig.pretrained_init_configuration["ernie-3.0-tiny-nano-v2-zh"], "vocab_size": len(tokenizer)})
-    ErnieModel(config).save_pretrained(pretrained)
+    ErnieModel(config).save_pretrained(pretrained)  # pickled weights, as PaddleNLP saves by default
     export_format.write_vocab(pretrained, tokenizer)
     out = str(tmp_path / "out")
-    run_train.main([
-        "--model_name_or_path", pretrained, "--data_dir", synthetic_dir, "--output_dir", out,
-        "--do_train", "--do_eval", "--do_export", "--max_steps", "3", "--evaluation_strategy", "no", "--save_strategy", "no",
-        "--load_best_model_at_end", "false", "--disable_tqdm", "true",
-    ])
+    flags = ["--model_name_or_path", pretrained, "--data_dir", synthetic_dir, "--output_dir", out,
+             "--do_train", "--do_eval", "--do_export", "--max_steps", "3", "--evaluation_strategy", "no", "--save_strategy", "no",
+             "--load_best_model_at_end", "false", "--disable_tqdm", "true"]
+    # unpickling runs code: a directory with only model_state.pdparams needs the explicit opt-in
+    with pytest.raises(ValueError, match="holds pickled weights .* pass --trust_pickled_weights"):
+        run_train.main(flags)
+    crafted = shutil.copytree(pretrained, str(tmp_path / "crafted"))
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(os.path.join(crafted, "model_state.pdparams"), "wb") as f:
+        pickle.dump(Payload(), f)
+    with pytest.raises(ValueError, match="holds pickled weights"):
+        run_train.main([crafted if a == pretrained else a for a in flags])
+    assert not marker.exists()  # refused before anything was unpickled
+    run_train.main(flags + ["--trust_pickled_weights"])
+    assert os.path.isfile(os.path.join(out, "model.safetensors")) and not os.path.exists(os.path.join(out, "model_state.pdparams"))
     assert task.CharTokenizer.from_file(os.path.join(out, "vocab.txt")).vocab == tokenizer.vocab
     # a model without context (the default): rows hold the utterance alone, exported as such
     exported = export_format.read(os.path.join(out, "infer_model"))
