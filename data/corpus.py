@@ -20,7 +20,11 @@ CORPUS_SEARCH_PATH = [
 class CorpusError(ValueError):
     """A malformed corpus line; the message names file, line number and problem."""
 
+    MAX_PROBLEM_CHARS = 300  # a 20 MB line is named, not echoed
+
     def __init__(self, path: str, line_no: int, problem: str):
+        if len(problem) > self.MAX_PROBLEM_CHARS:
+            problem = f"{problem[: self.MAX_PROBLEM_CHARS]}... ({len(problem):,} characters in all)"
         super().__init__(f"{path}:{line_no}: {problem}")
         self.path, self.line_no, self.problem = path, line_no, problem
 
@@ -84,8 +88,8 @@ def parse_annotation(query: str, annotated: str, slot_types: Sequence[str]) -> T
             text += chunk
         else:
             span, sep, value = chunk.partition("||")
-            if not span or (sep and not value) or "||" in value:
-                raise ValueError(f"bad slot content {chunk!r} in <{open_tag}>")
+            if not span.strip() or (sep and not value.strip()) or "||" in value:
+                raise ValueError(f"bad slot content {chunk!r} in <{open_tag}>: empty, only spaces, or a third '||' part")
             slots.append(Slot(open_tag, len(text), len(text) + len(span), value if sep else span))
             text += span
         if i == len(tags):
@@ -118,6 +122,8 @@ def read_corpus(path: str, labels: Optional[LabelMaps] = None) -> List[Utterance
             raise CorpusError(path, line_no, f"not UTF-8 ({e.reason} at byte {e.start})") from None
         if line_no == 1:
             line = line.lstrip("\ufeff")
+        if "\ufeff" in line:
+            raise CorpusError(path, line_no, "a byte-order mark (U+FEFF) inside the file: only the first line may start with one")
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -126,6 +132,8 @@ def read_corpus(path: str, labels: Optional[LabelMaps] = None) -> List[Utterance
         session_id, query, intent, annotated = fields
         if not session_id.strip():
             raise CorpusError(path, line_no, "empty session id")
+        if not query.strip():
+            raise CorpusError(path, line_no, "empty query")
         if intent not in intents:
             raise CorpusError(path, line_no, f"unknown intent {intent!r} (not in intent_label.txt)")
         try:

@@ -12,7 +12,7 @@ last with the sha256 of every split: readers (data.corpus.read_split) refuse a m
 import argparse
 import os
 
-from data.corpus import STATS_FILE, file_sha256, find_corpus, read_corpus, write_corpus
+from data.corpus import STATS_FILE, CorpusError, file_sha256, find_corpus, read_corpus, write_corpus
 from data.split import intent_slot_types, split_by_session, split_stats
 from data.synthetic import generate
 from utils import PROJECT_DIR, save_json
@@ -34,7 +34,10 @@ def main(argv=None):
                      "dev >= 0 and train + dev < 1 (test gets the rest)")
     corpus = None if args.synthetic else find_corpus(args.corpus_file)
     if corpus:
-        utterances = read_corpus(corpus)
+        try:
+            utterances = read_corpus(corpus)
+        except CorpusError as e:  # file, line and problem; no traceback
+            raise SystemExit(f"prepare_data: {e}") from None
         if not utterances:
             raise SystemExit(f"{corpus}: no utterance in the corpus")
         source = {"corpus_file": os.path.abspath(corpus), "sha256": file_sha256(corpus)}

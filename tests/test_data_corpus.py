@@ -1,6 +1,8 @@
 """Corpus parsing and writing, malformed-line errors, the synthetic corpus, reading a corpus by flag."""
 import collections
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -62,6 +64,10 @@ def test_write_then_read_round_trips(tmp_path, labels):
         ("s\t去北京\tnavigation.navigation\t去北京>", "stray '<' or '>'"),
         ("s\t去北京\tnavigation.fly\t去北京", "unknown intent 'navigation.fly'"),
         ("\t去北京\tnavigation.navigation\t去北京", "empty session id"),
+        ("s\t \tOTHERS\t ", "empty query"),
+        ("s\t去 北京\tnavigation.navigation\t去< destination> </destination>北京", "unknown slot tag"),
+        ("s\t去  北京\tnavigation.navigation\t去<destination>  </destination>北京", "bad slot content '  '"),
+        ("\ufeffs\t去北京\tnavigation.navigation\t去北京", "a byte-order mark (U+FEFF) inside the file"),
     ],
 )
 def test_malformed_line_names_file_line_and_problem(tmp_path, labels, line, problem):
@@ -114,3 +120,13 @@ def test_prepare_data_reads_a_corpus_file_given_by_flag(tmp_path):
     assert len(stats["source"]["sha256"]) == 64
     with pytest.raises(FileNotFoundError, match="corpus file not found"):
         prepare_data.main(["--corpus_file", str(tmp_path / "missing.txt"), "--output_dir", out])
+
+
+def test_a_huge_bad_line_is_named_not_echoed(tmp_path, labels):
+    path = write(tmp_path, GOOD + "\r\n" + "s\t去北京\tnavigation.navigation\t" + "去" * 1_000_000 + "\r\n")
+    with pytest.raises(CorpusError) as err:
+        read_corpus(path, labels)
+    assert err.value.line_no == 7 and len(str(err.value)) < 500 and "characters in all" in str(err.value)
+    proc = subprocess.run([sys.executable, "data/prepare_data.py", "--corpus_file", path, "--output_dir", str(tmp_path / "out")],
+                          cwd=utils.PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"prepare_data: {path}:7: ") and "Traceback" not in proc.stderr
