@@ -7,7 +7,8 @@
 #include <vector>
 namespace paddle { namespace lite_api {
 enum PowerMode { LITE_POWER_HIGH };
-struct Tensor { void Resize(std::vector<int64_t>); template <typename T> T* mutable_data(); template <typename T> const T* data() const; };
+using shape_t = std::vector<int64_t>;
+struct Tensor { void Resize(std::vector<int64_t>); shape_t shape() const; template <typename T> T* mutable_data(); template <typename T> const T* data() const; };
 struct MobileConfig { void set_model_from_file(const std::string&); void set_threads(int); void set_power_mode(PowerMode); };
 struct PaddlePredictor { std::unique_ptr<Tensor> GetInput(int); std::unique_ptr<const Tensor> GetOutput(int); void Run(); };
 template <typename C> std::shared_ptr<PaddlePredictor> CreatePaddlePredictor(const C&);

@@ -27,6 +27,20 @@ class Session {
     config.set_threads(threads);
     config.set_power_mode(paddle::lite_api::LITE_POWER_HIGH);
     predictor_ = paddle::lite_api::CreatePaddlePredictor<MobileConfig>(config);
+    // one probe row before any answer: outputs of the label files' shapes, finite (slu.h)
+    std::vector<int64_t> probe = model_.ProbeRow();
+    std::unique_ptr<paddle::lite_api::Tensor> input(predictor_->GetInput(0));
+    input->Resize({1, static_cast<int64_t>(probe.size())});
+    std::copy(probe.begin(), probe.end(), input->mutable_data<int64_t>());
+    predictor_->Run();
+    std::unique_ptr<const paddle::lite_api::Tensor> intent(predictor_->GetOutput(0));
+    std::unique_ptr<const paddle::lite_api::Tensor> slots(predictor_->GetOutput(1));
+    auto shape = [](const paddle::lite_api::Tensor& t) {
+      std::vector<size_t> out;
+      for (int64_t d : t.shape()) out.push_back(static_cast<size_t>(d));
+      return out;
+    };
+    model_.CheckProbeOutputs(shape(*intent), intent->data<float>(), shape(*slots), slots->data<float>(), "paddle-lite");
   }
 
   // The next utterance (UTF-8) of the conversation -> the JSON line run_eval.py prints for it; a
