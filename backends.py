@@ -61,6 +61,11 @@ def _fastdeploy(engine: str) -> Callable[[export_format.ExportedModel, int], Log
         option.use_cpu()
         option.set_cpu_thread_num(threads)
         {"paddle": option.use_paddle_infer_backend, "ort": option.use_ort_backend, "openvino": option.use_openvino_backend}[engine]()
+        if engine == "paddle":
+            # The Paddle Inference bundled in FastDeploy 1.0.7 returns wrong logits on oneDNN once the
+            # batch size changes between calls (1 then 2 rows: near-uniform intents), which the probe
+            # row of check_graph_outputs made every run hit; without oneDNN it matches paddle 2.6.
+            option.paddle_infer_option.enable_mkldnn = False
         try:
             runtime = fd.Runtime(option)
         except RuntimeError as e:
