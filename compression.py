@@ -19,7 +19,7 @@ import compat
 import export_format
 from backends import model_size_mb, open_predictor
 from decoding import Decoder
-from model import JointErnie
+from model import JointErnie, save_safe
 from predictor import merge_windows, run_windows, score
 from task import SPECIAL_TOKENS, CharTokenizer, Task
 from training import (
@@ -70,7 +70,7 @@ def prune_vocabulary(model: JointErnie, task: Task, texts: Iterable[str], max_vo
     pruned = JointErnie(config)
     pruned.set_state_dict(state)
     os.makedirs(output_dir, exist_ok=True)
-    pruned.save_pretrained(output_dir)
+    save_safe(pruned, output_dir)
     export_format.write_task_files(output_dir, pruned_task)
     return pruned, pruned_task
 

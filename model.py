@@ -120,7 +120,7 @@ def offline_hint(name: str) -> str:
     return (
         f"could not load {name!r}: it is neither a local directory with model files nor reachable "
         "on the PaddleNLP model hub (no network?). Pass --model_name_or_path a local directory saved "
-        "with save_pretrained (config.json, model_state.pdparams, vocab.txt), or train from scratch "
+        "with save_pretrained (config.json, model.safetensors, vocab.txt), or train from scratch "
         "with --from_scratch (same architecture, vocabulary built from the training data)."
     )
 

@@ -136,7 +136,7 @@ def test_prunes_a_40k_vocabulary_pretrained_directory(tmp_path, labels):
     chars = list("导航去北京播放音乐")
     vocab = task.SPECIAL_TOKENS + chars + [f"[unused{i}]" for i in range(40000 - len(task.SPECIAL_TOKENS) - len(chars))]
     config = ErnieConfig(**{**ErnieConfig.pretrained_init_configuration["ernie-3.0-tiny-nano-v2-zh"], "vocab_size": 40000})
-    ErnieModel(config).save_pretrained(str(tmp_path / "ernie"))
+    ErnieModel(config).save_pretrained(str(tmp_path / "ernie"), safe_serialization=True)
     export_format.write_vocab(str(tmp_path / "ernie"), task.CharTokenizer(vocab))
     model, tokenizer = load_pretrained(str(tmp_path / "ernie"), labels), pretrained_tokenizer(str(tmp_path / "ernie"))
     pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, task.any_slot_types(labels)), ["导航去北京", "播放音乐"], 8000, str(tmp_path / "pruned"))

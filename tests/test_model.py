@@ -1,4 +1,6 @@
 """JointErnie: architecture, loss, save/load, offline errors, and a tiny training run."""
+import os
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -13,6 +15,7 @@ from model import (
     build_from_scratch,
     load_pretrained,
     padding_mask,
+    save_safe,
     segment_ids,
 )
 from training import pretrained_tokenizer
@@ -110,8 +113,9 @@ def test_loss_is_intent_ce_plus_slot_ce_over_real_tokens(labels):
 def test_save_and_load_round_trip(tmp_path, tokenizer, labels):
     model = small_model(tokenizer, labels)
     model.eval()
-    model.save_pretrained(str(tmp_path))
+    save_safe(model, str(tmp_path))
     export_format.write_vocab(str(tmp_path), tokenizer)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors", "vocab.txt"]
     loaded = load_pretrained(str(tmp_path), labels)
     loaded.eval()
     assert isinstance(loaded, JointErnie)
@@ -164,9 +168,9 @@ def test_loads_a_plain_pretrained_ernie_directory(tmp_path, tokenizer, labels):
     config = ErnieConfig(**{**ErnieConfig.pretrained_init_configuration["ernie-3.0-tiny-nano-v2-zh"], "vocab_size": len(tokenizer)})
     paddle.seed(3)
     encoder = ErnieModel(config)
-    encoder.save_pretrained(str(tmp_path))
+    encoder.save_pretrained(str(tmp_path))  # pickled, as PaddleNLP's downloads are
     export_format.write_vocab(str(tmp_path), tokenizer)
-    model = load_pretrained(str(tmp_path), labels)
+    model = load_pretrained(str(tmp_path), labels, trust_pickled_weights=True)
     assert model.config.num_intents == len(labels.intents) and model.config.num_slot_tags == len(labels.slot_tags)
     saved = encoder.state_dict()
     for name, value in model.ernie.state_dict().items():
