@@ -151,10 +151,14 @@ def load_pretrained(name_or_dir: str, labels: LabelMaps, trust_pickled_weights: 
         raise OSError(offline_hint(name_or_dir)) from e
 
 
+def unwrap(model):
+    """The model inside a paddle.DataParallel wrapper (data-parallel training), or the model."""
+    return model._layers if isinstance(model, paddle.DataParallel) else model
+
+
 def save_safe(model, directory: str) -> None:
     """config.json and the weights as model.safetensors (no pickle), replacing pickled ones."""
-    model = model._layers if isinstance(model, paddle.DataParallel) else model
-    model.save_pretrained(directory, safe_serialization=True)
+    unwrap(model).save_pretrained(directory, safe_serialization=True)
     if os.path.isfile(os.path.join(directory, PICKLED_WEIGHTS)):
         os.remove(os.path.join(directory, PICKLED_WEIGHTS))
 

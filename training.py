@@ -16,7 +16,7 @@ from paddlenlp.utils.log import logger as paddlenlp_logger
 
 import export_format
 from data.corpus import Utterance
-from model import JointLoss, offline_hint
+from model import JointLoss, offline_hint, unwrap
 from decoding import TEMPERATURE_GRID, Calibration, Decoder
 from backends import open_predictor
 from predictor import LogitsFn, merge_windows, score
@@ -155,7 +155,7 @@ class TaskFilesInCheckpoints(TrainerCallback):
         if args.should_save:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             export_format.write_task_files(checkpoint, self.task)
-            (model._layers if isinstance(model, paddle.DataParallel) else model).save_pretrained(checkpoint, safe_serialization=True)
+            unwrap(model).save_pretrained(checkpoint, safe_serialization=True)
 
 
 class SluTrainer(Trainer):
