@@ -21,7 +21,6 @@ recipe (jieba data augmentation, MSE on logits) and vanilla KD, applied to joint
    the test split: accuracy, size and batch-1 latency per backend, measured in this run.
 """
 import copy
-import hashlib
 import os
 import time
 import zipfile
@@ -49,7 +48,7 @@ from training import (
     refuse_launcher,
     setup_logging,
 )
-from utils import PROJECT_DIR, atomic_path, markdown_table, pad_batch, save_json, write_text
+from utils import PROJECT_DIR, atomic_path, file_sha256, markdown_table, pad_batch, save_json, write_text
 
 
 @dataclass
@@ -92,11 +91,7 @@ def teacher_logits(teacher: Predictor, teacher_dir: str, rows: List[dict], cache
     cannot be read (a cut file)."""
     ids = [np.asarray(r["input_ids"]) for r in rows]
     flat_ids = np.concatenate(ids)
-    digest = hashlib.sha256()
-    for name in (export_format.GRAPH_FILE, export_format.PARAMS_FILE):
-        with open(os.path.join(teacher_dir, name), "rb") as f:
-            digest.update(f.read())
-    fingerprint = digest.hexdigest()
+    fingerprint = ",".join(file_sha256(os.path.join(teacher_dir, name)) for name in (export_format.GRAPH_FILE, export_format.PARAMS_FILE))
     cached = None
     if os.path.isfile(cache):
         try:

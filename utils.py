@@ -2,6 +2,7 @@
 Markdown tables, padding, the CPU math-library switch. Plain Python + numpy, no
 import-time side effects (FastDeploy front ends import this and must never load paddle)."""
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -54,6 +55,11 @@ def save_json(path: str, obj) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=2)
         f.write("\n")
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def load_json(path: str):

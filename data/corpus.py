@@ -1,13 +1,12 @@
 """The NLPCC 2018 Task 4 corpus format: `session<TAB>query<TAB>intent<TAB>annotated query` lines,
 slots marked `<type>text</type>` or `<type>text||value</type>`, blank lines between sessions."""
 import dataclasses
-import hashlib
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
 
 from task import OUTSIDE_LABEL, LabelMaps, carries_token
-from utils import PROJECT_DIR, atomic_path, load_json
+from utils import PROJECT_DIR, atomic_path, file_sha256, load_json
 
 # Where the corpus is looked for when no --corpus_file is given.
 STATS_FILE = "stats.json"  # beside the splits of data/prepare_data.py
@@ -168,11 +167,6 @@ def find_corpus(corpus_file: Optional[str] = None) -> str:
             "the NLPCC 2018 Task 4 corpus was not found at " + " or ".join(os.path.normpath(p) for p in CORPUS_SEARCH_PATH)
             + ": put corpus.train.txt there, pass --corpus_file, or ask for the synthetic corpus with --synthetic")
     return found
-
-
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def read_split(data_dir: str, name: str, labels: LabelMaps) -> List[Utterance]:

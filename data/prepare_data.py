@@ -12,10 +12,10 @@ last with the sha256 of every split: readers (data.corpus.read_split) refuse a m
 import argparse
 import os
 
-from data.corpus import STATS_FILE, CorpusError, file_sha256, find_corpus, read_corpus, write_corpus
+from data.corpus import STATS_FILE, CorpusError, find_corpus, read_corpus, write_corpus
 from data.split import intent_slot_types, split_by_session, split_stats
 from data.synthetic import generate
-from utils import PROJECT_DIR, save_json
+from utils import PROJECT_DIR, file_sha256, save_json
 
 
 def main(argv=None):
