@@ -57,6 +57,12 @@ def save_json(path: str, obj) -> None:
         f.write("\n")
 
 
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG, written whole or not at all."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
 def file_sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()

@@ -29,7 +29,7 @@ from data.corpus import read_corpus
 from latency import measure_in_subprocess
 from metrics import sentence_correct
 from predictor import score
-from utils import PROJECT_DIR, load_json, markdown_table, save_json, write_text
+from utils import PROJECT_DIR, load_json, markdown_table, save_figure, save_json, write_text
 
 SUBSETS = {
     "len<=4": lambda u, first: len(u.text) <= 4,
@@ -134,7 +134,7 @@ def plot(report: dict, path: str) -> None:
     ax.set_xlabel("%")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None):

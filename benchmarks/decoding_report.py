@@ -45,7 +45,7 @@ from decoding import (
 )
 from metrics import sentence_correct
 from predictor import score
-from utils import PROJECT_DIR, markdown_table, pad_batch, save_json, write_text
+from utils import PROJECT_DIR, markdown_table, pad_batch, save_figure, save_json, write_text
 
 GARBAGE = ["<singer>x</singer>", "ＡＢＣ全角字母测试", "la la la", "我想听周杰伦的晴天", "asdfghjkl", "？？？", "123 456 789",
            "的的的的的的的的", "导航去去去去去", "打电话给给给给"]
@@ -145,7 +145,7 @@ def plot(report: dict, output_dir: str) -> None:
         ax.set_ylabel("accuracy")
         ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(os.path.join(output_dir, "reliability.png"), dpi=110)
+    save_figure(fig, os.path.join(output_dir, "reliability.png"), dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -160,7 +160,7 @@ def plot(report: dict, output_dir: str) -> None:
     ax.set_title("selective prediction by answer score")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(output_dir, "coverage.png"), dpi=110)
+    save_figure(fig, os.path.join(output_dir, "coverage.png"), dpi=110)
     plt.close(fig)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from backends import BACKENDS, model_size_mb
 from export_format import GRAPH_FILE
 from latency import measure_in_subprocess
-from utils import load_json, markdown_table, save_json, write_text
+from utils import load_json, markdown_table, save_figure, save_json, write_text
 
 DEFAULT_BACKENDS = ["paddle-inference", "fastdeploy-ort", "fastdeploy-openvino"]
 
@@ -100,7 +100,7 @@ def plot(result, output_dir: str) -> list:
         ax.legend()
     fig.tight_layout()
     paths.append(os.path.join(output_dir, "latency_p50.png"))
-    fig.savefig(paths[-1], dpi=110)
+    save_figure(fig, paths[-1], dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -115,7 +115,7 @@ def plot(result, output_dir: str) -> list:
     ax.set_title("size vs accuracy per stage")
     fig.tight_layout()
     paths.append(os.path.join(output_dir, "size_vs_accuracy.png"))
-    fig.savefig(paths[-1], dpi=110)
+    save_figure(fig, paths[-1], dpi=110)
     plt.close(fig)
 
     one_thread = [c for c in cells if c["threads"] == threads[0]]
@@ -132,7 +132,7 @@ def plot(result, output_dir: str) -> list:
     ax.legend()
     fig.tight_layout()
     paths.append(os.path.join(output_dir, "latency_split.png"))
-    fig.savefig(paths[-1], dpi=110)
+    save_figure(fig, paths[-1], dpi=110)
     plt.close(fig)
     return paths
 
