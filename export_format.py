@@ -227,7 +227,109 @@ def read(directory: str) -> ExportedModel:
         value = getattr(calibration, key)
         check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, CONFIG_FILE,
               f"calibration {key} must be a positive number, not {value!r}")
-    return ExportedModel(directory, config, task)
+    exported = ExportedModel(directory, config, task)
+    check_graph_tables(exported)
+    return exported
+
+
+# ----------------------------------------------------------------------------- the graph's lookup tables
+# Paddle's ProgramDesc (paddle/fluid/framework/framework.proto) read at the protobuf wire level, so
+# that readers without paddle (FastDeploy front ends) check it too: ProgramDesc.blocks = 1;
+# BlockDesc.vars = 3, .ops = 4; VarDesc.name = 1, .type = 2; VarType.lod_tensor = 3;
+# LoDTensorDesc.tensor = 1; TensorDesc.dims = 2; OpDesc.inputs = 1, .type = 3; OpDesc.Var.parameter = 1, .arguments = 2.
+
+
+def _varint(buf: bytes, i: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """(field number, value) of one protobuf message: varints as int, length-delimited fields as bytes."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            value, i = buf[i : i + size], i + size
+        elif wire in (1, 5):
+            value, i = None, i + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > len(buf):
+            raise ValueError("message cut short")
+        yield field, value
+
+
+def _first(buf: bytes, field: int) -> bytes:
+    return next((v for f, v in _fields(buf) if f == field), b"")
+
+
+def _dims(tensor_desc: bytes) -> List[int]:
+    dims = []
+    for field, value in _fields(tensor_desc):
+        if field == 2:
+            packed = [value] if isinstance(value, int) else []
+            if isinstance(value, bytes):  # packed repeated int64
+                i = 0
+                while i < len(value):
+                    v, i = _varint(value, i)
+                    packed.append(v)
+            dims += [v - (1 << 64) if v >= 1 << 63 else v for v in packed]
+    return dims
+
+
+def lookup_tables(graph_path: str) -> List[Tuple[str, List[int]]]:
+    """(ids variable, table shape) of every embedding lookup (lookup_table_v2) in a graph's first
+    block, in op order; raises ExportError when the file is no Paddle program."""
+    with open(graph_path, "rb") as f:
+        program = f.read()
+    try:
+        block = _first(program, 1)
+        shapes, tables = {}, []
+        for field, value in _fields(block):
+            if field == 3:  # a variable
+                name = _first(value, 1).decode("utf-8")
+                shapes[name] = _dims(_first(_first(_first(value, 2), 3), 1))
+            elif field == 4 and _first(value, 3) == b"lookup_table_v2":
+                inputs = {}
+                for f, var in _fields(value):
+                    if f == 1:
+                        inputs[_first(var, 1).decode("utf-8")] = [a.decode("utf-8") for k, a in _fields(var) if k == 2]
+                tables.append((inputs["Ids"][0], inputs["W"][0]))
+        return [(ids, shapes[table]) for ids, table in tables]
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError) as e:
+        raise ExportError(f"{graph_path}: not a readable Paddle program ({type(e).__name__}: {e})") from None
+
+
+def check_graph_tables(exported: ExportedModel) -> None:
+    """The graph's embedding tables against the contract: the word table (looked up by input_ids)
+    has vocab_size rows, and the largest other table (the position embeddings) covers the longest
+    row a front end builds (max_seq_length + max_context_tokens). A runtime reads past a table
+    without a word: ids beyond it give garbage, not an error."""
+    graph = exported.path(GRAPH_FILE)
+    tables = lookup_tables(graph)
+    word = [shape for ids, shape in tables if ids == INPUT_NAME]
+    if len(word) != 1 or len(word[0]) != 2:
+        raise ExportError(f"{graph}: expected one embedding lookup of {INPUT_NAME}, found {len(word)}")
+    vocab_size = exported.config["vocab_size"]
+    if word[0][0] != vocab_size:
+        raise ExportError(f"{graph}: the word embedding table has {word[0][0]} rows but {VOCAB_FILE} and {CONFIG_FILE} give "
+                          f"{vocab_size} tokens: the graph and the vocabulary come from different models")
+    others = [shape[0] for ids, shape in tables if ids != INPUT_NAME]
+    row = exported.task.max_row_length
+    if others and max(others) < row:
+        raise ExportError(f"{exported.path(CONFIG_FILE)}: max_seq_length {exported.config['max_seq_length']} + max_context_tokens "
+                          f"{exported.config['max_context_tokens']} = {row} tokens per row, but {GRAPH_FILE} has {max(others)} positions")
 
 
 def check_graph_io(exported: ExportedModel, input_names: Sequence[str], num_outputs: int, runtime: str) -> None:

@@ -3,6 +3,7 @@ evaluated and exported once per session through run_train.py itself, the edge-ca
 every front end is run on, and how their results are compared."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 import task
 import utils
+from export_format import INPUT_NAME
 from data import prepare_data
 from data.corpus import read_corpus
 
@@ -48,6 +50,61 @@ def run_fastdeploy_demo(model_dir, backend, texts, *flags):
                           input="".join(t + "\n" for t in texts), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def proto(*fields):
+    """A protobuf message from (field number, int or bytes) pairs, at the wire level."""
+    def varint(n):
+        n &= (1 << 64) - 1
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+    return b"".join(varint(number << 3 | (2 if isinstance(value, bytes) else 0)) + (
+        varint(len(value)) + value if isinstance(value, bytes) else varint(value)) for number, value in fields)
+
+
+def embedding_program(vocab_rows, position_rows):
+    """A stand-in model.pdmodel: a Paddle ProgramDesc with ERNIE's three embedding lookups (word,
+    position, token type) and nothing else, for readers that check the tables but run no graph."""
+    def var(name, dims):
+        return 3, proto((1, name.encode()), (2, proto((1, 7), (3, proto((1, proto((1, 5), *[(2, d) for d in dims])))))))
+
+    def lookup(ids, table):
+        return 4, proto((1, proto((1, b"Ids"), (2, ids.encode()))), (1, proto((1, b"W"), (2, table.encode()))),
+                        (2, proto((1, b"Out"), (2, b"out"))), (3, b"lookup_table_v2"))
+
+    block = proto((1, 0), (2, 0), var(INPUT_NAME, [-1, -1]), var("word", [vocab_rows, 8]), var("pos", [position_rows, 8]),
+                  var("type", [4, 8]), lookup(INPUT_NAME, "word"), lookup("position_ids", "pos"), lookup("type_ids", "type"))
+    return proto((1, block))
+
+
+# Runs a project script with `open` watched, and SIGKILLs the process the moment it opens for writing a
+# file whose path matches a glob pattern: a kill at a chosen point, not a timing guess. (utils.atomic_path
+# writes FILE as .FILE.<random>/new beside it: "*/.train.txt.*/new" is the moment train.txt is written.)
+_KILL_ON_OPEN = """
+import builtins, fnmatch, os, runpy, signal, sys
+script, pattern, *argv = sys.argv[1:]
+real_open = builtins.open
+def watched_open(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and fnmatch.fnmatch(os.fspath(file), pattern) and any(m in mode for m in "wax+"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_open(file, mode, *args, **kwargs)
+builtins.open = watched_open
+sys.argv = [script, *argv]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run_killed_at_open(script, pattern, argv, env=None):
+    """Run `script` (relative to the project) with `argv` in a subprocess that is SIGKILLed when it
+    opens a path matching `pattern` (fnmatch) for writing; asserts that it was killed there."""
+    proc = subprocess.run([sys.executable, "-c", _KILL_ON_OPEN, os.path.join(utils.PROJECT_DIR, script), pattern, *argv],
+                          cwd=utils.PROJECT_DIR, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {pattern} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_same_records
+from conftest import assert_same_records, embedding_program
 
 import backends
 import export_format
@@ -68,10 +68,16 @@ def edit_config(directory, **changes):
     ("missing key", {"max_utterance_tokens": None}, "inference_config.json: max_utterance_tokens must be an integer, not null"),
     ("not an integer", {"max_seq_length": 16.5}, "inference_config.json: max_seq_length must be an integer, not 16.5"),
     ("invalid JSON", "{", "inference_config.json: not valid JSON"),
+    ("rows beyond the position table", {"max_seq_length": 4096}, "tokens per row, but model.pdmodel has 2048 positions"),
+    ("a vocabulary longer than the embedding table", "vocab+1", "model.pdmodel: the word embedding table has"),
 ])
 def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_path, name, change, cpp_error):
     broken = shutil.copytree(os.path.join(trained, "infer_model"), str(tmp_path / "broken"))
-    if isinstance(change, str):
+    if change == "vocab+1":  # a token more in vocab.txt and in vocab_size: only the graph's table disagrees
+        with open(os.path.join(broken, "vocab.txt"), "a", encoding="utf-8") as f:
+            f.write("新新\n")
+        edit_config(broken, vocab_size=len(utils.read_lines(os.path.join(broken, "vocab.txt"))))
+    elif isinstance(change, str):
         with open(os.path.join(broken, export_format.CONFIG_FILE), "w") as f:
             f.write(change)
     else:
@@ -102,6 +108,8 @@ def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path,
         corpus_tokenizer = task.CharTokenizer.build(u.text for u in corpus)
         export_format.write_vocab(corpus_dir, corpus_tokenizer)
         edit_config(corpus_dir, vocab_size=len(corpus_tokenizer), max_seq_length=10, context_turns=2, max_context_tokens=12)
+        with open(os.path.join(corpus_dir, export_format.GRAPH_FILE), "wb") as f:  # tables to match: only tokenization runs
+            f.write(embedding_program(len(corpus_tokenizer), 22))
         cases.append((corpus_dir, [(u.session_id, u.text) for u in corpus] + [("tricky", t) for t in TRICKY]))
     for directory, turns in cases:
         the_task = export_format.read(directory).task

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from conftest import embedding_program
 
 import export_format
 import decoding
@@ -15,12 +16,18 @@ SLOT_TYPES = {**task.any_slot_types(LABELS), "OTHERS": [], "music.pause": [], "n
 TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, SLOT_TYPES, context_turns=2, max_context_tokens=24)
 
 
-def fake_graph(prefix):
-    """A GraphWriter that needs no paddle: the contract only moves the graph files."""
-    for ext in (".pdmodel", ".pdiparams"):
-        with open(prefix + ext, "wb") as f:
-            f.write(b"graph" + ext.encode())
-    return [export_format.INPUT_NAME], ["intent_out", "slot_out"]
+def fake_graph_for(task_):
+    """A GraphWriter that needs no paddle: a program with `task_`'s embedding tables, no weights."""
+    def write(prefix):
+        with open(prefix + ".pdmodel", "wb") as f:
+            f.write(embedding_program(len(task_.tokenizer), task_.max_row_length))
+        with open(prefix + ".pdiparams", "wb") as f:
+            f.write(b"weights")
+        return [export_format.INPUT_NAME], ["intent_out", "slot_out"]
+    return write
+
+
+fake_graph = fake_graph_for(TASK)
 
 
 @pytest.fixture
@@ -101,18 +108,43 @@ def test_a_failed_export_leaves_the_previous_one_whole(exported, tmp_path):
     other = task.Task(task.CharTokenizer.build(["打电话给老王"]), LABELS, 12, task.any_slot_types(LABELS))
 
     def failing_graph(prefix):
-        fake_graph(prefix)
+        fake_graph_for(other)(prefix)
         raise OSError("disk full (injected)")
 
     with pytest.raises(OSError, match="injected"):
         export_format.write(exported, other, failing_graph, {})
     with pytest.raises(export_format.ExportError, match=r"takes \['ids'\]"):
-        export_format.write(exported, other, lambda prefix: (fake_graph(prefix), (["ids"], ["a", "b"]))[1], {})
+        export_format.write(exported, other, lambda prefix: (fake_graph_for(other)(prefix), (["ids"], ["a", "b"]))[1], {})
     assert {name: open(os.path.join(exported, name), "rb").read() for name in export_format.FILES} == before
     assert os.listdir(tmp_path) == ["infer_model"]
     # a successful export replaces the directory as a whole
-    export_format.write(exported, other, fake_graph, {})
+    export_format.write(exported, other, fake_graph_for(other), {})
     assert export_format.read(exported).task.max_seq_length == 12 and os.listdir(tmp_path) == ["infer_model"]
+
+
+def test_the_graph_tables_must_fit_the_vocabulary_and_the_rows(exported):
+    """A vocabulary longer than the word embedding table, or rows longer than the position table:
+    runtimes read past the table without a word, so reading the directory refuses it."""
+    graph = os.path.join(exported, export_format.GRAPH_FILE)
+    assert export_format.lookup_tables(graph) == [(export_format.INPUT_NAME, [len(TASK.tokenizer), 8]), ("position_ids", [40, 8]),
+                                                  ("type_ids", [4, 8])]
+    corrupt(exported, export_format.VOCAB_FILE, lambda t: t + "新\n")
+    corrupt(exported, export_format.CONFIG_FILE, edit_config(vocab_size=len(TASK.tokenizer) + 1))
+    with pytest.raises(export_format.ExportError, match=rf"model.pdmodel: the word embedding table has {len(TASK.tokenizer)} rows but "
+                       rf"vocab.txt and inference_config.json give {len(TASK.tokenizer) + 1} tokens"):
+        export_format.read(exported)
+    corrupt(exported, export_format.VOCAB_FILE, lambda t: t[: -len("新\n")])
+    corrupt(exported, export_format.CONFIG_FILE, edit_config(vocab_size=len(TASK.tokenizer), max_seq_length=4096))
+    with pytest.raises(export_format.ExportError, match=r"inference_config.json: max_seq_length 4096 \+ max_context_tokens 24 = 4120 "
+                       r"tokens per row, but model.pdmodel has 40 positions"):
+        export_format.read(exported)
+    corrupt(exported, export_format.CONFIG_FILE, edit_config(max_seq_length=16))
+    assert export_format.read(exported).task.max_seq_length == 16
+    for damage in (b"\x0a\xff\xff\xff", b"graph", b"\x0a\x05\x1a\x03\x0a"):  # cut short, wrong wire type, a field past the end
+        with open(graph, "wb") as f:
+            f.write(damage)
+        with pytest.raises(export_format.ExportError, match=r"model.pdmodel: not a readable Paddle program|expected one embedding lookup"):
+            export_format.read(exported)
 
 
 def test_write_calibration_replaces_only_the_calibration(exported):

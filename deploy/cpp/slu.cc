@@ -179,7 +179,127 @@ Decoding ReadDecoding(const Json& config, const std::vector<std::string>& intent
   return d;
 }
 
+// Paddle's ProgramDesc at the protobuf wire level (export_format.lookup_tables, same field numbers):
+// the ids variable and the table shape of every lookup_table_v2 of the first block.
+struct WireField {
+  uint64_t number = 0, varint = 0;
+  std::string bytes;
+};
+
+uint64_t ReadVarint(const std::string& buf, size_t* i) {
+  uint64_t value = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*i >= buf.size()) throw std::invalid_argument("message cut short");
+    const unsigned char byte = buf[(*i)++];
+    value |= static_cast<uint64_t>(byte & 0x7F) << shift;
+    if (byte < 0x80) return value;
+  }
+  throw std::invalid_argument("varint too long");
+}
+
+std::vector<WireField> WireFields(const std::string& buf) {
+  std::vector<WireField> fields;
+  for (size_t i = 0; i < buf.size();) {
+    const uint64_t key = ReadVarint(buf, &i);
+    WireField field;
+    field.number = key >> 3;
+    switch (key & 7) {
+      case 0: field.varint = ReadVarint(buf, &i); break;
+      case 2: {
+        const uint64_t size = ReadVarint(buf, &i);
+        if (size > buf.size() - i) throw std::invalid_argument("message cut short");
+        field.bytes = buf.substr(i, size), i += size;
+        break;
+      }
+      case 1: i += 8; break;
+      case 5: i += 4; break;
+      default: throw std::invalid_argument("wire type " + std::to_string(key & 7));
+    }
+    if (i > buf.size()) throw std::invalid_argument("message cut short");
+    fields.push_back(std::move(field));
+  }
+  return fields;
+}
+
+std::string FirstBytes(const std::string& buf, uint64_t number) {
+  for (WireField& f : WireFields(buf))
+    if (f.number == number) return f.bytes;
+  return "";
+}
+
+std::vector<int64_t> TensorDims(const std::string& tensor_desc) {
+  std::vector<int64_t> dims;
+  for (const WireField& f : WireFields(tensor_desc)) {
+    if (f.number != 2) continue;
+    if (f.bytes.empty()) {
+      dims.push_back(static_cast<int64_t>(f.varint));
+    } else {
+      for (size_t i = 0; i < f.bytes.size();) dims.push_back(static_cast<int64_t>(ReadVarint(f.bytes, &i)));
+    }
+  }
+  return dims;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> LookupTables(const std::string& graph_path) {
+  std::ifstream in = OpenOrThrow(graph_path);
+  const std::string program((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  try {
+    std::unordered_map<std::string, std::vector<int64_t>> shapes;
+    std::vector<std::pair<std::string, std::string>> lookups;  // (ids, table)
+    for (const WireField& f : WireFields(FirstBytes(program, 1))) {
+      if (f.number == 3) {
+        shapes[FirstBytes(f.bytes, 1)] = TensorDims(FirstBytes(FirstBytes(FirstBytes(f.bytes, 2), 3), 1));
+      } else if (f.number == 4 && FirstBytes(f.bytes, 3) == "lookup_table_v2") {
+        std::string ids, table;
+        for (const WireField& var : WireFields(f.bytes)) {
+          if (var.number != 1) continue;
+          const std::string parameter = FirstBytes(var.bytes, 1), argument = FirstBytes(var.bytes, 2);
+          if (parameter == "Ids") ids = argument;
+          if (parameter == "W") table = argument;
+        }
+        lookups.emplace_back(ids, table);
+      }
+    }
+    std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+    for (const auto& [ids, table] : lookups) {
+      auto it = shapes.find(table);
+      if (it == shapes.end()) throw std::invalid_argument("no variable " + table);
+      out.emplace_back(ids, it->second);
+    }
+    return out;
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(graph_path + ": not a readable Paddle program (" + e.what() + ")");
+  }
+}
+
 }  // namespace
+
+// export_format.check_graph_tables: the word table has vocab_size rows; the largest other table
+// (the position embeddings) covers max_seq_length + max_context_tokens.
+void Model::CheckGraphTables() const {
+  const auto tables = LookupTables(graph_path_);
+  std::vector<int64_t> word, others;
+  for (const auto& [ids, shape] : tables) {
+    if (ids == "input_ids") {
+      if (shape.size() == 2) word.push_back(shape[0]);
+    } else if (!shape.empty()) {
+      others.push_back(shape[0]);
+    }
+  }
+  if (word.size() != 1)
+    throw std::runtime_error(graph_path_ + ": expected one embedding lookup of input_ids, found " + std::to_string(word.size()));
+  const int64_t vocab_size = static_cast<int64_t>(token_to_id_.size());
+  if (word[0] != vocab_size)
+    throw std::runtime_error(graph_path_ + ": the word embedding table has " + std::to_string(word[0]) + " rows but " + kVocabFile +
+                             " and " + kConfigFile + " give " + std::to_string(vocab_size) +
+                             " tokens: the graph and the vocabulary come from different models");
+  const int64_t row = max_seq_length_ + max_context_tokens_;
+  const int64_t positions = others.empty() ? row : *std::max_element(others.begin(), others.end());
+  if (positions < row)
+    throw std::runtime_error(model_dir_ + "/" + kConfigFile + ": max_seq_length " + std::to_string(max_seq_length_) + " + max_context_tokens " +
+                             std::to_string(max_context_tokens_) + " = " + std::to_string(row) + " tokens per row, but " + kGraphFile +
+                             " has " + std::to_string(positions) + " positions");
+}
 
 Model::Model(const std::string& model_dir) {
   for (const std::string& name : kFiles) OpenOrThrow(model_dir + "/" + name);
@@ -240,6 +360,7 @@ Model::Model(const std::string& model_dir) {
     fail(kConfigFile, "context_turns " + std::to_string(context_turns_) + " with max_context_tokens " + std::to_string(max_context_tokens_) +
                           ": a context model needs room for one token and its [SEP] (>= 2), a model without context 0");
   if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
+  CheckGraphTables();
 }
 
 

@@ -114,6 +114,9 @@ class Model {
   void CheckProbeOutputs(const std::vector<size_t>& intent_shape, const float* intent, const std::vector<size_t>& slot_shape,
                          const float* slots, const std::string& runtime) const;
 
+  // export_format.check_graph_tables, on model.pdmodel read at the protobuf wire level (called by the constructor).
+  void CheckGraphTables() const;
+
   int max_seq_length() const { return max_seq_length_; }
   int context_turns() const { return context_turns_; }
   const std::string& graph_path() const { return graph_path_; }
