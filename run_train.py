@@ -35,6 +35,7 @@ from task import (
 )
 from training import (
     build_trainer,
+    check_checkpoint,
     configure_cpu,
     dynamic_logits_fn,
     export,
@@ -188,6 +189,7 @@ def run(argv=None):
                                 sep_token_id=task.tokenizer.sep_id, **context, **({"slot_crf": True} if model_args.slot_crf else {}))
     checkpoint = training_args.resume_from_checkpoint
     if training_args.do_train and checkpoint:
+        check_checkpoint(checkpoint)
         saved_vocab = os.path.join(checkpoint, export_format.VOCAB_FILE)
         if os.path.isfile(saved_vocab) and CharTokenizer.from_file(saved_vocab).vocab != task.tokenizer.vocab:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: its {export_format.VOCAB_FILE} differs from this run's "
@@ -214,6 +216,7 @@ def run(argv=None):
             export_format.write_task_files(args.output_dir, task)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", {**result.metrics, "wall_time_s": time.time() - start, "cpu_threads": threads})
+        trainer.save_state()  # trainer_state.json: every logged loss and dev evaluation (the training curve), JSON
 
     # Under `python -m paddle.distributed.launch` only the first process evaluates and writes files.
     # PaddleNLP turns do_eval on with any evaluation_strategy; compression alone scores its fp32 stage itself.

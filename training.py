@@ -21,7 +21,7 @@ from decoding import TEMPERATURE_GRID, Calibration, Decoder
 from backends import open_predictor
 from predictor import LogitsFn, merge_windows, score
 from task import CharTokenizer, Task
-from utils import cpu_threads, pad_batch, prefer_avx2_mkl
+from utils import cpu_threads, file_sha256, load_json, pad_batch, prefer_avx2_mkl, save_json
 
 logger = logging.getLogger("ernie_tiny_slu")
 
@@ -142,11 +142,16 @@ class LengthBucketSampler(DistributedBatchSampler):
         return -(-len(self.lengths) // self.global_batch)  # pools hold whole batches: only the last is short
 
 
+# Written last into a checkpoint: the sha256 of each of its files. PaddleNLP writes a checkpoint's
+# files one by one in place; a run killed meanwhile leaves a directory without it.
+CHECKPOINT_MANIFEST = "checkpoint_complete.json"
+
+
 class TaskFilesInCheckpoints(TrainerCallback):
     """vocab.txt, the label files and the weights as model.safetensors beside every checkpoint's
     Trainer files, so that a checkpoint can be exported, compressed or fine-tuned on its own
-    (--model_name_or_path .../checkpoint-N) without unpickling anything. The Trainer's own
-    model_state.pdparams stays: it reloads the best checkpoint and resumes from it (own files)."""
+    (--model_name_or_path .../checkpoint-N) without unpickling anything, then the manifest. The
+    Trainer's own model_state.pdparams stays: it reloads the best checkpoint and resumes from it."""
 
     def __init__(self, task: Task):
         self.task = task
@@ -156,6 +161,22 @@ class TaskFilesInCheckpoints(TrainerCallback):
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             export_format.write_task_files(checkpoint, self.task)
             unwrap(model).save_pretrained(checkpoint, safe_serialization=True)
+            files = sorted(f for f in os.listdir(checkpoint) if f != CHECKPOINT_MANIFEST and os.path.isfile(os.path.join(checkpoint, f)))
+            save_json(os.path.join(checkpoint, CHECKPOINT_MANIFEST),
+                      {"global_step": state.global_step, "sha256": {f: file_sha256(os.path.join(checkpoint, f)) for f in files}})
+
+
+def check_checkpoint(checkpoint: str) -> None:
+    """Refuse to resume from a checkpoint that was not finished (the run was killed while saving
+    it) or whose files changed since: ValueError naming what is wrong."""
+    manifest = os.path.join(checkpoint, CHECKPOINT_MANIFEST)
+    if not os.path.isfile(manifest):
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: no {CHECKPOINT_MANIFEST}, so the checkpoint was not finished "
+                         "(the run stopped while saving it) or an older version wrote it: resume from an earlier checkpoint")
+    for name, digest in load_json(manifest)["sha256"].items():
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path) or file_sha256(path) != digest:
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: {name} is missing or differs from when it was saved")
 
 
 class SluTrainer(Trainer):

@@ -2,9 +2,9 @@
 import collections
 import os
 import random
-import shutil
 
 import pytest
+from conftest import run_killed_at_open
 
 import utils
 from data import corpus, prepare_data, split
@@ -72,21 +72,26 @@ def test_prepare_data_writes_identical_files_and_stats(tmp_path, labels):
 
 
 def test_a_split_from_another_prepare_data_run_is_refused(tmp_path, labels):
-    """A prepare_data killed between its files leaves new splits beside an older stats.json (or
-    the reverse): stats.json records each split's sha256, and read_split refuses the mix."""
+    """A prepare_data SIGKILLed between its files (here as it starts writing test.txt) leaves new
+    splits beside an older stats.json: stats.json records each split's sha256, and read_split
+    refuses the mix, naming the file. A file it was writing is not there at all."""
     out = str(tmp_path / "prep")
     prepare_data.main(["--synthetic", "--synthetic_size", "300", "--output_dir", out])
     stats = utils.load_json(os.path.join(out, "stats.json"))
     assert set(stats["files"]) == {"train.txt", "dev.txt", "test.txt"}
     assert len(corpus.read_split(out, "train", labels)) == stats["files"]["train.txt"]["utterances"]
-    other = str(tmp_path / "other")
-    prepare_data.main(["--synthetic", "--synthetic_size", "400", "--output_dir", other])
-    shutil.copy(os.path.join(other, "train.txt"), os.path.join(out, "train.txt"))  # the first file of a newer run
-    with pytest.raises(ValueError, match=r"train.txt is not the file .*stats.json describes"):
-        corpus.read_split(out, "train", labels)
-    assert len(corpus.read_split(out, "dev", labels)) == stats["files"]["dev.txt"]["utterances"]
+    old_test = open(os.path.join(out, "test.txt"), "rb").read()
+    run_killed_at_open("data/prepare_data.py", "*/.test.txt.*/new", ["--synthetic", "--synthetic_size", "400", "--output_dir", out])
+    assert open(os.path.join(out, "test.txt"), "rb").read() == old_test and utils.load_json(os.path.join(out, "stats.json")) == stats
+    for name in ("train", "dev"):  # written by the killed run
+        with pytest.raises(ValueError, match=rf"{name}.txt is not the file .*stats.json describes"):
+            corpus.read_split(out, name, labels)
+    assert len(corpus.read_split(out, "test", labels)) == stats["files"]["test.txt"]["utterances"]
+    new_train = len(read_corpus(os.path.join(out, "train.txt"), labels))
     os.remove(os.path.join(out, "stats.json"))  # splits made by hand, without stats.json: read as they are
-    assert len(corpus.read_split(out, "train", labels)) == utils.load_json(os.path.join(other, "stats.json"))["files"]["train.txt"]["utterances"]
+    assert len(corpus.read_split(out, "train", labels)) == new_train != stats["files"]["train.txt"]["utterances"]
+    prepare_data.main(["--synthetic", "--synthetic_size", "400", "--output_dir", out])  # a rerun makes one set again
+    assert all(corpus.read_split(out, name, labels) for name in ("train", "dev", "test"))
 
 
 def test_prepare_data_refuses_what_would_give_empty_or_fake_splits(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+from conftest import run_killed_at_open
 
 import backends
 import run_eval
@@ -112,6 +113,9 @@ def test_earlier_output_survives_a_bad_input(model_dir, tmp_path):
         run_eval.main(["--model_dir", model_dir, "--eval_file", str(bad), "--output_file", str(out)])
     assert out.read_text(encoding="utf-8") == "earlier results\n" and sorted(os.listdir(tmp_path)) == ["bad.txt", "results.jsonl"]
     run_eval.main(["--model_dir", model_dir, "--text", "下一首", "--output_file", str(out)])
+    assert json.loads(out.read_text(encoding="utf-8"))["text"] == "下一首"
+    # SIGKILLed the moment it starts writing the results: the earlier ones are still there, whole
+    run_killed_at_open("run_eval.py", "*/.results.jsonl.*/new", ["--model_dir", model_dir, "--text", "导航去北京", "--output_file", str(out)])
     assert json.loads(out.read_text(encoding="utf-8"))["text"] == "下一首"
 
 

@@ -10,11 +10,13 @@ import numpy as np
 import paddle
 import pytest
 import safetensors.numpy
+from conftest import run_killed_at_open
 
 import backends
 import export_format
 import predictor
 import task
+import training
 import utils
 from model import JointErnie, build_from_scratch
 from training import LengthBucketSampler, save_static_graph
@@ -76,6 +78,24 @@ def test_export_is_self_contained(trained, tmp_path, static, synthetic_splits):
     moved = shutil.copytree(export, str(tmp_path / "elsewhere"))
     texts = ["导航去人民公园", "打电话给 13812345678", ""]
     assert backends.open_predictor(moved).predict(texts) == static.predict(texts)
+
+
+def test_an_export_killed_midway_leaves_the_previous_export_whole(trained, synthetic_dir, tmp_path):
+    """run_train.py --do_export SIGKILLed as it opens the new export's vocab.txt (its graph already
+    written): the previous infer_model/ is byte-identical and still loads; a rerun replaces it."""
+    out = tmp_path / "run"
+    previous = shutil.copytree(os.path.join(trained, "infer_model"), out / "infer_model")
+    before = {f: open(os.path.join(previous, f), "rb").read() for f in os.listdir(previous)}
+    argv = ["--model_name_or_path", trained, "--data_dir", synthetic_dir, "--output_dir", str(out), "--do_export", "--max_seq_length", "12"]
+    run_killed_at_open("run_train.py", "*/.infer_model.*/new/.vocab.txt.*/new", argv)  # write_lines is atomic too
+    assert {f: open(os.path.join(previous, f), "rb").read() for f in os.listdir(previous)} == before
+    assert export_format.read(previous).task.max_seq_length != 12
+    leftovers = [f for f in os.listdir(out) if f.startswith(".infer_model.")]  # the killed run's temporary directory, hidden
+    assert len(leftovers) == 1 and os.path.isfile(out / leftovers[0] / "new" / export_format.GRAPH_FILE)
+    import run_train
+
+    run_train.main(argv)
+    assert export_format.read(previous).task.max_seq_length == 12
 
 
 def test_export_has_no_scalar_fill_constant(trained):
@@ -171,13 +191,13 @@ def test_length_buckets_cover_every_row_once_with_short_padding():
     assert [len(b) for b in short] == [1, 1, 1, 1] and len({i for b in short for i in b}) == 1
 
 
-def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, synthetic_dir, monkeypatch):
-    """A fault injected in step 8 of 12 (after checkpoint-6) stops the run; rerun with
-    --resume_from_checkpoint it continues the step count, optimizer, scheduler and RNG states and
-    ends with the weights of an uninterrupted run. The checkpoint exports on its own. The killed
-    run was given an API key: no file of the run holds it."""
+def test_a_run_killed_while_saving_resumes_to_the_same_weights(tmp_path, synthetic_dir):
+    """run_train.py SIGKILLed as it writes checkpoint-12's optimizer state (after checkpoint-6):
+    checkpoint-12 is refused for resuming (no manifest: it was not finished); resumed from
+    checkpoint-6 with --resume_from_checkpoint, the run continues the step count, optimizer,
+    scheduler and RNG states and ends with the weights of an uninterrupted run. The checkpoint
+    exports on its own. The killed run was given an API key: no file of the run holds it."""
     import run_train
-    import training
 
     common = ["--from_scratch", "--data_dir", synthetic_dir, "--do_train", "--max_steps", "12", "--save_steps", "6",
               "--eval_steps", "6", "--evaluation_strategy", "steps", "--save_strategy", "steps", "--save_total_limit", "3",
@@ -185,21 +205,14 @@ def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
               "--seed", "42", "--cpu_threads", "2", "--disable_tqdm", "true"]
     run_train.main(common + ["--output_dir", str(tmp_path / "whole")])
 
-    step = training.SluTrainer.training_step
-
-    def dies_in_step_8(self, *args, **kwargs):
-        if self.state.global_step == 7:
-            raise RuntimeError("injected fault in step 8")
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(training.SluTrainer, "training_step", dies_in_step_8)
     killed = str(tmp_path / "killed")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    with pytest.raises(RuntimeError, match="injected fault"):
-        run_train.main(common + ["--output_dir", killed, "--wandb_api_key", "secret-4f9a"])
-    monkeypatch.setattr(training.SluTrainer, "training_step", step)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    run_killed_at_open("run_train.py", "*/checkpoint-12/optimizer.pdopt", common + ["--output_dir", killed, "--wandb_api_key", "secret-4f9a"], env)
     assert {"config.json", "model_state.pdparams", "model.safetensors", "optimizer.pdopt", "scheduler.pdparams", "vocab.txt",
-            "intent_label.txt", "slot_label.txt"} <= set(os.listdir(os.path.join(killed, "checkpoint-6")))
+            "intent_label.txt", "slot_label.txt", training.CHECKPOINT_MANIFEST} <= set(os.listdir(os.path.join(killed, "checkpoint-6")))
+    assert "optimizer.pdopt" not in os.listdir(os.path.join(killed, "checkpoint-12"))
+    with pytest.raises(ValueError, match=rf"checkpoint-12: no {training.CHECKPOINT_MANIFEST}, so the checkpoint was not finished"):
+        run_train.main(common + ["--output_dir", killed, "--resume_from_checkpoint", os.path.join(killed, "checkpoint-12")])
     run_train.main(common + ["--output_dir", killed, "--resume_from_checkpoint", os.path.join(killed, "checkpoint-6")])
     log = open(os.path.join(killed, "train.log"), encoding="utf-8").read()
     assert "Continuing training from global step 6" in log
@@ -208,9 +221,13 @@ def test_a_run_that_dies_after_a_checkpoint_resumes_to_the_same_weights(tmp_path
     for name in whole:
         np.testing.assert_allclose(resumed[name], whole[name], rtol=0, atol=1e-6, err_msg=name)
     # an API key reaches wandb through its environment variable, never the log or the pickled arguments
-    assert os.environ["WANDB_API_KEY"] == "secret-4f9a"
     written = [os.path.join(d, f) for d, _, files in os.walk(killed) for f in files]
     assert not [f for f in written if b"secret-4f9a" in open(f, "rb").read()]
+    # a checkpoint whose files changed after it was saved is refused too
+    with open(os.path.join(killed, "checkpoint-12", "scheduler.pdparams"), "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="checkpoint-12: scheduler.pdparams is missing or differs from when it was saved"):
+        run_train.main(common + ["--output_dir", killed, "--resume_from_checkpoint", os.path.join(killed, "checkpoint-12")])
     # a checkpoint holds its vocabulary and labels: it exports without its run directory
     exported = str(tmp_path / "from-checkpoint")
     run_train.main(["--model_name_or_path", os.path.join(killed, "checkpoint-12"), "--data_dir", synthetic_dir,
