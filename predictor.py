@@ -155,6 +155,10 @@ class Predictor:
             return too_long_error(len(enc.offsets), self.max_utterance_tokens)
         return None
 
+    def text_error(self, text: str) -> Optional[str]:
+        """Why `text` would get an error record instead of a prediction, or None."""
+        return self.check(self.task.encode(text, ()))
+
     def predict_with_logits(self, texts: Sequence[Optional[str]], batch_size: int = 64,
                             on_windows: Optional[Callable[[int, int, int], None]] = None,
                             histories: Optional[Sequence[Sequence[str]]] = None) -> Tuple[List[dict], List[Optional[Prediction]]]:

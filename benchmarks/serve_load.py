@@ -1,0 +1,216 @@
+"""Load test of serve.py: a real server process on 127.0.0.1 per batching mode, a fixed number of
+requests at each concurrency, and the same utterances predicted in this process for the HTTP
+overhead and for parity.
+
+    python benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
+        --test_file data/prepared/nlpcc2018/test.txt --backend fastdeploy-ort
+
+Requests are POST /v1/parse of the test utterances in file order, each with the earlier turns of
+its session as stateless "context". Per mode (one call per request: --max_batch_size 1; micro-
+batching) and concurrency: throughput, p50/p90/p99 latency, errors (non-200 answers and answers
+that differ from the in-process records: must be 0), the server's RSS before and after. The
+client (aiohttp) shares the machine with the server: the server gets --cpu_threads model threads.
+Writes serve_load.json, serve_load.md and serve_load.png to --output_dir.
+"""
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from backends import BACKENDS, open_predictor
+from data.corpus import read_corpus
+from task import session_histories
+from utils import PROJECT_DIR, markdown_table, save_figure, save_json, write_text
+
+MODES = {"one call per request": ["--max_batch_size", "1"],
+         "micro-batching (32, no wait)": ["--max_batch_size", "32", "--max_wait_ms", "0"],
+         "micro-batching (32, wait 2 ms)": ["--max_batch_size", "32", "--max_wait_ms", "2"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def start_server(model_dir, backend, threads, flags, timeout=300):
+    """A serve.py process on a free port, once /v1/ready answers: (process, base url)."""
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(PROJECT_DIR, "serve.py"), "--model_dir", model_dir, "--backend", backend,
+                             "--port", str(port), "--cpu_threads", str(threads), "--log_level", "warning", *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"serve.py exited with {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/v1/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    sys.exit(f"serve.py did not become ready in {timeout} s")
+
+
+def server_stats(url) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/v1/stats") as r:
+        return json.load(r)
+
+
+def stop_server(proc) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=60)
+
+
+async def load(url, bodies, expected, concurrency):
+    """POST bodies[i] for i in order with `concurrency` clients: latencies (s), errors, wall time."""
+    import aiohttp
+
+    latencies, errors, next_index = np.zeros(len(bodies)), [], iter(range(len(bodies)))
+
+    async def client(session):
+        for i in next_index:
+            t0 = time.perf_counter()
+            async with session.post(url + "/v1/parse", data=bodies[i], headers={"Content-Type": "application/json"}) as r:
+                body = await r.read()
+            latencies[i] = time.perf_counter() - t0
+            if r.status != 200:
+                errors.append(f"{i}: HTTP {r.status} {body[:200]!r}")
+            elif not same_record(json.loads(body), expected[i]):
+                errors.append(f"{i}: {body[:300]!r} differs from the in-process record")
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return latencies, errors, wall
+
+
+def same_record(got: dict, expected: dict) -> bool:
+    """Equal but for the last digit of rounded confidences (the model ran in another batch)."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "confidence"}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    return strip(got) == strip(expected) and abs(got["confidence"] - expected["confidence"]) <= 2e-4
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="exported directory to serve")
+    parser.add_argument("--test_file", required=True, help="corpus-format split whose utterances (with their sessions) are sent")
+    parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS))
+    parser.add_argument("--cpu_threads", type=int, default=1, help="the server's model threads (the client takes the rest)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client concurrency levels")
+    parser.add_argument("--requests", type=int, default=3500, help="requests per mode and concurrency level")
+    parser.add_argument("--output_dir", default=os.path.join(PROJECT_DIR, "benchmarks", "results"))
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    # the utterances and their in-process answers, one call per utterance (the HTTP-free baseline)
+    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads)
+    test = read_corpus(args.test_file, predictor.task.labels)
+    histories = session_histories(((u.session_id, u.text) for u in test), predictor.task.context_turns)
+    turns = [(test[i % len(test)].text, histories[i % len(test)]) for i in range(args.requests)]
+    bodies = [json.dumps({"text": t, "context": h}, ensure_ascii=False).encode("utf-8") for t, h in turns]
+    in_process, expected = [], []
+    for text, history in turns[:50]:  # warm-up
+        predictor.predict([text], histories=[history])
+    for text, history in turns:
+        t0 = time.perf_counter()
+        expected.append(predictor.predict([text], histories=[history])[0])
+        in_process.append(time.perf_counter() - t0)
+    del predictor  # the server gets the CPU
+    results = {"model_dir": args.model_dir, "backend": args.backend, "server_cpu_threads": args.cpu_threads,
+               "requests_per_cell": args.requests, "test_file": args.test_file,
+               "in_process_p50_ms": round(float(np.percentile(in_process, 50)) * 1000, 3), "modes": {}}
+    print(f"in process: p50 {results['in_process_p50_ms']} ms", flush=True)
+
+    for mode, flags in MODES.items():
+        proc, url = start_server(args.model_dir, args.backend, args.cpu_threads, flags)
+        asyncio.run(load(url, bodies[:200], expected[:200], 8))  # warm-up, not counted
+        rss_before, cells = server_rss_mb(proc.pid), []
+        for concurrency in levels:
+            calls_before = server_stats(url)["model_calls"]
+            latencies, errors, wall = asyncio.run(load(url, bodies, expected, concurrency))
+            ms = np.percentile(latencies, [50, 90, 99]) * 1000
+            cells.append({"concurrency": concurrency, "throughput_rps": round(len(bodies) / wall, 1),
+                          "p50_ms": round(float(ms[0]), 3), "p90_ms": round(float(ms[1]), 3), "p99_ms": round(float(ms[2]), 3),
+                          "utterances_per_model_call": round(len(bodies) / (server_stats(url)["model_calls"] - calls_before), 2),
+                          "errors": len(errors), "error_examples": errors[:3]})
+            print(f"{mode}, concurrency {concurrency}: {cells[-1]['throughput_rps']} req/s, p50 {cells[-1]['p50_ms']} ms, "
+                  f"errors {len(errors)}", flush=True)
+        results["modes"][mode] = {"flags": flags, "cells": cells, "server_rss_mb_before": round(rss_before, 1),
+                                  "server_rss_mb_after": round(server_rss_mb(proc.pid), 1), "exit_code": stop_server(proc)}
+
+    one, batched = results["modes"]["one call per request"], results["modes"]["micro-batching (32, no wait)"]
+    top, low = levels.index(max(levels)), levels.index(min(levels))
+    results["batching_gain_at_max_concurrency"] = round(batched["cells"][top]["throughput_rps"] / one["cells"][top]["throughput_rps"], 2)
+    results["http_overhead_p50_ms"] = round(one["cells"][low]["p50_ms"] - results["in_process_p50_ms"], 3)
+    os.makedirs(args.output_dir, exist_ok=True)
+    save_json(os.path.join(args.output_dir, "serve_load.json"), results)
+    write_text(os.path.join(args.output_dir, "serve_load.md"), report(results))
+    plot(results, os.path.join(args.output_dir, "serve_load.png"))
+    print(report(results))
+    if any(c["errors"] for m in results["modes"].values() for c in m["cells"]) or any(m["exit_code"] for m in results["modes"].values()):
+        sys.exit("errors under load, or a server that did not exit cleanly: see serve_load.json")
+
+
+def report(results) -> str:
+    rows = [[mode, c["concurrency"], f"{c['throughput_rps']:,.0f}", f"{c['p50_ms']:.2f} / {c['p90_ms']:.2f} / {c['p99_ms']:.2f}",
+             c["errors"], c["utterances_per_model_call"], f"{m['server_rss_mb_before']:.0f} → {m['server_rss_mb_after']:.0f}"]
+            for mode, m in results["modes"].items() for c in m["cells"]]
+    return "\n".join([
+        f"Model `{results['model_dir']}` on `{results['backend']}`, server model threads {results['server_cpu_threads']}, "
+        f"{results['requests_per_cell']} requests per cell (POST /v1/parse, test utterances with their session context), "
+        "client (aiohttp) on the same machine.", "",
+        *markdown_table(["mode", "concurrency", "req/s", "p50 / p90 / p99 (ms)", "errors", "utterances per model call",
+                         "server RSS (MB)"], rows, right_aligned_from=1), "",
+        f"In process (no HTTP, one call per utterance): p50 {results['in_process_p50_ms']:.3f} ms; HTTP overhead at "
+        f"concurrency 1: {results['http_overhead_p50_ms']:.3f} ms. Micro-batching gain at the highest concurrency: "
+        f"{results['batching_gain_at_max_concurrency']}x.", ""])
+
+
+def plot(results, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, m in results["modes"].items():
+        levels = [c["concurrency"] for c in m["cells"]]
+        ax1.plot(levels, [c["throughput_rps"] for c in m["cells"]], marker="o", label=mode)
+        ax2.plot(levels, [c["p50_ms"] for c in m["cells"]], marker="o", label=f"{mode} p50")
+        ax2.plot(levels, [c["p99_ms"] for c in m["cells"]], marker="x", linestyle="--", label=f"{mode} p99")
+    for ax, ylabel in ((ax1, "requests/s"), (ax2, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=6)
+    fig.suptitle(f"serve.py under load ({results['backend']})")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

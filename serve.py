@@ -1,0 +1,496 @@
+"""The SLU service: an exported model behind HTTP (FastAPI on uvicorn), with sessions and
+micro-batching. Every answer is predictor.py's result record, the one run_eval.py prints.
+
+    python serve.py --model_dir output/demo/infer_model --backend paddle-inference --port 8000
+    make serve MODEL_DIR=output/demo/infer_model BACKEND=fastdeploy-ort
+
+    POST /v1/parse           {"text": "取消", "context": ["导航去北京"]}   -> a result record
+                             {"text": "取消", "session_id": "..."}         (a session the service keeps)
+    POST /v1/parse/batch     {"utterances": [<as above>, ...]}              -> {"results": [records]}
+    POST /v1/sessions        -> 201 {"session_id": ..., "ttl_s": ..., "context_turns": K}
+    DELETE /v1/sessions/ID   -> 204, or 404 when unknown
+    GET  /v1/model           labels, format version, backend, context use, limits
+    GET  /v1/health, /v1/ready, /v1/stats;  /docs: the OpenAPI page
+
+Context comes from the request itself ("context": earlier utterances of the session, oldest
+first; stateless, so any number of workers behind a load balancer) or from a session the service
+created and keeps (the last K turns in bounded memory: least recently used sessions are dropped
+beyond --max_sessions, idle ones after --session_ttl_s; an unknown or expired id is a 404, never
+a silent start without context). A model trained without context ignores both; /v1/model says so.
+
+Concurrent requests are grouped into one model call (MicroBatcher): whatever is queued when the
+model is free, up to --max_batch_size utterances, after waiting up to --max_wait_ms for more.
+A request the service cannot answer gets a 4xx and {"error": "..."} saying why: not UTF-8, not
+JSON, wrong fields or types, an empty, invisible-only or over-long utterance (predictor.py's error
+texts), a body over --max_request_bytes, more than --max_batch_utterances utterances, an unknown
+session. SIGTERM or Ctrl-C: uvicorn stops accepting, finishes the requests in flight, then exits.
+
+Python entry point: `create_app(predictor, exported, ServeOptions(...))` is a FastAPI app for any
+ASGI server. Runs one model per process; scale with processes and stateless context.
+"""
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import export_format
+from predictor import Predictor
+
+logger = logging.getLogger("slu.serve")
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    max_batch_size: int = dataclasses.field(default=32, metadata={"help": "most utterances in one model call (1 = one call per request)"})
+    max_wait_ms: float = dataclasses.field(default=0.0, metadata={"help": "how long a model call waits for more requests once one is queued"})
+    max_request_bytes: int = dataclasses.field(default=65536, metadata={"help": "largest request body accepted (413 beyond)"})
+    max_batch_utterances: int = dataclasses.field(default=64, metadata={"help": "most utterances in one /v1/parse/batch request"})
+    max_context_items: int = dataclasses.field(default=16, metadata={"help": "most earlier utterances in a request's context"})
+    max_sessions: int = dataclasses.field(default=10000, metadata={"help": "sessions kept; the least recently used goes first"})
+    session_ttl_s: float = dataclasses.field(default=600.0, metadata={"help": "a session is forgotten this long after its last turn"})
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_request_bytes", "max_batch_utterances", "max_sessions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_wait_ms", "max_context_items", "session_ttl_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
+
+
+# ----------------------------------------------------------------------------- request and answer
+
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape ("\ud800") is valid JSON but no text
+        raise ValueError("a lone surrogate escape (\\ud800-\\udfff) is not text") from None
+    return value
+
+
+class Utterance(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(description="the utterance as recognised (ASR output)", examples=["导航去北京"])
+    context: Optional[List[str]] = Field(None, description="earlier utterances of its session, oldest first (stateless use)")
+    session_id: Optional[str] = Field(None, max_length=64, description="a session from POST /v1/sessions (the service keeps its turns)")
+
+    @field_validator("text", "session_id")
+    @classmethod
+    def _text(cls, value):
+        return value if value is None else _unicode(value)
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, value):
+        return value if value is None else [_unicode(v) for v in value]
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    utterances: List[Utterance]
+
+
+class Slot(BaseModel):
+    slot: str
+    entity: str
+    pos: List[int] = Field(description="first and last character offsets into text, inclusive")
+    confidence: float
+
+
+class Ranked(BaseModel):
+    intent: str
+    confidence: float
+
+
+class Record(BaseModel):
+    """predictor.py's result record (run_eval.py prints the same)."""
+    session_id: Optional[str] = Field(None, description="present when the request named a session")
+    text: str
+    intent: str
+    confidence: float = Field(description="calibrated probability of the intent")
+    intent_ranking: List[Ranked]
+    slots: List[Slot]
+    fallback: bool = Field(description="true when a confidence is below the service's --min_confidence: ask again")
+
+
+class BatchAnswer(BaseModel):
+    results: List[Record]
+
+
+class Error(BaseModel):
+    error: str
+    items: Optional[List[dict]] = Field(None, description="per utterance: {index, error}")
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, items: Optional[List[dict]] = None):
+        super().__init__(message)
+        self.status, self.message, self.items = status, message, items
+
+
+def error_response(status: int, message: str, items: Optional[List[dict]] = None) -> JSONResponse:
+    return JSONResponse({"error": message, **({"items": items} if items else {})}, status_code=status)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json(request: Request, limit: int):
+    """The request body as strict JSON (UTF-8, no NaN/Infinity), read no further than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes: at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"request body over {limit} bytes")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"request body is not UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:  # JSONDecodeError and the constants
+        raise RequestError(400, f"request body is not JSON: {e}") from None
+
+
+def validate(model, data):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()[:5])
+        raise RequestError(422, f"invalid request: {problems}") from None
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+class SessionStore:
+    """The last `turns` utterances of each session, in bounded memory: at most `max_sessions`
+    (the least recently used is dropped first), each forgotten `ttl_s` after its last use."""
+
+    def __init__(self, turns: int, max_sessions: int, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self.turns, self.max_sessions, self.ttl_s, self.clock = turns, max_sessions, ttl_s, clock
+        self._sessions: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()  # id -> (last use, texts)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _expire(self) -> None:
+        now = self.clock()
+        while self._sessions:
+            sid, (last_use, _) = next(iter(self._sessions.items()))
+            if now - last_use < self.ttl_s:
+                break
+            del self._sessions[sid]
+
+    def create(self) -> str:
+        self._expire()
+        while len(self._sessions) >= self.max_sessions:
+            self._sessions.popitem(last=False)
+        sid = uuid.uuid4().hex
+        self._sessions[sid] = (self.clock(), collections.deque(maxlen=self.turns))
+        return sid
+
+    def history(self, sid: str) -> List[str]:
+        """The session's kept turns, oldest first; KeyError when unknown or expired."""
+        self._expire()
+        return list(self._sessions[sid][1])
+
+    def append(self, sid: str, text: str) -> None:
+        _, texts = self._sessions.pop(sid)
+        texts.append(text)
+        self._sessions[sid] = (self.clock(), texts)  # most recently used last
+
+    def delete(self, sid: str) -> bool:
+        return self._sessions.pop(sid, None) is not None
+
+
+# ----------------------------------------------------------------------------- micro-batching
+
+
+class MicroBatcher:
+    """Groups the utterances of concurrent requests into one model call. When the model is free it
+    takes every queued request (up to `max_batch_size` utterances; a larger request runs alone),
+    waits up to `max_wait_ms` for more if the batch is not full, and runs them in its one worker
+    thread, so the event loop keeps answering meanwhile."""
+
+    def __init__(self, predict: Callable[[List[str], List[List[str]]], List[dict]], max_batch_size: int, max_wait_ms: float):
+        self.predict, self.max_batch_size, self.max_wait_s = predict, max_batch_size, max_wait_ms / 1000
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.queue: Optional[asyncio.Queue] = None
+        self.worker: Optional[asyncio.Task] = None
+        self.calls = self.utterances = 0
+        self._held = None  # a request taken from the queue that did not fit the last batch
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self.worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.worker
+        self.executor.shutdown(wait=True)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and not self.worker.done()
+
+    async def submit(self, texts: List[str], histories: List[List[str]]) -> List[dict]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, histories, future))
+        return await future
+
+    async def _next_batch(self, first) -> list:
+        jobs, size = [first], len(first[0])
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while size < self.max_batch_size:
+            job = self.queue.get_nowait() if not self.queue.empty() else None
+            if job is None:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if size + len(job[0]) > self.max_batch_size:
+                self._held = job  # opens the next batch
+                break
+            jobs.append(job)
+            size += len(job[0])
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first, self._held = (self._held, None) if self._held else (await self.queue.get(), None)
+            jobs = await self._next_batch(first)
+            texts = [t for job in jobs for t in job[0]]
+            histories = [h for job in jobs for h in job[1]]
+            try:
+                records = await loop.run_in_executor(self.executor, self.predict, texts, histories)
+            except Exception as e:  # a runtime fault: every waiting request learns it (500), the service goes on
+                logger.exception("model call failed")
+                for *_, future in jobs:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.calls, self.utterances = self.calls + 1, self.utterances + len(texts)
+            start = 0
+            for job_texts, _, future in jobs:
+                if not future.done():  # the client may have gone
+                    future.set_result(records[start : start + len(job_texts)])
+                start += len(job_texts)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def model_metadata(predictor: Predictor, exported: export_format.ExportedModel, backend: str, options: ServeOptions) -> dict:
+    task = predictor.task
+    return {
+        "model_dir": exported.directory,
+        "format_version": exported.config["format_version"],
+        "backend": backend,
+        "intents": task.labels.intents,
+        "slot_types": task.labels.slot_types,
+        "context_turns": task.context_turns,
+        "context": (f"the model reads the last {task.context_turns} utterance(s) of the session" if task.context_turns
+                    else "ignored: the model was trained without session context (run_train.py --context_turns 0)"),
+        "max_utterance_tokens": predictor.max_utterance_tokens,
+        "min_confidence": predictor.min_confidence,
+        "limits": dataclasses.asdict(options),
+    }
+
+
+def create_app(predictor: Predictor, exported: export_format.ExportedModel, options: ServeOptions = ServeOptions(),
+               backend: str = "") -> FastAPI:
+    """The service's FastAPI app around a loaded Predictor (backends.open_predictor)."""
+    sessions = SessionStore(predictor.task.context_turns, options.max_sessions, options.session_ttl_s)
+    batcher = MicroBatcher(lambda texts, histories: predictor.predict(texts, options.max_batch_size, histories),
+                           options.max_batch_size, options.max_wait_ms)
+    metadata = model_metadata(predictor, exported, backend, options)
+    counts = collections.Counter()
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="ERNIE 3.0 Tiny SLU", version=str(exported.config["format_version"]), lifespan=lifespan,
+                  description="Intent and slots of in-car utterances, with session context (serve.py).")
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request, e: RequestError):
+        counts[f"http_{e.status}"] += 1
+        return error_response(e.status, e.message, e.items)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):  # unknown routes, wrong methods
+        counts[f"http_{e.status_code}"] += 1
+        return error_response(e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, e: Exception):  # a fault of the service or its runtime, never of the request
+        counts["http_500"] += 1
+        logger.exception("internal error")
+        return error_response(500, f"internal error: {type(e).__name__}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e: RequestValidationError):  # path parameters
+        counts["http_422"] += 1
+        return error_response(422, "invalid request: " + "; ".join(str(err.get("msg")) for err in e.errors()[:5]))
+
+    async def answer(items: Sequence[Utterance]) -> List[dict]:
+        """Result records of a request's utterances, context from the request or the session."""
+        if len(items) > options.max_batch_utterances:
+            raise RequestError(413, f"{len(items)} utterances in one request: at most {options.max_batch_utterances}")
+        if not items:
+            return []
+        histories, problems, added = [], [], collections.defaultdict(list)  # added: this request's turns per session
+        for i, item in enumerate(items):
+            if item.context is not None and item.session_id is not None:
+                problems.append({"index": i, "error": "give either context or session_id, not both"})
+            elif item.context is not None and len(item.context) > options.max_context_items:
+                problems.append({"index": i, "error": f"{len(item.context)} context utterances: at most {options.max_context_items}"})
+            elif (error := predictor.text_error(item.text)) is not None:
+                problems.append({"index": i, "error": error})
+            if item.session_id is None:
+                histories.append(list(item.context or []))
+                continue
+            try:
+                past = sessions.history(item.session_id)
+            except KeyError:
+                raise RequestError(404, f"unknown or expired session_id {item.session_id!r}: start one with POST /v1/sessions") from None
+            histories.append(past + added[item.session_id])
+            added[item.session_id].append(item.text)
+        if problems:
+            message = problems[0]["error"] if len(items) == 1 else f"{len(problems)} of {len(items)} utterances cannot be answered"
+            raise RequestError(422, message, problems)
+        for sid, texts in added.items():  # turns count in arrival order, before the model answers
+            for text in texts:
+                sessions.append(sid, text)
+        counts["in_flight"] += 1
+        try:
+            records = await batcher.submit([item.text for item in items], histories)
+        finally:
+            counts["in_flight"] -= 1
+        counts["utterances"] += len(items)
+        return [{"session_id": item.session_id, **r} if item.session_id is not None else r for item, r in zip(items, records)]
+
+    body_schema = lambda model: {"requestBody": {"required": True, "content": {"application/json": {  # noqa: E731
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    errors = {status: {"model": Error} for status in (400, 404, 413, 422)}
+
+    @app.post("/v1/parse", response_model=Record, response_model_exclude_none=True, responses=errors,
+              openapi_extra=body_schema(Utterance), summary="intent and slots of one utterance")
+    async def parse(request: Request):
+        counts["requests"] += 1
+        item = validate(Utterance, await read_json(request, options.max_request_bytes))
+        return JSONResponse((await answer([item]))[0])
+
+    @app.post("/v1/parse/batch", response_model=BatchAnswer, response_model_exclude_none=True, responses=errors,
+              openapi_extra=body_schema(BatchRequest), summary="intent and slots of several utterances, in order")
+    async def parse_batch(request: Request):
+        counts["requests"] += 1
+        batch = validate(BatchRequest, await read_json(request, options.max_request_bytes))
+        return JSONResponse({"results": await answer(batch.utterances)})
+
+    @app.post("/v1/sessions", status_code=201, summary="start a session the service keeps")
+    async def create_session():
+        return {"session_id": sessions.create(), "ttl_s": options.session_ttl_s, "context_turns": predictor.task.context_turns}
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204, responses={404: {"model": Error}}, summary="end a session")
+    async def delete_session(session_id: str):
+        if not sessions.delete(session_id):
+            raise RequestError(404, f"unknown or expired session_id {session_id!r}")
+        return Response(status_code=204)
+
+    @app.get("/v1/model", summary="labels, format version, backend, context use and limits")
+    async def model():
+        return metadata
+
+    @app.get("/v1/health", summary="liveness: the process answers")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/ready", responses={503: {"model": Error}}, summary="readiness: the model is loaded and its worker runs")
+    async def ready():
+        if not batcher.running:
+            return error_response(503, "the model worker is not running")
+        return {"ready": True}
+
+    @app.get("/v1/stats", summary="counters since start")
+    async def stats():
+        return {"uptime_s": round(time.time() - started, 1), "requests": counts["requests"], "utterances": counts["utterances"],
+                "model_calls": batcher.calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
+                "in_flight": counts["in_flight"], "sessions": len(sessions),
+                "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
+
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (Utterance, BatchRequest):  # the bodies read by read_json + validate
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+def main(argv=None):
+    import argparse
+
+    import uvicorn
+
+    from backends import BACKENDS, open_predictor
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="an exported directory (infer_model/ or a compression stage)")
+    parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS), help="runtime (backends.py)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads of the model; 0 = one per core")
+    parser.add_argument("--min_confidence", type=float, default=0.0,
+                        help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
+    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    for field in dataclasses.fields(ServeOptions):
+        parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default, help=field.metadata["help"])
+    args = parser.parse_args(argv)
+    options = ServeOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)})
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
+    app = create_app(predictor, export_format.read(args.model_dir), options, args.backend)
+    logger.info("serving %s on %s (context turns %d) at http://%s:%d", args.model_dir, args.backend,
+                predictor.task.context_turns, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

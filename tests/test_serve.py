@@ -1,0 +1,333 @@
+"""serve.py: the real server on a free local port, called over HTTP. Its records equal run_eval.py's
+(edge cases, context, sessions); sessions stay apart; concurrent requests share model calls;
+hundreds of malformed requests get a 4xx and a JSON error and leave it answering correctly; SIGTERM
+finishes a request in flight. The session store and the batcher are also tested in process."""
+import asyncio
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import assert_same_records
+
+import run_eval
+import serve
+import utils
+
+TEXTS = ["导航去北京", "取消", "打电话给老王", "播放周杰伦的稻香", "退出"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_dir, *flags):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, os.path.join(utils.PROJECT_DIR, "serve.py"), "--model_dir", model_dir,
+                                      "--port", str(self.port), "--cpu_threads", "1", "--log_level", "warning", *flags],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 180
+        while self.call("GET", "/v1/ready")[0] != 200:
+            assert self.proc.poll() is None, self.proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "serve.py not ready in 180 s"
+            time.sleep(0.3)
+
+    def call(self, method, path, body=None, headers=None):
+        """(status, parsed JSON or None); status 0 when nothing answers on the port."""
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except (ConnectionRefusedError, ConnectionResetError):
+            return 0, None
+        finally:
+            conn.close()
+        return response.status, json.loads(data) if data else None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained):
+    return os.path.join(trained, "infer_model")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    s = Server(model_dir, "--max_wait_ms", "5")
+    yield s
+    assert s.stop() == 0, s.proc.stderr.read()[-3000:]
+
+
+def run_eval_records(model_dir, tmp_path, *args):
+    out = tmp_path / "records.jsonl"
+    run_eval.main(["--model_dir", model_dir, "--output_file", str(out), *args])
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def test_metadata_health_and_openapi(server, model_dir):
+    assert server.call("GET", "/v1/health") == (200, {"status": "ok"})
+    assert server.call("GET", "/v1/ready") == (200, {"ready": True})
+    status, meta = server.call("GET", "/v1/model")
+    labels = serve.export_format.read(model_dir).task.labels
+    assert status == 200 and meta["intents"] == labels.intents and meta["backend"] == "paddle-inference"
+    assert meta["context_turns"] == 1 and meta["format_version"] == serve.export_format.FORMAT_VERSION
+    assert meta["limits"]["max_wait_ms"] == 5 and "last 1 utterance" in meta["context"]
+    status, spec = server.call("GET", "/openapi.json")
+    schemas = spec["components"]["schemas"]
+    body = spec["paths"]["/v1/parse"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/Utterance"} and set(schemas["Utterance"]["properties"]) == {"text", "context", "session_id"}
+    batch_items = schemas["BatchRequest"]["properties"]["utterances"]["items"]
+    assert batch_items == {"$ref": "#/components/schemas/Utterance"}
+    answer = spec["paths"]["/v1/parse"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(schemas[answer["$ref"].split("/")[-1]]["properties"]) == {
+        "session_id", "text", "intent", "confidence", "intent_ranking", "slots", "fallback"}
+    assert {"400", "404", "413", "422"} <= set(spec["paths"]["/v1/parse"]["post"]["responses"])
+
+
+def test_edge_cases_answered_as_run_eval(server, model_dir, edge_cases, tmp_path):
+    path = tmp_path / "edge.txt"
+    path.write_text("".join(t + "\n" for t in edge_cases), encoding="utf-8")
+    reference = run_eval_records(model_dir, tmp_path, "--input_file", str(path))
+    answers = []
+    for text, expected in zip(edge_cases, reference):
+        status, record = server.call("POST", "/v1/parse", {"text": text})
+        if "error" in expected:  # empty, invisible-only, over-long: a 422 with run_eval's error text, never a guess
+            assert (status, record) == (422, {"error": expected["error"], "items": [{"index": 0, "error": expected["error"]}]})
+        else:
+            assert status == 200
+            answers.append(record)
+    predicted = [r for r in reference if "error" not in r]
+    assert_same_records(answers, predicted)
+    status, batch = server.call("POST", "/v1/parse/batch", {"utterances": [{"text": r["text"]} for r in predicted]})
+    assert status == 200
+    assert_same_records(batch["results"], predicted)
+
+
+def test_stateless_context_as_run_eval(server, model_dir, tmp_path):
+    context = ["打电话给老王", "导航去北京"]
+    expected = run_eval_records(model_dir, tmp_path, *[a for t in TEXTS for a in ("--text", t)],
+                                *[a for c in context for a in ("--context", c)])
+    got = [server.call("POST", "/v1/parse", {"text": t, "context": context})[1] for t in TEXTS]
+    assert_same_records(got, expected)
+    without = [server.call("POST", "/v1/parse", {"text": t})[1] for t in TEXTS]
+    assert_same_records(without, run_eval_records(model_dir, tmp_path, *[a for t in TEXTS for a in ("--text", t)]))
+
+
+def test_interleaved_sessions_never_mix(server, model_dir, tmp_path):
+    turns = [("a", "导航去北京"), ("b", "播放周杰伦的稻香"), ("a", "取消"), ("b", "取消"), ("a", "打电话给老王"), ("b", "退出")]
+    sessions_file = tmp_path / "turns.jsonl"
+    sessions_file.write_text("".join(json.dumps({"session_id": s, "text": t}, ensure_ascii=False) + "\n" for s, t in turns), encoding="utf-8")
+    expected = run_eval_records(model_dir, tmp_path, "--sessions_file", str(sessions_file))
+    ids = {}
+    for name in "ab":
+        status, created = server.call("POST", "/v1/sessions")
+        assert status == 201 and created["context_turns"] == 1
+        ids[name] = created["session_id"]
+    got = []
+    for name, text in turns:
+        status, record = server.call("POST", "/v1/parse", {"text": text, "session_id": ids[name]})
+        assert status == 200 and record["session_id"] == ids[name]
+        got.append({**record, "session_id": name})
+    assert_same_records(got, expected)
+    # the same conversation in one batch request: each turn sees the earlier ones of its session
+    ids = {name: server.call("POST", "/v1/sessions")[1]["session_id"] for name in "ab"}
+    status, batch = server.call("POST", "/v1/parse/batch", {"utterances": [{"text": t, "session_id": ids[n]} for n, t in turns]})
+    assert status == 200
+    assert_same_records([{**r, "session_id": n} for (n, _), r in zip(turns, batch["results"])], expected)
+    # ended and unknown sessions are refused, not answered without their context
+    assert server.call("DELETE", f"/v1/sessions/{ids['a']}")[0] == 204
+    for sid in (ids["a"], "no-such-session"):
+        status, error = server.call("POST", "/v1/parse", {"text": "取消", "session_id": sid})
+        assert status == 404 and "unknown or expired session_id" in error["error"]
+    assert server.call("DELETE", "/v1/sessions/no-such-session")[0] == 404
+    status, error = server.call("POST", "/v1/parse", {"text": "取消", "session_id": ids["b"], "context": ["导航去北京"]})
+    assert status == 422 and error["items"] == [{"index": 0, "error": "give either context or session_id, not both"}]
+
+
+def test_concurrent_requests_share_model_calls(server, model_dir, tmp_path):
+    texts = [TEXTS[i % len(TEXTS)] + "吧" * (i % 3) for i in range(64)]
+    expected = run_eval_records(model_dir, tmp_path, *[a for t in texts for a in ("--text", t)])
+    before = server.call("GET", "/v1/stats")[1]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda t: server.call("POST", "/v1/parse", {"text": t}), texts))
+    after = server.call("GET", "/v1/stats")[1]
+    assert [status for status, _ in answers] == [200] * len(texts)
+    assert_same_records([record for _, record in answers], expected)
+    calls = after["model_calls"] - before["model_calls"]
+    assert after["utterances"] - before["utterances"] == len(texts) and calls < len(texts) / 2, (calls, after)
+
+
+def malformed_requests(seed=7):
+    """(description, method, path, body bytes, headers) of requests the service must refuse with a 4xx."""
+    rng = random.Random(seed)
+    valid = json.dumps({"text": "导航去北京"}, ensure_ascii=False).encode("utf-8")
+    cases = []
+
+    def add(what, body, path="/v1/parse", method="POST", headers=None):
+        cases.append((what, method, path, body if isinstance(body, bytes) else json.dumps(body).encode("utf-8"),
+                      headers or {"Content-Type": "application/json"}))
+
+    for n in range(1, len(valid)):
+        add(f"truncated at byte {n}", valid[:n])
+    for bad in (b"\xff", b"\xc3\x28", b"\xe5\xaf", b"\xed\xa0\x80", b"\x80abc"):
+        add(f"invalid UTF-8 {bad!r}", b'{"text": "' + bad + b'"}')
+        add(f"invalid UTF-8 {bad!r} in context", b'{"text": "a", "context": ["' + bad + b'"]}')
+    not_a_string = [None, 1, -3.5, True, [], ["导航"], {}, {"text": "x"}]
+    for value in not_a_string:
+        add(f"text {value!r}", {"text": value})
+        if value is not None:  # "session_id": null is no session, as when it is left out
+            add(f"session_id {value!r}", {"text": "导航去北京", "session_id": value})
+        add(f"batch utterances {value!r}", {"utterances": value if value != [] else [{"txt": 1}]}, "/v1/parse/batch")
+    for value in (1, "导航", True, {}, [1], [None], [["导航"]], [{"text": "导航"}]):  # context: a list of strings only
+        add(f"context {value!r}", {"text": "导航去北京", "context": value})
+    for value in (None, 1, -3.5, True, [], ["导航"], "导航去北京", [{"text": "x"}]):  # a body is an object
+        add(f"body {value!r}", value)
+    for body in (b"", b"null", b"[]", b'"text"', b"{}", b'{"text": NaN}', b'{"text": "a", "context": [Infinity]}',
+                 b'{"text": "\\ud800"}', b'{"text": "a", "context": ["\\udfff"]}', b'{"text": "a", "extra": 1}',
+                 b'{"Text": "a"}', b'{"text": "a"', b"{'text': 'a'}", b'{"text": "a"}}', b"\xef\xbb\xbf" + valid):
+        add(f"body {body[:30]!r}", body)
+    for text in ("", " ", "\u200b", "\u0000", "\ufeff\u3000", "a" * 600):
+        add(f"text {text[:5]!r}…", {"text": text})
+        add(f"batch item {text[:5]!r}…", {"utterances": [{"text": "导航去北京"}, {"text": text}]}, "/v1/parse/batch")
+    add("over 64 KiB", {"text": "导" * 30000})
+    add("65 utterances", {"utterances": [{"text": "导航"}] * 65}, "/v1/parse/batch")
+    add("17 context utterances", {"text": "取消", "context": ["导航"] * 17})
+    add("declared length over the limit", valid, headers={"Content-Type": "application/json", "Content-Length": "999999999"})
+    add("session id 65 characters", {"text": "a", "session_id": "x" * 65})
+    def random_json(depth=0):
+        kind = rng.choice(["null", "int", "float", "str", "list", "dict"] if depth < 3 else ["null", "int", "str"])
+        if kind in ("list", "dict"):
+            items = [random_json(depth + 1) for _ in range(rng.randrange(4))]
+            return items if kind == "list" else {rng.choice(["text", "context", "session_id", "x"]): v for v in items}
+        return {"null": None, "int": rng.randrange(-9, 9), "float": rng.random(), "str": rng.choice(["", "导航", "\u200b"])}[kind]
+
+    while len([c for c in cases if c[0].startswith("random JSON")]) < 40:  # random JSON that is no valid request
+        value = random_json()
+        try:
+            serve.Utterance.model_validate(value)
+        except Exception:
+            add(f"random JSON {value!r:.40}", value)
+    for i in range(60):  # random bytes, and random bytes inside a valid body
+        noise = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        add(f"random bytes #{i}", noise if i % 2 else valid[:8] + noise + valid[8:])
+    add("GET a POST route", b"", method="GET")
+    add("unknown route", valid, path="/v1/nope")
+    add("PUT sessions", b"", path="/v1/sessions", method="PUT")
+    return cases
+
+
+def test_malformed_requests_get_a_4xx_and_change_nothing(server):
+    status, good = server.call("POST", "/v1/parse", {"text": "导航去北京", "context": ["打电话给老王"]})
+    assert status == 200
+    cases = malformed_requests()
+    assert len(cases) >= 200
+    failures = []
+    for what, method, path, body, headers in cases:
+        if what == "declared length over the limit":
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            conn.putrequest(method, path)
+            for k, v in headers.items():
+                conn.putheader(k, v)
+            conn.endheaders(body)
+            response = conn.getresponse()
+            status, answer = response.status, json.loads(response.read())
+            conn.close()
+        else:
+            status, answer = server.call(method, path, body, headers)
+        valid_after_noise = what.startswith("random bytes") and status == 200  # noise may still spell a valid request
+        if not valid_after_noise and not (400 <= status < 500 and isinstance(answer, dict) and isinstance(answer.get("error"), str)):
+            failures.append((what, status, answer))
+    assert not failures, failures[:5]
+    assert server.call("POST", "/v1/parse", {"text": "导航去北京", "context": ["打电话给老王"]}) == (200, good)
+    assert server.call("GET", "/v1/ready")[0] == 200
+    errors = server.call("GET", "/v1/stats")[1]["errors"]
+    assert "http_500" not in errors and sum(errors.values()) >= 200
+
+
+def test_sigterm_finishes_the_request_in_flight(model_dir):
+    slow = Server(model_dir, "--max_wait_ms", "3000")  # a lone request waits 3 s in the batcher for company
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(zip(("status", "record"), slow.call("POST", "/v1/parse", {"text": "导航去北京"}))))
+    thread.start()
+    while slow.call("GET", "/v1/stats")[1]["in_flight"] != 1:
+        time.sleep(0.05)
+    slow.proc.send_signal(signal.SIGTERM)
+    thread.join(timeout=60)
+    assert slow.proc.wait(timeout=60) == 0
+    assert answer["status"] == 200 and answer["record"]["text"] == "导航去北京" and "intent" in answer["record"]
+    assert slow.call("GET", "/v1/health")[0] == 0  # nothing listens any more
+
+
+# ----------------------------------------------------------------------------- in process
+
+
+def test_session_store_bounds_memory_and_forgets_idle_sessions():
+    now = [0.0]
+    store = serve.SessionStore(turns=2, max_sessions=3, ttl_s=10, clock=lambda: now[0])
+    a, b, c = store.create(), store.create(), store.create()
+    for text in ("一", "二", "三"):
+        store.append(a, text)
+    assert store.history(a) == ["二", "三"] and store.history(b) == []  # the last `turns` only
+    d = store.create()  # a fourth: b, the least recently used, goes
+    with pytest.raises(KeyError):
+        store.history(b)
+    assert len(store) == 3 and store.history(c) == [] and store.history(d) == []
+    now[0] = 9.0
+    store.append(a, "四")
+    now[0] = 15.0  # c and d idle for 15 s, a for 6 s
+    with pytest.raises(KeyError):
+        store.history(c)
+    assert store.history(a) == ["三", "四"] and len(store) == 1
+    assert store.delete(a) and not store.delete(a)
+
+
+def test_batcher_groups_requests_in_order_and_survives_a_failing_call():
+    calls = []
+
+    def predict(texts, histories):
+        calls.append(list(texts))
+        if "boom" in texts:
+            raise RuntimeError("model failed")
+        return [{"text": t, "history": h} for t, h in zip(texts, histories)]
+
+    async def scenario():
+        batcher = serve.MicroBatcher(predict, max_batch_size=4, max_wait_ms=50)
+        batcher.start()
+        small = [batcher.submit([f"t{i}"], [[f"h{i}"]]) for i in range(3)]
+        large = batcher.submit([f"L{i}" for i in range(6)], [[]] * 6)  # more than a batch: runs alone
+        results = await asyncio.gather(*small, large)
+        failing = await asyncio.gather(batcher.submit(["boom"], [[]]), batcher.submit(["x"], [[]]), return_exceptions=True)
+        after = await batcher.submit(["ok"], [[]])
+        await batcher.stop()
+        return results, failing, after
+
+    results, failing, after = asyncio.run(scenario())
+    assert [r[0]["text"] for r in results[:3]] == ["t0", "t1", "t2"] and results[0][0]["history"] == ["h0"]
+    assert [r["text"] for r in results[3]] == [f"L{i}" for i in range(6)]
+    assert calls[:2] == [["t0", "t1", "t2"], [f"L{i}" for i in range(6)]]
+    assert all(isinstance(f, RuntimeError) for f in failing)  # both shared the failing call
+    assert after == [{"text": "ok", "history": []}]
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="max_batch_size"):
+        serve.ServeOptions(max_batch_size=0)
+    with pytest.raises(ValueError, match="session_ttl_s"):
+        serve.ServeOptions(session_ttl_s=-1)
