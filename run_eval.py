@@ -27,9 +27,10 @@ import argparse
 import json
 import sys
 
+import analysis
 from backends import BACKENDS, open_predictor
 from data.corpus import read_corpus
-from predictor import decode_lines
+from predictor import decode_lines, score
 from utils import write_text
 
 
@@ -44,6 +45,10 @@ def parse_args(argv=None):
     parser.add_argument("--sessions_file", help="utterances with their sessions, one JSON object {\"session_id\", \"text\"} per "
                         "line, in conversation order ('-' for stdin); records start with session_id")
     parser.add_argument("--output_file", help="write the JSON lines / metrics here instead of stdout")
+    parser.add_argument("--analysis_dir", help="with --eval_file: write the error analysis here (analysis.py: analysis.json, "
+                        "analysis.md, confusion.png, errors.png)")
+    parser.add_argument("--compare_model_dir", help="with --analysis_dir: a second exported model, analysed on the same file and "
+                        "compared (per-category deltas, the utterances that flipped)")
     parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS),
                         help="runtime (backends.py); the fastdeploy-* ones need a process without paddle, which this script keeps")
     parser.add_argument("--min_confidence", type=float, default=0.0,
@@ -68,14 +73,35 @@ def report_windows(index: int, tokens: int, windows: int, window: int) -> None:
     print(f"utterance {index + 1}: {tokens} characters, predicted in {windows} windows of {window}", file=sys.stderr)
 
 
+def write_analysis(args, predictor, utterances, predictions) -> None:
+    labels = predictor.task.labels
+    rows = analysis.utterance_rows(utterances, predictions, labels)
+    result = analysis.analyze(rows, labels.intents, labels.slot_types)
+    other_rows = other = None
+    if args.compare_model_dir:
+        second = open_predictor(args.compare_model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
+        if second.task.labels != labels:
+            raise ValueError(f"{args.compare_model_dir}: other labels than {args.model_dir}; the analyses cannot be compared")
+        other_rows = analysis.utterance_rows(utterances, second.predictions(utterances, args.batch_size), labels)
+        other = analysis.analyze(other_rows, labels.intents, labels.slot_types)
+    title = f"Error analysis of {args.model_dir} on {args.eval_file}" + (f" (other: {args.compare_model_dir})" if other else "")
+    analysis.write_report(args.analysis_dir, rows, result, title, other_rows, other)
+    print(f"error analysis written to {args.analysis_dir}", file=sys.stderr)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if (args.analysis_dir and not args.eval_file) or (args.compare_model_dir and not args.analysis_dir):
+        sys.exit("--analysis_dir needs --eval_file, and --compare_model_dir needs --analysis_dir")
     predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
     window = predictor.task.max_seq_length - 2
     out = []
     if args.eval_file:
-        metrics = predictor.evaluate(read_corpus(args.eval_file, predictor.task.labels), args.batch_size)
-        out.append(json.dumps(metrics, ensure_ascii=False, indent=2))
+        utterances = read_corpus(args.eval_file, predictor.task.labels)
+        predictions = predictor.predictions(utterances, args.batch_size)
+        out.append(json.dumps(score(utterances, predictions, predictor.task), ensure_ascii=False, indent=2))
+        if args.analysis_dir:
+            write_analysis(args, predictor, utterances, predictions)
     texts = read_utterances(args)
     histories = [args.context if i < len(args.text) else [] for i in range(len(texts))]
     records, _ = predictor.predict_with_logits(texts, args.batch_size, lambda i, t, w: report_windows(i, t, w, window), histories)
