@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -132,6 +132,33 @@ benchmark-nlpcc: setup
 	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results \
 		$(if $(wildcard output/nlpcc2018-distill/distilled/infer_model),--extra_stage output/nlpcc2018-distill/distilled/infer_model)
+
+# The SLU service (serve.py: FastAPI on uvicorn) on an exported directory and a backend of backends.py.
+# Options of serve.py (batching, limits, sessions) go in SERVE_FLAGS, e.g. SERVE_FLAGS="--max_wait_ms 2".
+BACKEND ?= paddle-inference
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: MODEL_DIR = $(OUTPUT_DIR)/infer_model
+serve: setup
+	$(PY) serve.py --model_dir $(MODEL_DIR) --backend $(BACKEND) --host $(HOST) --port $(PORT) --cpu_threads $(CPU_THREADS) $(SERVE_FLAGS)
+
+# Load test of the service (benchmarks/serve_load.*) on the measured NLPCC model, ONNX Runtime, 1 model thread.
+serve-load-nlpcc: setup
+	$(PY) benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model --backend fastdeploy-ort \
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
+
+# The notebook executed top to bottom and saved with its outputs (commit it after a change).
+notebook: setup
+	$(PY) notebooks/execute.py
+
+# Error analysis of the measured NLPCC model (train-nlpcc) on the test split, against the earlier
+# context-free recipe when context-runs-nlpcc trained it (output/nlpcc2018-analysis/: analysis.json,
+# analysis.md, confusion.png, errors.png). They quote test utterances: keep them out of the repository
+# (the README shows the two plots, copied to benchmarks/results/analysis_*.png).
+BEFORE_CONTEXT = output/ctx/k0-w16-s42/infer_model
+analysis-nlpcc: setup
+	$(PY) run_eval.py --model_dir output/nlpcc2018-nano-scratch/infer_model --eval_file data/prepared/nlpcc2018/test.txt \
+		--analysis_dir output/nlpcc2018-analysis $(if $(wildcard $(BEFORE_CONTEXT)),--compare_model_dir $(BEFORE_CONTEXT)) > /dev/null
 
 # C++ demo (deploy/cpp) against the OpenVINO C++ runtime of the openvino pip wheel.
 cpp: setup
