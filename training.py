@@ -21,7 +21,7 @@ from decoding import TEMPERATURE_GRID, Calibration, Decoder
 from backends import open_predictor
 from predictor import LogitsFn, merge_windows, score
 from task import CharTokenizer, Task
-from utils import cpu_threads, file_sha256, load_json, pad_batch, prefer_avx2_mkl, save_json
+from utils import cpu_threads, file_sha256, load_json, pad_batch, pickle_globals, prefer_avx2_mkl, save_json
 
 logger = logging.getLogger("ernie_tiny_slu")
 
@@ -145,6 +145,19 @@ class LengthBucketSampler(DistributedBatchSampler):
 # Written last into a checkpoint: the sha256 of each of its files. PaddleNLP writes a checkpoint's
 # files one by one in place; a run killed meanwhile leaves a directory without it.
 CHECKPOINT_MANIFEST = "checkpoint_complete.json"
+# The Trainer's state is pickled (paddle.save): resuming unpickles the checkpoint's *.pdparams,
+# *.pdopt and *.pth (and the best checkpoint's weights at the end). What they may import: numpy
+# arrays and paddle's CPU generator state. Anything else (os.system in a crafted file) is refused
+# before a byte is unpickled.
+RESUMED_PICKLES = (".pdparams", ".pdopt", ".pth")
+CHECKPOINT_PICKLE_GLOBALS = {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype", "collections.OrderedDict",
+                             "paddle.base.libpaddle.GeneratorState"}
+
+
+def write_checkpoint_manifest(checkpoint: str, global_step: int) -> None:
+    files = sorted(f for f in os.listdir(checkpoint) if f != CHECKPOINT_MANIFEST and os.path.isfile(os.path.join(checkpoint, f)))
+    save_json(os.path.join(checkpoint, CHECKPOINT_MANIFEST),
+              {"global_step": global_step, "sha256": {f: file_sha256(os.path.join(checkpoint, f)) for f in files}})
 
 
 class TaskFilesInCheckpoints(TrainerCallback):
@@ -161,14 +174,13 @@ class TaskFilesInCheckpoints(TrainerCallback):
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             export_format.write_task_files(checkpoint, self.task)
             unwrap(model).save_pretrained(checkpoint, safe_serialization=True)
-            files = sorted(f for f in os.listdir(checkpoint) if f != CHECKPOINT_MANIFEST and os.path.isfile(os.path.join(checkpoint, f)))
-            save_json(os.path.join(checkpoint, CHECKPOINT_MANIFEST),
-                      {"global_step": state.global_step, "sha256": {f: file_sha256(os.path.join(checkpoint, f)) for f in files}})
+            write_checkpoint_manifest(checkpoint, state.global_step)
 
 
 def check_checkpoint(checkpoint: str) -> None:
     """Refuse to resume from a checkpoint that was not finished (the run was killed while saving
-    it) or whose files changed since: ValueError naming what is wrong."""
+    it), whose files changed since, or whose pickles would import anything but arrays: ValueError
+    naming what is wrong."""
     manifest = os.path.join(checkpoint, CHECKPOINT_MANIFEST)
     if not os.path.isfile(manifest):
         raise ValueError(f"--resume_from_checkpoint {checkpoint}: no {CHECKPOINT_MANIFEST}, so the checkpoint was not finished "
@@ -177,6 +189,19 @@ def check_checkpoint(checkpoint: str) -> None:
         path = os.path.join(checkpoint, name)
         if not os.path.isfile(path) or file_sha256(path) != digest:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: {name} is missing or differs from when it was saved")
+    state_file = os.path.join(checkpoint, "trainer_state.json")
+    best = load_json(state_file).get("best_model_checkpoint") if os.path.isfile(state_file) else None
+    for directory in [checkpoint] + ([best] if best and os.path.isdir(best) else []):  # the best one is loaded at the end
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(RESUMED_PICKLES):
+                path = os.path.join(directory, name)
+                try:
+                    unexpected = sorted(pickle_globals(path) - CHECKPOINT_PICKLE_GLOBALS)
+                except Exception as e:  # pickletools on bytes that are no pickle
+                    raise ValueError(f"--resume_from_checkpoint {checkpoint}: {path} is not a readable pickle ({e})") from None
+                if unexpected:
+                    raise ValueError(f"--resume_from_checkpoint {checkpoint}: {path} would import {unexpected} when unpickled; "
+                                     "a checkpoint of this project holds arrays only: refused before loading it")
 
 
 class SluTrainer(Trainer):

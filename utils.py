@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickletools
 import shutil
 import tempfile
 from typing import Iterable, List, Sequence
@@ -61,6 +62,34 @@ def save_figure(fig, path: str, dpi: int = 110) -> None:
     """A matplotlib figure as a PNG, written whole or not at all."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
+
+
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def pickle_globals(path: str) -> set:
+    """Every "module.name" a pickle file would import when loaded, read from its opcodes without
+    loading it (pickletools): what decides whether unpickling can run foreign code. A global whose
+    name is not a plain string on the stack is reported as "?"."""
+    found, stack, memo = set(), [], {}
+    with open(path, "rb") as f:
+        for op, arg, _ in pickletools.genops(f):
+            if op.name in ("GLOBAL", "INST"):
+                found.add(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                module, name = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
+                found.add(f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else "?")
+            if op.name in _STRING_OPS:
+                stack.append(arg)
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1] if stack else None
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg))
+            elif op.name != "STOP":
+                stack.append(None)  # anything else: not a name (only the last two pushes matter)
+    return found
 
 
 def file_sha256(path: str) -> str:

@@ -235,6 +235,30 @@ def test_a_run_killed_while_saving_resumes_to_the_same_weights(tmp_path, synthet
     assert backends.open_predictor(os.path.join(exported, "infer_model")).predict(["导航去北京"])[0]["text"] == "导航去北京"
 
 
+def test_resume_refuses_a_checkpoint_whose_pickles_would_run_code(tmp_path):
+    """The Trainer's state is pickled; before --resume_from_checkpoint unpickles it, every pickle of
+    the checkpoint is read opcode by opcode and one that would import anything but arrays is refused
+    (here a crafted optimizer state, with a manifest to match)."""
+    checkpoint = tmp_path / "checkpoint-6"
+    checkpoint.mkdir()
+    paddle.save({"w": np.zeros(3, dtype="float32")}, str(checkpoint / "model_state.pdparams"))
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(checkpoint / "optimizer.pdopt", "wb") as f:
+        pickle.dump({"moment1": Payload()}, f)
+    training.write_checkpoint_manifest(str(checkpoint), 6)
+    with pytest.raises(ValueError, match=r"optimizer.pdopt would import \['(io|builtins).open'\] when unpickled"):
+        training.check_checkpoint(str(checkpoint))
+    assert not marker.exists()
+    os.remove(checkpoint / "optimizer.pdopt")
+    training.write_checkpoint_manifest(str(checkpoint), 6)
+    training.check_checkpoint(str(checkpoint))  # arrays only: accepted
+
+
 def test_run_train_fine_tunes_a_local_pretrained_directory(tmp_path, synthetic_dir, synthetic_splits):
     """The non-scratch path: --model_name_or_path is a directory holding a plain ERNIE encoder
     and its vocab.txt; the vocabulary is taken from there, not rebuilt from the data."""
