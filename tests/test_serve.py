@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import assert_same_records
 
+import predictor
 import run_eval
 import serve
+import task
 import utils
 
 TEXTS = ["导航去北京", "取消", "打电话给老王", "播放周杰伦的稻香", "退出"]
@@ -324,6 +326,16 @@ def test_batcher_groups_requests_in_order_and_survives_a_failing_call():
     assert calls[:2] == [["t0", "t1", "t2"], [f"L{i}" for i in range(6)]]
     assert all(isinstance(f, RuntimeError) for f in failing)  # both shared the failing call
     assert after == [{"text": "ok", "history": []}]
+
+
+def test_metadata_says_when_context_is_ignored():
+    """A model trained without context: sessions and context are accepted and ignored, and /v1/model says so."""
+    labels = task.LabelMaps.from_files()
+    no_context = task.Task(task.CharTokenizer.build(["导航去北京"]), labels, 16, task.any_slot_types(labels))
+    exported = serve.export_format.ExportedModel("model_dir", {"format_version": serve.export_format.FORMAT_VERSION}, no_context)
+    meta = serve.model_metadata(predictor.Predictor(no_context, logits_fn=None), exported, "fastdeploy-ort", serve.ServeOptions())
+    assert meta["context_turns"] == 0 and meta["context"].startswith("ignored: the model was trained without session context")
+    assert meta["slot_types"] == labels.slot_types and meta["limits"]["max_batch_size"] == 32 and meta["backend"] == "fastdeploy-ort"
 
 
 def test_options_are_checked():
