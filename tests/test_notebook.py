@@ -16,9 +16,13 @@ spec.loader.exec_module(execute_notebook)
 
 
 def kinds(cell):
-    """What a cell showed: (output type, MIME types) of each output, in order; streams merged."""
+    """What a cell showed: (output type, MIME types) of each output, in order; streams merged.
+    Library noise on stderr (a warning on first import, glog lines) depends on the environment and
+    is left out."""
     out = []
     for o in cell.get("outputs", []):
+        if o["output_type"] == "stream" and o.get("name") == "stderr":
+            continue
         kind = (o["output_type"], tuple(sorted(o.get("data", {}))))
         if not (out and kind == out[-1] and o["output_type"] == "stream"):
             out.append(kind)
