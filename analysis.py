@@ -154,13 +154,12 @@ def markdown(result: dict, title: str, comparison: Optional[dict] = None, top: i
     return "\n".join(lines)
 
 
-def plot(result: dict, output_dir: str) -> List[str]:
+def plot(result: dict, output_dir: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
     confusion, intents = np.array(result["confusion"]), result["intents"]
     fig, ax = plt.subplots(figsize=(8, 7))
     shown = np.log1p(confusion)  # the diagonal would hide every confusion on a linear scale
@@ -175,8 +174,7 @@ def plot(result: dict, output_dir: str) -> List[str]:
     ax.set_ylabel("gold intent")
     ax.set_title("Intent confusion (counts; colour on a log scale)")
     fig.tight_layout()
-    paths.append(os.path.join(output_dir, "confusion.png"))
-    save_figure(fig, paths[-1])
+    save_figure(fig, os.path.join(output_dir, "confusion.png"))
     plt.close(fig)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -199,14 +197,12 @@ def plot(result: dict, output_dir: str) -> List[str]:
     ax2.legend()
     ax2.set_title("Errors by category")
     fig.tight_layout()
-    paths.append(os.path.join(output_dir, "errors.png"))
-    save_figure(fig, paths[-1])
+    save_figure(fig, os.path.join(output_dir, "errors.png"))
     plt.close(fig)
-    return paths
 
 
 def write_report(output_dir: str, rows: Sequence[dict], result: dict, title: str,
-                 other_rows: Optional[Sequence[dict]] = None, other: Optional[dict] = None) -> dict:
+                 other_rows: Optional[Sequence[dict]] = None, other: Optional[dict] = None) -> None:
     """analysis.json (the result, every utterance's row, the comparison), analysis.md and the PNGs."""
     os.makedirs(output_dir, exist_ok=True)
     comparison = compare(rows, other_rows, result, other) if other is not None else None
@@ -214,4 +210,3 @@ def write_report(output_dir: str, rows: Sequence[dict], result: dict, title: str
                                                            **({"other": other} if other is not None else {})})
     write_text(os.path.join(output_dir, "analysis.md"), markdown(result, title, comparison))
     plot(result, output_dir)
-    return comparison or {}
