@@ -121,6 +121,14 @@ def describe(pred: Prediction, enc: Encoded, labels: LabelMaps, min_confidence: 
     }
 
 
+def without_confidences(value):
+    """A result record (or a list, or any part of one) without its confidences: what must be equal
+    when the same utterance runs in another batch or on another runtime (the ranking's order stays)."""
+    if isinstance(value, dict):
+        return {k: without_confidences(v) for k, v in value.items() if k != "confidence"}
+    return [without_confidences(v) for v in value] if isinstance(value, list) else value
+
+
 def score(utterances, predictions: Sequence[Prediction], task: Task) -> dict:
     labels = task.labels
     predicted = [(labels.intents[p.intent_id], [labels.slot_tags[t] for t in p.tag_ids]) for p in predictions]
@@ -149,15 +157,19 @@ class Predictor:
 
     def check(self, enc: Encoded) -> Optional[str]:
         """Why an utterance gets no prediction, or None."""
-        if not enc.offsets:
+        return self._length_error(len(enc.offsets))
+
+    def _length_error(self, num_tokens: int) -> Optional[str]:
+        if not num_tokens:
             return EMPTY_UTTERANCE
-        if len(enc.offsets) > self.max_utterance_tokens:
-            return too_long_error(len(enc.offsets), self.max_utterance_tokens)
+        if num_tokens > self.max_utterance_tokens:
+            return too_long_error(num_tokens, self.max_utterance_tokens)
         return None
 
     def text_error(self, text: str) -> Optional[str]:
-        """Why `text` would get an error record instead of a prediction, or None."""
-        return self.check(self.task.encode(text, ()))
+        """Why `text` would get an error record instead of a prediction, or None (its tokens only:
+        no windows, no context)."""
+        return self._length_error(len(self.task.tokenizer.tokenize(text)[1]))
 
     def predict_with_logits(self, texts: Sequence[Optional[str]], batch_size: int = 64,
                             on_windows: Optional[Callable[[int, int, int], None]] = None,

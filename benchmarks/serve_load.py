@@ -21,11 +21,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 
 from backends import BACKENDS, open_predictor
 from data.corpus import read_corpus
+from predictor import without_confidences
 from task import session_histories
 from utils import PROJECT_DIR, markdown_table, save_figure, save_json, write_text
 
@@ -47,8 +49,6 @@ def server_rss_mb(pid: int) -> float:
 
 def start_server(model_dir, backend, threads, flags, timeout=300):
     """A serve.py process on a free port, once /v1/ready answers: (process, base url)."""
-    import urllib.request
-
     port = free_port()
     proc = subprocess.Popen([sys.executable, os.path.join(PROJECT_DIR, "serve.py"), "--model_dir", model_dir, "--backend", backend,
                              "--port", str(port), "--cpu_threads", str(threads), "--log_level", "warning", *flags],
@@ -68,8 +68,6 @@ def start_server(model_dir, backend, threads, flags, timeout=300):
 
 
 def server_stats(url) -> dict:
-    import urllib.request
-
     with urllib.request.urlopen(url + "/v1/stats") as r:
         return json.load(r)
 
@@ -105,11 +103,7 @@ async def load(url, bodies, expected, concurrency):
 
 def same_record(got: dict, expected: dict) -> bool:
     """Equal but for the last digit of rounded confidences (the model ran in another batch)."""
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k != "confidence"}
-        return [strip(x) for x in v] if isinstance(v, list) else v
-    return strip(got) == strip(expected) and abs(got["confidence"] - expected["confidence"]) <= 2e-4
+    return without_confidences(got) == without_confidences(expected) and abs(got["confidence"] - expected["confidence"]) <= 2e-4
 
 
 def main():

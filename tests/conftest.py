@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import predictor
 import task
 import utils
 from export_format import INPUT_NAME
@@ -28,11 +29,7 @@ def confidences(record):
 
 def strip_confidence(records):
     """Records without their confidences (the ranking's order and intents stay)."""
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "confidence"}
-        return [strip(v) for v in value] if isinstance(value, list) else value
-    return [strip(r) for r in records]
+    return predictor.without_confidences(list(records))
 
 
 def assert_same_records(got, expected, confidence_tolerance=2e-4):
