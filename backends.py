@@ -2,7 +2,10 @@
 backend)` reads and validates the directory (export_format), starts the runtime and returns the
 Predictor. Runtimes are imported only when asked for: FastDeploy 1.0.7 crashes when paddle 2.6
 is loaded in the same process, so a process uses paddle-inference or the fastdeploy-* backends,
-never both (the benchmark gives each measurement a process of its own)."""
+never both (the benchmark gives each measurement a process of its own). The runtimes used directly
+(onnxruntime, onnxruntime-int8: the graph converted by onnx_graph.py; openvino-f32/-bf16: the Paddle
+program read as deploy/cpp reads it) share a process with paddle. `precision` says what each
+backend's matrix products run in: the README's deployment advice comes from benchmarks/inference.py."""
 import os
 import sys
 from typing import Callable, Dict, NamedTuple
@@ -10,6 +13,7 @@ from typing import Callable, Dict, NamedTuple
 import numpy as np
 
 import export_format
+import onnx_graph
 from predictor import LogitsFn, Predictor
 from utils import cpu_threads, prefer_avx2_mkl
 
@@ -17,6 +21,21 @@ from utils import cpu_threads, prefer_avx2_mkl
 class Backend(NamedTuple):
     description: str
     load: Callable[[export_format.ExportedModel, int], LogitsFn]  # (exported, threads) -> logits function
+    precision: str = "fp32"  # what its matrix products run in
+    qat_int8: bool = False  # runs a QAT stage's quantize/dequantize pairs as int8 kernels (else in fp32)
+
+
+def precision(backend: str, exported_config: dict) -> str:
+    """fp32, bf16 or int8: the arithmetic of the matrix products of this graph on this backend."""
+    b = BACKENDS[backend]
+    return "int8" if b.qat_int8 and exported_config.get("onednn_int8") else b.precision
+
+
+def _cannot_run(backend: str, exported: export_format.ExportedModel, error: Exception) -> RuntimeError:
+    """A converter's failure in one line: the operator it could not convert, else its first line."""
+    lines = str(error).splitlines()
+    reason = next((line for line in lines if "Fail to convert" in line), lines[0] if lines else repr(error))
+    return RuntimeError(f"{backend} cannot run {exported.directory}: {reason}")
 
 
 def _paddle_inference(exported: export_format.ExportedModel, threads: int) -> LogitsFn:
@@ -69,8 +88,7 @@ def _fastdeploy(engine: str) -> Callable[[export_format.ExportedModel, int], Log
         try:
             runtime = fd.Runtime(option)
         except RuntimeError as e:
-            reason = next((line for line in str(e).splitlines() if "Fail to convert" in line), str(e).splitlines()[0])
-            raise RuntimeError(f"fastdeploy-{engine} cannot run {exported.directory}: {reason}") from None
+            raise _cannot_run(f"fastdeploy-{engine}", exported, e) from None
         inputs = [runtime.get_input_info(i).name for i in range(runtime.num_inputs())]
         export_format.check_graph_io(exported, inputs, runtime.num_outputs(), f"fastdeploy-{engine}")
 
@@ -83,13 +101,75 @@ def _fastdeploy(engine: str) -> Callable[[export_format.ExportedModel, int], Log
     return load
 
 
+def _onnxruntime(int8: bool) -> Callable[[export_format.ExportedModel, int], LogitsFn]:
+    name = "onnxruntime-int8" if int8 else "onnxruntime"
+
+    def load(exported: export_format.ExportedModel, threads: int) -> LogitsFn:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # + its own integer-MatMul fusions
+        session = ort.InferenceSession(onnx_graph.for_onnxruntime(exported, int8), options, providers=["CPUExecutionProvider"])
+        input_names = [i.name for i in session.get_inputs()]
+        export_format.check_graph_io(exported, input_names, len(session.get_outputs()), name)
+
+        def logits(input_ids: np.ndarray):
+            intent_logits, slot_logits = session.run(None, {input_names[0]: input_ids})
+            return intent_logits, slot_logits
+
+        return logits
+
+    return load
+
+
+def _openvino(precision: str) -> Callable[[export_format.ExportedModel, int], LogitsFn]:
+    def load(exported: export_format.ExportedModel, threads: int) -> LogitsFn:
+        import openvino as ov
+
+        core = ov.Core()
+        try:
+            model = core.read_model(exported.path(export_format.GRAPH_FILE))  # the Paddle frontend, as deploy/cpp
+            compiled = core.compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                "PERFORMANCE_HINT": "LATENCY"})
+        except RuntimeError as e:
+            raise _cannot_run(f"openvino-{precision}", exported, e) from None
+        # OpenVINO quietly runs f32 where the CPU lacks bf16 (avx512_bf16 / AMX): say so instead
+        runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if runs != precision:
+            capabilities = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            raise RuntimeError(f"openvino-{precision}: this CPU cannot run {precision} (OpenVINO's CPU capabilities: "
+                               f"{capabilities}); OpenVINO would run {runs} instead")
+        export_format.check_graph_io(exported, [i.get_any_name() for i in compiled.inputs], len(compiled.outputs), f"openvino-{precision}")
+        request = compiled.create_infer_request()
+
+        def logits(input_ids: np.ndarray):
+            request.infer([input_ids])
+            intent_logits, slot_logits = (request.get_output_tensor(i).data.copy() for i in range(2))
+            return intent_logits, slot_logits
+
+        return logits
+
+    return load
+
+
 BACKENDS: Dict[str, Backend] = {
     "paddle-inference": Backend("Paddle Inference 2.6 from the paddle wheel (oneDNN; oneDNN int8 kernels for QAT graphs): "
-                                "run_eval.py's engine", _paddle_inference),
+                                "run_eval.py's engine", _paddle_inference, qat_int8=True),
     "fastdeploy-paddle": Backend("Paddle Inference bundled in FastDeploy 1.0.7", _fastdeploy("paddle")),
-    "fastdeploy-ort": Backend("ONNX Runtime in FastDeploy 1.0.7 (graph converted by paddle2onnx)", _fastdeploy("ort")),
+    # FastDeploy's own paddle2onnx (1.0.7) keeps a QAT stage's quantize/dequantize pairs, which its ORT 1.12 folds into
+    # integer kernels (its logits differ from the fp32 kernels' by the activations' rounding)
+    "fastdeploy-ort": Backend("ONNX Runtime 1.12 in FastDeploy 1.0.7 (graph converted by its paddle2onnx 1.0.7)", _fastdeploy("ort"), qat_int8=True),
     "fastdeploy-openvino": Backend("OpenVINO in FastDeploy 1.0.7 (Paddle frontend; bf16 on CPUs with avx512_bf16, "
-                                   "FastDeploy has no precision setting)", _fastdeploy("openvino")),
+                                   "FastDeploy has no precision setting)", _fastdeploy("openvino"), qat_int8=True),
+    "onnxruntime": Backend("ONNX Runtime 1.23 used directly on the paddle2onnx graph, with its transformer fusions (fp32)",
+                           _onnxruntime(int8=False)),
+    "onnxruntime-int8": Backend("onnxruntime with every weight MatMul on int8 kernels (per-channel int8 weights, "
+                                "activations quantized per call)", _onnxruntime(int8=True), precision="int8"),
+    "openvino-f32": Backend("OpenVINO 2024.6 used directly (Paddle frontend, as deploy/cpp), f32 inference precision; "
+                            "QAT graphs run its int8 kernels", _openvino("f32"), qat_int8=True),
+    "openvino-bf16": Backend("openvino-f32 with bf16 inference precision; refused on CPUs without bf16", _openvino("bf16"), precision="bf16", qat_int8=True),
 }
 FASTDEPLOY_BACKENDS = [name for name in BACKENDS if name.startswith("fastdeploy-")]
 

@@ -311,6 +311,17 @@ def lookup_tables(graph_path: str) -> List[Tuple[str, List[int]]]:
         raise ExportError(f"{graph_path}: not a readable Paddle program ({type(e).__name__}: {e})") from None
 
 
+def op_types(graph_path: str) -> List[str]:
+    """The operator types of a graph's first block, in op order; raises ExportError when the file
+    is no Paddle program."""
+    with open(graph_path, "rb") as f:
+        program = f.read()
+    try:
+        return [_first(op, 3).decode("utf-8") for field, op in _fields(_first(program, 1)) if field == 4]
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise ExportError(f"{graph_path}: not a readable Paddle program ({type(e).__name__}: {e})") from None
+
+
 def check_graph_tables(exported: ExportedModel) -> None:
     """The graph's embedding tables against the contract: the word table (looked up by input_ids)
     has vocab_size rows, and the largest other table (the position embeddings) covers the longest

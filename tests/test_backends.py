@@ -1,6 +1,8 @@
 """The backend registry: every FastDeploy backend (through deploy/python/infer_demo.py, in a
-subprocess: FastDeploy cannot share a process with paddle 2.6) against Paddle Inference on the
-shared export, and the registry's refusals."""
+subprocess: FastDeploy cannot share a process with paddle 2.6) and the runtimes used directly
+(onnxruntime, onnxruntime-int8, openvino-f32/-bf16) against Paddle Inference on the shared export,
+the work count of onnx_graph.py, and the registry's refusals."""
+import collections
 import json
 import os
 import shutil
@@ -16,10 +18,14 @@ from conftest import (
 )
 
 import backends
+import export_format
+import onnx_graph
 import predictor
+import utils
 
 # FastDeploy 1.0.7 gives OpenVINO no precision setting, and OpenVINO's CPU plugin runs in bf16 by
-# default on CPUs with avx512_bf16 (this one): its logits differ by a few hundredths, not 1e-4.
+# default on CPUs with avx512_bf16 (the machine of earlier sessions; f32 on an AVX2-only one): its
+# logits differ by a few hundredths there, not 1e-4.
 TOLERANCE = {"fastdeploy-paddle": 1e-4, "fastdeploy-ort": 1e-4, "fastdeploy-openvino": 0.1}
 
 
@@ -96,3 +102,67 @@ def test_graphs_that_disagree_with_their_labels_or_give_nan_are_refused_at_load(
     proc = subprocess.run([sys.executable, FASTDEPLOY_DEMO, "--model_dir", nan, "--backend", "fastdeploy-ort", "--text", "导航"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "outputs are not finite" in proc.stderr and proc.stdout == ""
+
+
+def _session_lines(utterances):
+    return [json.dumps({"session_id": u.session_id, "text": u.text}, ensure_ascii=False) for u in utterances]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino-f32"])
+def test_direct_runtime_matches_paddle_inference(backend, trained, synthetic_splits):
+    """ONNX Runtime and OpenVINO used directly, fp32: the same records as Paddle Inference on the
+    whole test split, each utterance with its session's context, and logits within 1e-4 on a
+    padded batch (windows of different lengths in one call)."""
+    model_dir = os.path.join(trained, "infer_model")
+    reference, direct = backends.open_predictor(model_dir), backends.open_predictor(model_dir, backend)
+    lines = _session_lines(synthetic_splits["test"])
+    assert direct.predict_sessions(lines) == reference.predict_sessions(lines)
+    ids = utils.pad_batch([reference.task.encode(u.text).windows[0] for u in synthetic_splits["test"][:16]], reference.task.tokenizer.pad_id)
+    for got, expected in zip(direct.logits_fn(ids), reference.logits_fn(ids)):
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4
+
+
+def test_int8_runtime_runs_integer_kernels_and_agrees(trained, synthetic_splits):
+    """onnxruntime-int8: every weight MatMul of the graph becomes an integer one (4 layers x 6, the
+    pooler and the two heads), the attention products stay fp32; >= 99.5 % of the test split gets
+    the fp32 graph's intent and tags."""
+    model_dir = os.path.join(trained, "infer_model")
+    graph = onnx_graph.quantize_int8(onnx_graph.from_paddle(export_format.read(model_dir)))
+    kinds = collections.Counter(n.op_type for n in graph.graph.node)
+    assert kinds["MatMulInteger"] == 4 * 6 + 3 and kinds["MatMul"] == 4 * 2
+    fp32, int8 = backends.open_predictor(model_dir, "onnxruntime"), backends.open_predictor(model_dir, "onnxruntime-int8")
+    test = synthetic_splits["test"]
+    same = [(a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.predictions(test), int8.predictions(test))]
+    assert len(same) == len(test) and np.mean(same) >= 0.995
+    assert abs(int8.evaluate(test)["sentence_acc"] - fp32.evaluate(test)["sentence_acc"]) <= 0.01
+
+
+def test_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(trained, synthetic_splits):
+    """OpenVINO compiles a bf16 request as f32 on a CPU without bf16 and says nothing: the backend
+    refuses instead. Where the CPU has it, >= 99.5 % of the test split as fp32."""
+    import openvino
+
+    model_dir = os.path.join(trained, "infer_model")
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(RuntimeError, match="openvino-bf16: this CPU cannot run bf16 .*OpenVINO would run f32 instead"):
+            backends.open_predictor(model_dir, "openvino-bf16")
+        return
+    fp32, bf16 = backends.open_predictor(model_dir, "openvino-f32"), backends.open_predictor(model_dir, "openvino-bf16")
+    test = synthetic_splits["test"]
+    same = [(a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.predictions(test), bf16.predictions(test))]
+    assert np.mean(same) >= 0.995
+
+
+def test_matmul_ops_count_the_nano_encoder_by_hand(trained):
+    """ERNIE 3.0 nano (hidden 312, FFN 1248, 4 layers) on a row of L tokens: per layer Q, K, V and
+    output projections (4 x L x 312 x 312), FFN (2 x L x 312 x 1248), Q.K^T and P.V (2 x L x L x
+    312); then the pooler on [CLS], the intent head and the slot head on every token; x2 for
+    multiply + add. The int8 graph does the same work."""
+    exported = export_format.read(os.path.join(trained, "infer_model"))
+    graph = onnx_graph.from_paddle(exported)
+    intents, tags = exported.config["num_intents"], exported.config["num_slot_tags"]
+    for n in (5, 9, 40):
+        expected = 2 * (4 * (4 * n * 312 * 312 + 2 * n * 312 * 1248 + 2 * n * n * 312) + 312 * 312 + 312 * intents + n * 312 * tags)
+        assert onnx_graph.matmul_ops(graph, n) == expected
+    assert onnx_graph.ops_per_length_of(os.path.join(trained, "infer_model"), [9, 5]) == {5: onnx_graph.matmul_ops(graph, 5), 9: onnx_graph.matmul_ops(graph, 9)}
+    assert onnx_graph.matmul_ops(onnx_graph.quantize_int8(graph), 9) == onnx_graph.matmul_ops(graph, 9)

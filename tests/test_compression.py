@@ -11,6 +11,7 @@ import backends
 import compat
 import compression
 import export_format
+import onnx_graph
 import run_train
 import task
 import utils
@@ -72,6 +73,24 @@ def test_every_stage_is_exported_scored_and_self_contained(compressed, synthetic
 def test_exported_int8_graph_agrees_with_dynamic_qat_model(compressed):
     report = utils.load_json(os.path.join(compressed, "compress_report.json"))
     assert report["qat_prediction_agreement"] >= 0.99
+
+
+def test_qat_stage_on_the_direct_runtimes(compressed, synthetic_splits):
+    """The QAT stage (int8 weights) on onnxruntime-int8 (integer kernels) and openvino-f32 (its
+    int8 kernels for the graph's quantize/dequantize pairs): >= 99.5 % of the test split as the
+    stage computed in fp32 (onnxruntime: the fake-quantized weights, fp32 activations). The
+    quant_emb stage is refused by name: paddle2onnx has no converter for dequantize_log."""
+    stages = os.path.join(compressed, "stages")
+    qat = os.path.join(stages, "width_mult_0.75-int8")
+    test = synthetic_splits["test"]
+    reference = [(p.intent_id, p.tag_ids) for p in backends.open_predictor(qat, "onnxruntime").predictions(test)]
+    for backend in ("onnxruntime-int8", "openvino-f32"):
+        got = [(p.intent_id, p.tag_ids) for p in backends.open_predictor(qat, backend).predictions(test)]
+        assert np.mean([a == b for a, b in zip(got, reference)]) >= 0.995, backend
+    quant_emb = os.path.join(stages, "width_mult_0.75-quant_emb")
+    with pytest.raises(RuntimeError, match="paddle2onnx 1.2.11 cannot convert dequantize_log to ONNX"):
+        backends.open_predictor(quant_emb, "onnxruntime-int8")
+    assert onnx_graph.ops_per_length_of(quant_emb, [5]) == {} and onnx_graph.ops_per_length_of(qat, [5])[5] > 0
 
 
 def test_pruned_vocabulary_round_trips(tmp_path, labels):
