@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -122,16 +122,30 @@ compress-nlpcc: setup
 		--prune_embeddings --max_vocab_size 2000 --num_train_epochs 1 --learning_rate 5e-5 --save_steps 100 \
 		--cpu_threads $(CPU_THREADS) --seed 42
 
-# Inference benchmark (stage x backend x threads; JSON, Markdown, PNG): of the demo compression
-# run, and of the NLPCC one (the README's figures, written to benchmarks/results/).
+# Inference benchmark: first this CPU's ceiling (benchmarks/ceiling.py: GEMM peaks per precision, the
+# work per utterance), then stage x backend x threads (benchmarks/inference.py; JSON, Markdown, PNG,
+# % of peak from the ceiling): of the demo compression run, and of the NLPCC one (the README's
+# figures, written to benchmarks/results/).
+DISTILLED := $(wildcard output/nlpcc2018-distill/distilled/infer_model)
 benchmark: setup
+	$(PY) benchmarks/ceiling.py --stages_dir $(OUTPUT_DIR)-compress/compress/stages --test_file $(DATA_DIR)/test.txt \
+		--output_dir $(OUTPUT_DIR)-benchmark
 	$(PY) benchmarks/inference.py --stages_dir $(OUTPUT_DIR)-compress/compress/stages --test_file $(DATA_DIR)/test.txt \
 		--output_dir $(OUTPUT_DIR)-benchmark
 
 benchmark-nlpcc: setup
+	$(PY) benchmarks/ceiling.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results $(if $(DISTILLED),--extra_stage $(DISTILLED))
 	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
-		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results \
-		$(if $(wildcard output/nlpcc2018-distill/distilled/infer_model),--extra_stage output/nlpcc2018-distill/distilled/infer_model)
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results $(if $(DISTILLED),--extra_stage $(DISTILLED))
+
+# The README's target check: the fp32 baseline (FastDeploy's ONNX Runtime) against the compressed QAT
+# stage on each direct runtime, 1 thread, in 3 rounds that take the cells in turn (benchmarks/results/targets/).
+benchmark-targets-nlpcc: setup
+	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results/targets \
+		--only_stages fp32,width_mult_0.75-int8 --backends fastdeploy-ort,onnxruntime,onnxruntime-int8,openvino-f32 \
+		--threads 1 --rounds 3
 
 # The SLU service (serve.py: FastAPI on uvicorn) on an exported directory and a backend of backends.py.
 # Options of serve.py (batching, limits, sessions) go in SERVE_FLAGS, e.g. SERVE_FLAGS="--max_wait_ms 2".
