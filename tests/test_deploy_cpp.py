@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_same_records, embedding_program
+from conftest import assert_same_records, embedding_program, strip_confidence
 
 import backends
 import export_format
@@ -186,3 +186,21 @@ def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):
     proc = subprocess.run([demo, "--model_dir", nan, "--text", "导航"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stdout == ""
     assert f"{nan} (openvino): the graph's outputs are not finite (NaN or inf) on a probe input: model.pdiparams is damaged" in proc.stderr
+
+
+def test_cpp_demo_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(demo, trained, synthetic_splits):
+    """--precision bf16, as backends.py's openvino-bf16: refused in the same words on a CPU without
+    bf16 (OpenVINO would quietly run f32); where the CPU has it, >= 99.5 % of the records' intents
+    and slots as the f32 run."""
+    import openvino
+
+    model_dir = os.path.join(trained, "infer_model")
+    texts = [u.text for u in synthetic_splits["test"]]
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        proc = subprocess.run([demo, "--model_dir", model_dir, "--precision", "bf16", "--text", "导航"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert "--precision bf16: this CPU cannot run bf16 (OpenVINO's CPU capabilities: " in proc.stderr
+        assert "OpenVINO would run f32 instead" in proc.stderr
+        return
+    f32, bf16 = strip_confidence(run(demo, model_dir, texts)), strip_confidence(run(demo, model_dir, texts, "--precision", "bf16"))
+    assert len(bf16) == len(f32) and np.mean([a == b for a, b in zip(f32, bf16)]) >= 0.995

@@ -112,6 +112,15 @@ int main(int argc, char** argv) {
                         ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
       if (args.cpu_threads > 0) config.emplace(ov::inference_num_threads(args.cpu_threads));
       compiled = core.compile_model(core.read_model(model.graph_path()), "CPU", config);
+      // OpenVINO compiles a bf16 request as f32 on a CPU without bf16 and says nothing: refuse, as
+      // backends.py's openvino-bf16 does, rather than report f32 figures as bf16 ones
+      const ov::element::Type runs = compiled.get_property(ov::hint::inference_precision);
+      if (args.precision == "bf16" && runs != ov::element::bf16) {
+        std::string capabilities;
+        for (const std::string& c : core.get_property("CPU", ov::device::capabilities)) capabilities += (capabilities.empty() ? "" : ", ") + c;
+        throw std::runtime_error("--precision bf16: this CPU cannot run bf16 (OpenVINO's CPU capabilities: " + capabilities +
+                                 "); OpenVINO would run " + runs.get_type_name() + " instead");
+      }
     }
     ov::InferRequest request = run_model ? compiled.create_infer_request() : ov::InferRequest();
     if (run_model) {  // one probe row before any answer: outputs of the label files' shapes, finite
