@@ -29,9 +29,11 @@ from utils import load_json, markdown_table, save_figure, save_json, write_text
 
 DEFAULT_BACKENDS = ["paddle-inference", "fastdeploy-ort", "fastdeploy-openvino", "onnxruntime", "onnxruntime-int8", "openvino-f32",
                     "openvino-bf16"]
-
-
 BASELINE_BACKEND = "fastdeploy-ort"  # the project's fp32 deployment before the direct runtimes
+# What every cell's predictions are compared with: the stage computed in fp32. The onnxruntime backend
+# runs every graph on fp32 kernels (a QAT stage: its fake-quantized weights, fp32 activations) and gives
+# Paddle Inference's predictions on fp32 graphs (tests/test_backends.py).
+REFERENCE_BACKEND = "onnxruntime"
 
 
 def add_speedups(cells):
@@ -45,12 +47,6 @@ def add_speedups(cells):
             if ref:
                 c[f"speedup_p50_vs_{key}"] = ref["latency_ms"]["p50"] / c["latency_ms"]["p50"]
                 c[f"speedup_throughput_vs_{key}"] = c["throughput_batch32_utt_per_s"] / ref["throughput_batch32_utt_per_s"]
-
-
-# What every cell's predictions are compared with: the stage computed in fp32. The onnxruntime backend
-# runs every graph on fp32 kernels (a QAT stage: its fake-quantized weights, fp32 activations) and gives
-# Paddle Inference's predictions on fp32 graphs (tests/test_backends.py).
-REFERENCE_BACKEND = "onnxruntime"
 
 
 def add_agreement(cells):
