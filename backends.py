@@ -123,6 +123,12 @@ def _onnxruntime(int8: bool) -> Callable[[export_format.ExportedModel, int], Log
     return load
 
 
+def openvino_options(precision: str, threads: int) -> dict:
+    """OpenVINO CPU settings for batch-1 latency: one stream, `threads` threads, inference precision
+    stated (OpenVINO's default is bf16 on CPUs that have it)."""
+    return {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+
+
 def _openvino(precision: str) -> Callable[[export_format.ExportedModel, int], LogitsFn]:
     def load(exported: export_format.ExportedModel, threads: int) -> LogitsFn:
         import openvino as ov
@@ -130,9 +136,7 @@ def _openvino(precision: str) -> Callable[[export_format.ExportedModel, int], Lo
         core = ov.Core()
         try:
             model = core.read_model(exported.path(export_format.GRAPH_FILE))  # the Paddle frontend, as deploy/cpp
-            compiled = core.compile_model(model, "CPU", {
-                "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                "PERFORMANCE_HINT": "LATENCY"})
+            compiled = core.compile_model(model, "CPU", openvino_options(precision, threads))
         except RuntimeError as e:
             raise _cannot_run(f"openvino-{precision}", exported, e) from None
         # OpenVINO quietly runs f32 where the CPU lacks bf16 (avx512_bf16 / AMX): say so instead

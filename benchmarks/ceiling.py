@@ -28,6 +28,7 @@ import numpy as np
 
 import export_format
 import onnx_graph
+from backends import openvino_options
 from data.corpus import read_corpus
 from latency import stage_dirs, stage_name
 from task import session_histories
@@ -89,9 +90,7 @@ def runner(runtime: str, precision: str, graph: bytes, threads: int):
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(graph, b""), "CPU", {
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "INFERENCE_NUM_THREADS": threads,
-        "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = core.compile_model(core.read_model(graph, b""), "CPU", openvino_options("bf16" if precision == "bf16" else "f32", threads))
     if precision == "bf16" and compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() != "bf16":
         return None
     request = compiled.create_infer_request()
@@ -159,12 +158,11 @@ def runtime_options(directory: str, lengths: collections.Counter, test_inputs, r
     common = lengths.most_common(1)[0][0]
     same_length = [x for x in test_inputs if x.shape == (1, common)]
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
     for name, shape in (("openvino f32, dynamic shape (backend openvino-f32)", None), (f"openvino f32, static shape [1, {common}]", [1, common])):
         model = core.read_model(exported.path(export_format.GRAPH_FILE))
         if shape:
             model.reshape(shape)
-        request = core.compile_model(model, "CPU", config).create_infer_request()
+        request = core.compile_model(model, "CPU", openvino_options("f32", 1)).create_infer_request()
         rows.append({"setting": name, "inputs": f"test utterances of {common} tokens", "data": same_length,
                      "call": lambda x, r=request: r.infer([x])})
     times = collections.defaultdict(list)
