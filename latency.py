@@ -68,9 +68,9 @@ def measure(model_dir: str, backend: str, threads: int, test_file: str, num_utte
 
     predictions = predictor.predictions(test, batch_size=32)
     metrics = score(test, predictions, task)
-    keys = {"prediction_keys": [zlib.crc32(np.array([p.intent_id, *p.tag_ids], np.int32).tobytes()) for p in predictions]}
+    keys = [zlib.crc32(np.array([p.intent_id, *p.tag_ids], np.int32).tobytes()) for p in predictions] if prediction_keys else None
     return {
-        **(keys if prediction_keys else {}),
+        **({"prediction_keys": keys} if prediction_keys else {}),
         "latency_ms": {f"p{q}": float(np.percentile(total, q)) for q in (50, 90, 99)},
         "latency_mean_ms": {name: float(phases[:, i].mean()) for i, name in enumerate(("tokenization", "model", "postprocess"))},
         "latency_utterances": len(latency_inputs),
@@ -102,7 +102,6 @@ def measure_in_subprocess(model_dir: str, backend: str, threads: int, test_file:
     hints = specific or [line for line in lines if "Error" in line]
     reason = " / ".join(dict.fromkeys(hints[-2:] or lines[-1:]))
     return {**cell, "error": f"exit code {proc.returncode}: {reason[:400]}"}
-
 
 
 def stage_dirs(stages_dir: str):
