@@ -44,6 +44,7 @@ inference_config.json:
     onednn_int8           Paddle Inference should run the graph on oneDNN's int8 kernels (QAT stages)
     model                 what produced the graph ({"architecture", "from_scratch", "stage", ...}), informative
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -288,13 +289,22 @@ def _dims(tensor_desc: bytes) -> List[int]:
     return dims
 
 
-def lookup_tables(graph_path: str) -> List[Tuple[str, List[int]]]:
-    """(ids variable, table shape) of every embedding lookup (lookup_table_v2) in a graph's first
-    block, in op order; raises ExportError when the file is no Paddle program."""
+@contextlib.contextmanager
+def _program_block(graph_path: str):
+    """The first block of a Paddle program file, as bytes; a parse error inside the block turns
+    into an ExportError naming the file."""
     with open(graph_path, "rb") as f:
         program = f.read()
     try:
-        block = _first(program, 1)
+        yield _first(program, 1)
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError) as e:
+        raise ExportError(f"{graph_path}: not a readable Paddle program ({type(e).__name__}: {e})") from None
+
+
+def lookup_tables(graph_path: str) -> List[Tuple[str, List[int]]]:
+    """(ids variable, table shape) of every embedding lookup (lookup_table_v2) in a graph's first
+    block, in op order; raises ExportError when the file is no Paddle program."""
+    with _program_block(graph_path) as block:
         shapes, tables = {}, []
         for field, value in _fields(block):
             if field == 3:  # a variable
@@ -307,19 +317,13 @@ def lookup_tables(graph_path: str) -> List[Tuple[str, List[int]]]:
                         inputs[_first(var, 1).decode("utf-8")] = [a.decode("utf-8") for k, a in _fields(var) if k == 2]
                 tables.append((inputs["Ids"][0], inputs["W"][0]))
         return [(ids, shapes[table]) for ids, table in tables]
-    except (ValueError, IndexError, KeyError, UnicodeDecodeError) as e:
-        raise ExportError(f"{graph_path}: not a readable Paddle program ({type(e).__name__}: {e})") from None
 
 
 def op_types(graph_path: str) -> List[str]:
     """The operator types of a graph's first block, in op order; raises ExportError when the file
     is no Paddle program."""
-    with open(graph_path, "rb") as f:
-        program = f.read()
-    try:
-        return [_first(op, 3).decode("utf-8") for field, op in _fields(_first(program, 1)) if field == 4]
-    except (ValueError, IndexError, UnicodeDecodeError) as e:
-        raise ExportError(f"{graph_path}: not a readable Paddle program ({type(e).__name__}: {e})") from None
+    with _program_block(graph_path) as block:
+        return [_first(op, 3).decode("utf-8") for field, op in _fields(block) if field == 4]
 
 
 def check_graph_tables(exported: ExportedModel) -> None:
