@@ -94,13 +94,18 @@ def merge_windows(intent_logits, slot_logits, encoded: Sequence[Encoded], decode
 
 
 def run_windows(encoded: Sequence[Encoded], logits_fn: LogitsFn, pad_id: int, decoder: Decoder, batch_size: int = 64) -> List[Prediction]:
-    """All windows of all utterances in batches of `batch_size` rows, merged back per utterance."""
+    """All windows of all utterances in batches of `batch_size` rows, merged back per utterance.
+    Rows are batched shortest first, so that a batch pads its rows to about their own length: with
+    session context the NLPCC 2018 test rows hold 3 to 63 tokens, and batches of 32 pad them to
+    2.13x their tokens in input order, 1.03x sorted."""
     rows = [w for enc in encoded for w in enc.windows]
-    intent_rows, slot_rows = [], []
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
+    intent_rows, slot_rows = [None] * len(rows), [None] * len(rows)
     for b in range(0, len(rows), batch_size):
-        intent_logits, slot_logits = logits_fn(pad_batch(rows[b : b + batch_size], pad_id))
-        intent_rows.extend(intent_logits)
-        slot_rows.extend(slot_logits)
+        batch = order[b : b + batch_size]
+        intent_logits, slot_logits = logits_fn(pad_batch([rows[r] for r in batch], pad_id))
+        for r, intent, slots in zip(batch, intent_logits, slot_logits):
+            intent_rows[r], slot_rows[r] = intent, slots
     return merge_windows(intent_rows, slot_rows, encoded, decoder)
 
 
