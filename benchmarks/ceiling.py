@@ -14,7 +14,7 @@ multiplication on this machine in each precision, with the runtimes the project 
 2. Work per utterance of every stage: the operations of its matrix products (onnx_graph.py) at the
    test split's real row lengths (with session context), and the floor it sets: work / peak.
 3. What pays on this CPU: the fp32 stage's model-only batch-1 time with ONNX Runtime as converted,
-   with its graph optimizations, and with its transformer fusions; OpenVINO compiled for dynamic
+   with its graph optimizations, its transformer fusions and onnx_graph's attention fusion; OpenVINO compiled for dynamic
    shapes against a static shape (the most common length).
 benchmarks/inference.py reads ceiling.json to show each latency row's GOP/s and % of peak.
 Writes ceiling.json, ceiling.md and ceiling.png.
@@ -149,7 +149,8 @@ def runtime_options(directory: str, lengths: collections.Counter, test_inputs, r
     rows = []
     for name, graph, level in (("onnxruntime, graph as converted (basic optimizations)", converted, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
                                ("onnxruntime, all graph optimizations", converted, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-                               ("onnxruntime, + transformer fusions (backend onnxruntime)", fused, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+                               ("onnxruntime, + transformer fusions", fused, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                               ("onnxruntime, + attention fusion (backend onnxruntime)", onnx_graph.for_onnxruntime(exported), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.graph_optimization_level = 1, level
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])

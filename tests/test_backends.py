@@ -122,14 +122,38 @@ def test_direct_runtime_matches_paddle_inference(backend, trained, synthetic_spl
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4
 
 
+def test_attention_blocks_become_one_operator_with_the_same_logits(trained, synthetic_splits):
+    """fuse_attention: each of the 4 layers' self-attention (Q/K/V projections, scaled Q.K^T, padding
+    mask, softmax, P.V, head merge) becomes one Attention node; the logits of rows of different
+    lengths in one padded batch stay within 1e-5 of the graph as converted. A graph without the
+    pattern is left as it is."""
+    import onnx
+    import onnxruntime as ort
+
+    exported = export_format.read(os.path.join(trained, "infer_model"))
+    converted, fused = onnx_graph.from_paddle(exported), onnx_graph.fuse_attention(onnx_graph.from_paddle(exported))
+    kinds = collections.Counter(n.op_type for n in fused.graph.node)
+    assert kinds["Attention"] == 4 and kinds["Softmax"] == kinds["Transpose"] == 0 and kinds["MatMul"] == 4 * 3 + 3
+    ids = utils.pad_batch([exported.task.encode(u.text).windows[0] for u in synthetic_splits["test"][:16]], exported.task.tokenizer.pad_id)
+    assert len({int((row != exported.task.tokenizer.pad_id).sum()) for row in ids}) > 1  # the mask matters
+    run = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {export_format.INPUT_NAME: ids})
+    for got, expected in zip(run(fused), run(converted)):
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
+    plain = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Softmax", ["x"], ["y"])], "softmax_only",
+                                                          [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+                                                          [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])]))
+    assert onnx_graph.fuse_attention(onnx.ModelProto.FromString(plain.SerializeToString())) == plain
+
+
 def test_int8_runtime_runs_integer_kernels_and_agrees(trained, synthetic_splits):
-    """onnxruntime-int8: every weight MatMul of the graph becomes an integer one (4 layers x 6, the
-    pooler and the two heads), the attention products stay fp32; >= 99.5 % of the test split gets
+    """onnxruntime-int8: every weight product of the graph runs on integer kernels: the Q/K/V
+    projections inside QAttention, the output and FFN products of the 4 layers, the pooler and the
+    two heads; the attention products inside QAttention stay fp32; >= 99.5 % of the test split gets
     the fp32 graph's intent and tags."""
     model_dir = os.path.join(trained, "infer_model")
-    graph = onnx_graph.quantize_int8(onnx_graph.from_paddle(export_format.read(model_dir)))
+    graph = onnx_graph.quantize_int8(onnx_graph.fuse_attention(onnx_graph.from_paddle(export_format.read(model_dir))))
     kinds = collections.Counter(n.op_type for n in graph.graph.node)
-    assert kinds["MatMulInteger"] == 4 * 6 + 3 and kinds["MatMul"] == 4 * 2
+    assert kinds["QAttention"] == 4 and kinds["MatMulInteger"] == 4 * 3 + 3 and kinds["MatMul"] == kinds["Attention"] == 0
     fp32, int8 = backends.open_predictor(model_dir, "onnxruntime"), backends.open_predictor(model_dir, "onnxruntime-int8")
     test = synthetic_splits["test"]
     same = [(a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.predictions(test), int8.predictions(test))]
