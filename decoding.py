@@ -69,9 +69,9 @@ def transition_scores(transition_ok: np.ndarray, transitions: Optional[np.ndarra
 def viterbi(scores: np.ndarray, allowed: np.ndarray, start_ok: np.ndarray, step: np.ndarray) -> List[int]:
     """The best tag path of one utterance: scores [n, T] (float64), allowed [T] tags, the tags that
     may open it, step scores [T, T] (transition_scores). First maximum on ties."""
-    n = len(scores)
-    if n == 0:
-        return []
+    n, tags = len(scores), np.flatnonzero(allowed)
+    if n == 0 or len(tags) == 1:  # no choice: an intent without slots allows O alone
+        return tags.tolist() * n
     emit = np.where(allowed[None, :], scores, -np.inf)
     best = np.where(start_ok, emit[0], -np.inf)
     back = np.zeros((n, len(allowed)), dtype=np.int64)
