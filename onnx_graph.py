@@ -101,7 +101,7 @@ def fuse_attention(model):
         return [list(a.ints) for a in node.attribute if a.name == "perm"][0]
 
     def constant(name, expected):
-        if value(name) is None or value(name).size != 1 or float(value(name)) != expected:
+        if value(name) is None or value(name).size != 1 or value(name).item() != expected:
             raise LookupError
 
     def projection(name, transpose):  # Transpose(Reshape(X @ W + b, [0, 0, H, D])) -> (X, W, b, H, D)
@@ -122,7 +122,7 @@ def fuse_attention(model):
             scores = made_by(scores, "MatMul")
             scaled = made_by(scores.input[0], "Mul")
             scale = value(scaled.input[1])
-            x, wq, bq, heads, size = projection(scaled.input[0], [0, 2, 1, 3])
+            x, wq, bq, heads, _ = projection(scaled.input[0], [0, 2, 1, 3])
             xk, wk, bk, _, _ = projection(scores.input[1], [0, 2, 3, 1])
             context = only_user(softmax.output[0], "MatMul")
             xv, wv, bv, _, _ = projection(context.input[1], [0, 2, 1, 3])
@@ -146,7 +146,7 @@ def fuse_attention(model):
         graph.initializer.extend([numpy_helper.from_array(np.concatenate([wq, wk, wv], 1), name + ".qkv_weight"),
                                   numpy_helper.from_array(np.concatenate([bq, bk, bv]), name + ".qkv_bias")])
         fused.append(helper.make_node("Attention", [x, name + ".qkv_weight", name + ".qkv_bias", mask], list(out.output), name=name,
-                                      domain="com.microsoft", num_heads=heads, scale=float(scale), mask_filter_value=-10000.0))
+                                      domain="com.microsoft", num_heads=heads, scale=scale.item(), mask_filter_value=-10000.0))
         replaced.add(id(out))
     if not replaced:
         return model
@@ -159,16 +159,17 @@ def fuse_attention(model):
         if node is not None and id(node) not in needed:
             needed.add(id(node))
             stack.extend(node.input)
-    ready, ordered, pending = {i.name for i in graph.input} | set(weights) | {""}, [], [n for n in nodes if id(n) in needed]
-    ready.update(t.name for t in graph.initializer)
-    while pending:  # each Attention goes where its last input is ready
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, pending = [], [n for n in nodes if id(n) in needed]
+    while pending:  # in waves of the nodes whose inputs are ready: each Attention goes where its input is
         runnable = [n for n in pending if all(i in ready for i in n.input)]
         if not runnable:
             raise RuntimeError(f"fuse_attention: {pending[0].name} has an input nothing computes")
         for node in runnable:
             ready.update(node.output)
         ordered.extend(runnable)
-        pending = [n for n in pending if all(id(n) != id(r) for r in runnable)]
+        done = {id(n) for n in runnable}
+        pending = [n for n in pending if id(n) not in done]
     used = {i for n in ordered for i in n.input}
     tensors = [t for t in graph.initializer if t.name in used]
     del graph.node[:], graph.initializer[:]
