@@ -100,7 +100,7 @@ def markdown(result) -> str:
              f"{result['num_utterances']} utterances after {result['warmup']} warm-up; CPU: {result['cpu']}.")
     if result.get("rounds", 1) > 1:
         intro += (f" Each cell was measured in {result['rounds']} rounds that took the cells in turn; the round with the median p50 "
-                  "is shown (every round's p50: `p50_rounds_ms` in the JSON).")
+                  "is shown (every round's p50 and batch-32 throughput: `p50_rounds_ms`, `throughput_rounds_utt_per_s` in the JSON).")
     peaks = (result.get("ceiling") or {}).get("peak_gops")
     intro += (" Peak GOP/s of this CPU (benchmarks/ceiling.py, best GEMM at 1024^3): " + "; ".join(
         f"{t} thread(s) " + ", ".join(f"{p} {v:.0f}" for p, v in sorted(by.items())) for t, by in peaks.items()) + "."
@@ -236,7 +236,8 @@ def main(argv=None):
         # the round with the median p50 stands for the cell; every round's p50 is kept
         cell = sorted(ok, key=lambda m: m["latency_ms"]["p50"])[len(ok) // 2] if ok else measured[-1]
         cells.append({"stage": stage_name(stage), "size_mb": model_size_mb(stage), "precision": precision(backend, export_format.read(stage).config),
-                      **cell, **({"p50_rounds_ms": [m["latency_ms"]["p50"] for m in ok]} if args.rounds > 1 else {})})
+                      **cell, **({"p50_rounds_ms": [m["latency_ms"]["p50"] for m in ok],
+                                  "throughput_rounds_utt_per_s": [m["throughput_batch32_utt_per_s"] for m in ok]} if args.rounds > 1 else {})})
     add_speedups(cells)
     add_agreement(cells)
     add_work(cells, stages, ceiling)
