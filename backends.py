@@ -167,10 +167,10 @@ BACKENDS: Dict[str, Backend] = {
     "fastdeploy-ort": Backend("ONNX Runtime 1.12 in FastDeploy 1.0.7 (graph converted by its paddle2onnx 1.0.7)", _fastdeploy("ort"), qat_int8=True),
     "fastdeploy-openvino": Backend("OpenVINO in FastDeploy 1.0.7 (Paddle frontend; bf16 on CPUs with avx512_bf16, "
                                    "FastDeploy has no precision setting)", _fastdeploy("openvino"), qat_int8=True),
-    "onnxruntime": Backend("ONNX Runtime 1.23 used directly on the paddle2onnx graph, with its transformer fusions (fp32)",
+    "onnxruntime": Backend("ONNX Runtime 1.23 used directly on the paddle2onnx graph, attention as one operator, with its transformer fusions (fp32)",
                            _onnxruntime(int8=False)),
-    "onnxruntime-int8": Backend("onnxruntime with every weight MatMul on int8 kernels (per-channel int8 weights, "
-                                "activations quantized per call)", _onnxruntime(int8=True), precision="int8"),
+    "onnxruntime-int8": Backend("onnxruntime with every weight product on int8 kernels (per-channel int8 weights, "
+                                "activations quantized per call; Q/K/V inside QAttention)", _onnxruntime(int8=True), precision="int8"),
     "openvino-f32": Backend("OpenVINO 2024.6 used directly (Paddle frontend, as deploy/cpp), f32 inference precision; "
                             "QAT graphs run its int8 kernels", _openvino("f32"), qat_int8=True),
     "openvino-bf16": Backend("openvino-f32 with bf16 inference precision; refused on CPUs without bf16", _openvino("bf16"), precision="bf16", qat_int8=True),

@@ -101,7 +101,8 @@ def fuse_attention(model):
         return [list(a.ints) for a in node.attribute if a.name == "perm"][0]
 
     def constant(name, expected):
-        if value(name) is None or value(name).size != 1 or value(name).item() != expected:
+        v = value(name)
+        if v is None or v.size != 1 or v.item() != expected:
             raise LookupError
 
     def projection(name, transpose):  # Transpose(Reshape(X @ W + b, [0, 0, H, D])) -> (X, W, b, H, D)
@@ -110,9 +111,10 @@ def fuse_attention(model):
         shape, add = value(reshape.input[1]), made_by(reshape.input[0], "Add")
         (product, bias), = [(producer.get(a), b) for a, b in (add.input, add.input[::-1])
                             if a in producer and producer[a].op_type == "MatMul" and value(b) is not None]
-        if perm(t) != transpose or shape is None or list(shape[:2]) != [0, 0] or value(product.input[1]) is None:
+        weight = value(product.input[1])
+        if perm(t) != transpose or shape is None or list(shape[:2]) != [0, 0] or weight is None:
             raise LookupError
-        return product.input[0], value(product.input[1]), value(bias), int(shape[2]), int(shape[3])
+        return product.input[0], weight, value(bias), int(shape[2]), int(shape[3])
 
     fused, replaced, mask = [], set(), None
     for softmax in [n for n in nodes if n.op_type == "Softmax"]:
