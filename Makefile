@@ -30,7 +30,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-setup: $(VENV)/.installed
+# decoding.py's Viterbi and span confidences in C++ (deploy/cpp/decoding.cc), loaded with ctypes;
+# without it the prediction path decodes in numpy (same results, slower).
+DECODING_LIB := build/libslu_decoding.so
+$(DECODING_LIB): deploy/cpp/decoding.cc deploy/cpp/decoding_capi.cc deploy/cpp/slu.h
+	@mkdir -p build
+	g++ -O2 -std=c++17 -shared -fPIC -Wall -Wextra -o $@ deploy/cpp/decoding.cc deploy/cpp/decoding_capi.cc
+
+setup: $(VENV)/.installed $(DECODING_LIB)
 
 data: setup
 	$(PY) data/prepare_data.py --output_dir $(DATA_DIR) \

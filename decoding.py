@@ -1,6 +1,8 @@
 """From logits to a trustworthy answer: constrained slot decoding, calibrated confidences and the
-numbers that say how well they are calibrated. numpy only (FastDeploy front ends use it without
-paddle); deploy/cpp/slu.cc is its C++ twin, tested identical.
+numbers that say how well they are calibrated. numpy, and no paddle (FastDeploy front ends use it);
+deploy/cpp/decoding.cc is the C++ twin of its Viterbi and forward-backward (tested identical), which
+the Decoder runs through ctypes when `make setup` has built it: numpy's per-step overhead made
+decoding about a tenth of a compressed model's batch-1 time.
 
 Decoding. Slot tags are decoded jointly per utterance (Viterbi) under two constraints:
   * BIO: an I-x tag only continues a B-x or I-x; PAD is never output;
@@ -17,14 +19,20 @@ Confidence. A temperature per head, fitted on dev (Calibration):
   * a result is answered (not `fallback`) when every one of its confidences reaches
     `min_confidence`: the intent's and each slot's (answer_score).
 """
+import ctypes
 import dataclasses
+import functools
 import math
+import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from task import OUTSIDE_LABEL, PAD_LABEL, LabelMaps, bio_spans
 
+# deploy/cpp/decoding.cc through ctypes (`make setup` builds it with g++): viterbi and
+# span_confidences without numpy's per-step overhead, the same paths and confidences (tested)
+NATIVE_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", "libslu_decoding.so")
 GREEDY, CONSTRAINED = "greedy", "constrained"
 DECODERS = [GREEDY, CONSTRAINED]
 ECE_BINS = 15
@@ -133,6 +141,64 @@ def answer_score(intent_confidence: float, slot_confidences: Sequence[float]) ->
     return min([intent_confidence, *slot_confidences])
 
 
+@functools.lru_cache(maxsize=None)
+def native_library() -> Optional[ctypes.CDLL]:
+    """build/libslu_decoding.so, or None when it is not built (decoding then runs in numpy)."""
+    if not os.path.isfile(NATIVE_LIBRARY):
+        return None
+    try:
+        lib = ctypes.CDLL(NATIVE_LIBRARY)
+    except OSError as e:
+        raise RuntimeError(f"{NATIVE_LIBRARY}: cannot be loaded ({e}); rebuild it with `make setup` or delete it") from None
+    p, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
+    lib.slu_decoding_new.restype, lib.slu_decoding_new.argtypes = p, [i, i, p, p, p, p, p]
+    lib.slu_decoding_free.restype, lib.slu_decoding_free.argtypes = None, [p]
+    lib.slu_decode.restype, lib.slu_decode.argtypes = i, [p, p, i, d, p, i, p, p]
+    lib.slu_span_confidences.restype, lib.slu_span_confidences.argtypes = i, [p, p, p, i, i, d, p, i, p]
+    return lib
+
+
+class NativeDecoding:
+    """softmax64, viterbi and span_confidences under one label set's constraints, run by
+    deploy/cpp/decoding.cc (its twins of them)."""
+
+    def __init__(self, lib: ctypes.CDLL, constraints: SlotConstraints, transitions: Optional[np.ndarray], inside_tags: np.ndarray):
+        self.lib, tags, self.intents = lib, len(constraints.start_ok), constraints.intent_tags
+        # kept referenced: the C++ side copies them, but only during the call
+        tables = [np.ascontiguousarray(a, dtype=np.int8) for a in (constraints.start_ok, constraints.transition_ok, constraints.intent_tags)]
+        crf = None if transitions is None else np.ascontiguousarray(transitions, dtype=np.float64)
+        inside = np.ascontiguousarray(inside_tags, dtype=np.int32)
+        self.handle = lib.slu_decoding_new(tags, len(constraints.intent_tags), tables[0].ctypes.data, tables[1].ctypes.data,
+                                           None if crf is None else crf.ctypes.data, tables[2].ctypes.data, inside.ctypes.data)
+        if not self.handle:
+            raise MemoryError("slu_decoding_new")
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.lib.slu_decoding_free(self.handle)
+
+    def decode(self, intent_logits: np.ndarray, slot_logits: np.ndarray, intent_temperature: float) -> Tuple[int, np.ndarray, List[int]]:
+        """(intent id, softmax64 of the intent logits, viterbi path) of float32 C-contiguous logits."""
+        probs, tag_ids = np.empty(len(intent_logits)), np.empty(len(slot_logits), dtype=np.int32)
+        intent_id = self.lib.slu_decode(self.handle, intent_logits.ctypes.data, len(intent_logits), intent_temperature,
+                                        slot_logits.ctypes.data, len(slot_logits), probs.ctypes.data, tag_ids.ctypes.data)
+        if intent_id < 0:
+            raise ValueError(f"slu_decode failed: {len(intent_logits)} intent logits for {len(self.intents)} intents")
+        return intent_id, probs, tag_ids.tolist()
+
+    def span_confidences(self, slot_logits: np.ndarray, tag_ids: Sequence[int], spans: Sequence[Tuple[str, int, int]],
+                         intent_id: int, temperature: float) -> List[float]:
+        if not spans:
+            return []
+        ids = np.asarray(tag_ids, dtype=np.int32)
+        bounds = np.array([(s, e) for _, s, e in spans], dtype=np.int32)
+        out = np.empty(len(spans), dtype=np.float64)
+        if self.lib.slu_span_confidences(self.handle, slot_logits.ctypes.data, ids.ctypes.data, len(ids), intent_id, temperature,
+                                         bounds.ctypes.data, len(spans), out.ctypes.data):
+            raise ValueError(f"slu_span_confidences failed (intent {intent_id})")
+        return out.tolist()
+
+
 @dataclasses.dataclass
 class Prediction:
     """One utterance decoded: the intent, its calibrated probabilities, a tag per token, the slot
@@ -156,10 +222,12 @@ class Prediction:
 
 
 class Decoder:
-    """Logits of one utterance -> Prediction, under a label set's constraints and a calibration."""
+    """Logits of one utterance -> Prediction, under a label set's constraints and a calibration.
+    `native`: constrained decoding runs in deploy/cpp/decoding.cc when build/libslu_decoding.so
+    is built (`implementation` says which ran); False: numpy always (the reference)."""
 
     def __init__(self, labels: LabelMaps, intent_slot_types: Dict[str, Sequence[str]], calibration: Calibration = Calibration(),
-                 decoder: str = CONSTRAINED, transitions: Optional[np.ndarray] = None):
+                 decoder: str = CONSTRAINED, transitions: Optional[np.ndarray] = None, native: bool = True):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}: use one of {DECODERS}")
         if transitions is not None:
@@ -172,22 +240,32 @@ class Decoder:
         self.constraints = SlotConstraints(labels, intent_slot_types)
         self.step = transition_scores(self.constraints.transition_ok, transitions)
         self.inside_tag = {tag[2:]: i for i, tag in enumerate(labels.slot_tags) if tag.startswith("I-")}
+        lib = native_library() if native and decoder == CONSTRAINED else None
+        inside_of_tag = [self.inside_tag.get(tag[2:], -1) if tag[:2] in ("B-", "I-") else -1 for tag in labels.slot_tags]
+        self.native = NativeDecoding(lib, self.constraints, transitions, np.array(inside_of_tag)) if lib else None
+
+    @property
+    def implementation(self) -> str:
+        return "native" if self.native else "numpy"
 
     @classmethod
     def for_task(cls, task, calibration: Calibration = Calibration(), decoder: str = CONSTRAINED,
-                 transitions: Optional[np.ndarray] = None) -> "Decoder":
-        return cls(task.labels, task.intent_slot_types, calibration, decoder, transitions)
+                 transitions: Optional[np.ndarray] = None, native: bool = True) -> "Decoder":
+        return cls(task.labels, task.intent_slot_types, calibration, decoder, transitions, native)
 
     def __call__(self, intent_logits: np.ndarray, slot_logits: np.ndarray) -> Prediction:
-        intent_logits, slot_logits = np.asarray(intent_logits, dtype="float32"), np.asarray(slot_logits, dtype="float32")
-        intent_id = int(intent_logits.argmax())
-        if self.decoder == GREEDY:
-            tag_ids = slot_logits.argmax(-1).tolist()
+        intent_logits, slot_logits = np.ascontiguousarray(intent_logits, dtype="float32"), np.ascontiguousarray(slot_logits, dtype="float32")
+        if self.native:
+            intent_id, probs, tag_ids = self.native.decode(intent_logits, slot_logits, self.calibration.intent_temperature)
         else:
-            tag_ids = viterbi(slot_logits.astype("float64"), self.constraints.intent_tags[intent_id], self.constraints.start_ok, self.step)
+            intent_id = int(intent_logits.argmax())
+            probs = softmax64(intent_logits, self.calibration.intent_temperature)
+            if self.decoder == GREEDY:
+                tag_ids = slot_logits.argmax(-1).tolist()
+            else:
+                tag_ids = viterbi(slot_logits.astype("float64"), self.constraints.intent_tags[intent_id], self.constraints.start_ok, self.step)
         spans = bio_spans([self.labels.slot_tags[t] for t in tag_ids])
         confidences = self.span_confidences(slot_logits, tag_ids, spans, intent_id, self.calibration.slot_temperature)
-        probs = softmax64(intent_logits, self.calibration.intent_temperature)
         return Prediction(intent_id, probs, tag_ids, spans, confidences, intent_logits, slot_logits)
 
     def allowed_tags(self, intent_id: int) -> np.ndarray:
@@ -195,6 +273,8 @@ class Decoder:
         return self.constraints.intent_tags[intent_id] if self.decoder == CONSTRAINED else self.constraints.usable
 
     def span_confidences(self, slot_logits, tag_ids, spans, intent_id: int, temperature: float) -> List[float]:
+        if self.native:
+            return self.native.span_confidences(np.ascontiguousarray(slot_logits, dtype="float32"), tag_ids, spans, intent_id, temperature)
         inside = [self.inside_tag.get(kind) for kind, _, _ in spans]
         return span_confidences(slot_logits, tag_ids, spans, self.allowed_tags(intent_id), self.constraints.start_ok, self.step,
                                 inside, temperature)

@@ -74,6 +74,7 @@ def measure(model_dir: str, backend: str, threads: int, test_file: str, num_utte
         "latency_ms": {f"p{q}": float(np.percentile(total, q)) for q in (50, 90, 99)},
         "latency_mean_ms": {name: float(phases[:, i].mean()) for i, name in enumerate(("tokenization", "model", "postprocess"))},
         "latency_utterances": len(latency_inputs),
+        "decoding": predictor.decoder.implementation,  # native (deploy/cpp/decoding.cc) or numpy
         "latency_row_lengths": {str(n): rows for n, rows in sorted(row_lengths.items())},
         "throughput_batch32_utt_per_s": throughput,
         **{k: metrics[k] for k in ("sentence_acc", "sentence_acc_ref", "intent_acc", "slot_f1")},

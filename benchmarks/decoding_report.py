@@ -17,8 +17,9 @@ On the dev and test splits, through Paddle Inference:
   * abstaining: accuracy of the answered utterances against the share answered on test
     (coverage.png); the --min_confidence that keeps dev accuracy >= --target_accuracy and what
     it gives on test;
-  * decoding time per utterance in Python (decoding.Decoder) and in C++ (slu_demo --logits_file,
-    if --cpp_demo exists) next to the model's batch-1 time on the same utterances.
+  * decoding time per utterance in Python (decoding.Decoder: numpy, and deploy/cpp/decoding.cc
+    through ctypes when built) and in C++ (slu_demo --logits_file, if --cpp_demo exists) next to
+    the model's batch-1 time on the same utterances.
 Writes decoding.json and decoding.md (and the PNGs) to --output_dir.
 """
 import argparse
@@ -98,13 +99,19 @@ def decode_timing(predictor, test, merged, cpp_demo: str, model_dir: str, repeat
     the model's batch-1 time for scale."""
     texts = [u.text for u in test]
     encoded = predictor.task.encode_corpus(test)  # with their session context, as the model reads them
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for p in merged:
-            predictor.decoder(p.intent_logits, p.slot_logits)
-        best = min(best, time.perf_counter() - start)
-    out = {"utterances": len(texts), "python_decode_us": 1e6 * best / len(texts)}
+    d = predictor.decoder
+    out = {"utterances": len(texts)}
+    for implementation in ("numpy", "native"):
+        decoder = Decoder.for_task(predictor.task, d.calibration, d.decoder, d.transitions, native=implementation == "native")
+        if decoder.implementation != implementation:
+            continue  # build/libslu_decoding.so not built
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for p in merged:
+                decoder(p.intent_logits, p.slot_logits)
+            best = min(best, time.perf_counter() - start)
+        out[f"python_{implementation}_decode_us"] = 1e6 * best / len(texts)
     sample = encoded[:300]
     start = time.perf_counter()
     for enc in sample:
@@ -195,7 +202,8 @@ def markdown(report: dict) -> str:
                   f"{pct(sel['dev_at_threshold']['accuracy'])} %); on test it answers {pct(sel['test_at_dev_threshold']['coverage'])} % "
                   f"at {pct(sel['test_at_dev_threshold']['accuracy'])} % (all answered: {pct(sel['test_all_accuracy'])} %)."]
     t = report["timing"]
-    lines += ["", f"Decoding time per utterance (test, {t['utterances']} utterances): Python {t['python_decode_us']:.0f} µs"
+    lines += ["", f"Decoding time per utterance (test, {t['utterances']} utterances): Python with numpy {t['python_numpy_decode_us']:.0f} µs"
+              + (f", Python with decoding.cc (ctypes) {t['python_native_decode_us']:.1f} µs" if "python_native_decode_us" in t else "")
               + (f", C++ {t['cpp_decode_us']:.1f} µs" if "cpp_decode_us" in t else "")
               + f"; the model itself (Paddle Inference, batch 1) {t['paddle_inference_model_batch1_us']:.0f} µs."]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """decoding.py: constrained Viterbi against brute force, the constraints on any input, the CRF
-likelihood against enumeration, temperature fits, ECE and the selective-prediction curve on
-hand-computed inputs."""
+likelihood against enumeration (numpy and the native decoding.cc alike, and the two against each
+other), temperature fits, ECE and the selective-prediction curve on hand-computed inputs."""
 import itertools
 
 import numpy as np
@@ -12,6 +12,14 @@ from data.corpus import Slot, Utterance
 
 LABELS = task.LabelMaps(["nav", "music", "other"], ["PAD", "O", "B-dest", "I-dest", "B-song", "I-song", "B-singer", "I-singer"])
 TYPES = {"nav": ["dest"], "music": ["singer", "song"], "other": []}
+IMPLEMENTATIONS = ["numpy", "native"]
+
+
+def make_decoder(implementation, *args, **kwargs):
+    """A Decoder that runs `implementation`; the native library is built by `make setup`."""
+    decoder = decoding.Decoder(*args, native=implementation == "native", **kwargs)
+    assert decoder.implementation == implementation, f"{decoding.NATIVE_LIBRARY} is missing: run `make setup`"
+    return decoder
 
 
 def valid(tags, intent):
@@ -39,13 +47,14 @@ def brute_force(scores, intent, transitions=None):
     return best_path
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", range(30))
-def test_viterbi_finds_the_best_valid_path(seed):
+def test_viterbi_finds_the_best_valid_path(seed, implementation):
     rng = np.random.default_rng(seed)
     n, intent = int(rng.integers(1, 5)), ["nav", "music", "other"][seed % 3]
     scores = rng.normal(size=(n, len(LABELS.slot_tags))).round(1)  # rounding makes ties, which must break alike
     transitions = rng.normal(size=(len(LABELS.slot_tags),) * 2) if seed % 2 else None
-    decoder = decoding.Decoder(LABELS, TYPES, transitions=transitions)
+    decoder = make_decoder(implementation, LABELS, TYPES, transitions=transitions)
     pred = decoder(np.eye(3)[LABELS.intents.index(intent)] * 4, scores)
     assert pred.tag_ids == brute_force(scores, intent, transitions)
     assert valid([LABELS.slot_tags[t] for t in pred.tag_ids], intent)
@@ -68,8 +77,9 @@ def test_greedy_fragments_are_repaired():
     assert other.spans == [] and other.span_confidences == []
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", range(12))
-def test_span_confidence_is_the_exact_span_marginal_over_valid_paths(seed):
+def test_span_confidence_is_the_exact_span_marginal_over_valid_paths(seed, implementation):
     """P(the span's tags, then no continuation of it), summed over every valid path by enumeration,
     with exp(scores / T + transitions) as the path weight."""
     rng = np.random.default_rng(seed)
@@ -77,7 +87,7 @@ def test_span_confidence_is_the_exact_span_marginal_over_valid_paths(seed):
     intent = "music" if seed % 2 else "nav"
     scores = rng.normal(scale=2.0, size=(n, len(LABELS.slot_tags))).astype("float32")  # logits are float32
     transitions = rng.normal(size=(len(LABELS.slot_tags),) * 2) if seed % 3 == 0 else None
-    decoder = decoding.Decoder(LABELS, TYPES, decoding.Calibration(slot_temperature=T), transitions=transitions)
+    decoder = make_decoder(implementation, LABELS, TYPES, decoding.Calibration(slot_temperature=T), transitions=transitions)
     pred = decoder(np.eye(3)[LABELS.intents.index(intent)] * 3, scores)
     weights = {}
     for path in itertools.product(range(len(LABELS.slot_tags)), repeat=n):
@@ -95,6 +105,43 @@ def test_span_confidence_is_the_exact_span_marginal_over_valid_paths(seed):
                             and (e == n or LABELS.slot_tags[path[e]] != "I-" + kind)) / total)
     assert pred.span_confidences == pytest.approx(expected, rel=1e-9)
     assert pred.answer_score == pytest.approx(min([pred.confidence] + expected))
+
+
+@pytest.mark.parametrize("crf", [False, True])
+def test_native_decoding_gives_the_numpy_paths_and_confidences(crf):
+    """The project's own label set, utterances of 1 to 60 tokens, logits on a coarse grid (ties),
+    every intent: the same tags (ties broken alike), spans and confidences as numpy, at the
+    calibrated temperature and at the ones the span fit tries. (Near 0 they may differ by 1e-31:
+    numpy takes the continuation out of a sum by subtraction, C++ leaves it out of the sum.)"""
+    labels = task.LabelMaps.from_files()
+    rng = np.random.default_rng(7)
+    types = {intent: sorted({tag[2:] for tag in labels.slot_tags if tag[:2] == "B-"})[k % 5::3] for k, intent in enumerate(labels.intents)}
+    transitions = rng.normal(size=(len(labels.slot_tags),) * 2) if crf else None
+    cal = decoding.Calibration(intent_temperature=1.3, slot_temperature=0.8)
+    numpy_decoder, native = (make_decoder(i, labels, types, cal, transitions=transitions) for i in IMPLEMENTATIONS)
+    spans = 0
+    for k in range(300):
+        n = int(rng.integers(1, 61))
+        intent_logits = np.eye(len(labels.intents))[k % len(labels.intents)] * 3
+        slot_logits = (rng.normal(scale=3.0, size=(n, len(labels.slot_tags))) * 2).round() / 2  # float64 in: cast as numpy casts it
+        a, b = numpy_decoder(intent_logits, slot_logits), native(intent_logits, slot_logits)
+        assert a.tag_ids == b.tag_ids and a.spans == b.spans
+        assert b.span_confidences == pytest.approx(a.span_confidences, rel=1e-12, abs=1e-15)
+        for t in (0.05, 3.0):
+            assert native.span_confidences(slot_logits, b.tag_ids, b.spans, b.intent_id, t) == pytest.approx(
+                numpy_decoder.span_confidences(slot_logits, a.tag_ids, a.spans, a.intent_id, t), rel=1e-12, abs=1e-15)
+        spans += len(a.spans)
+    assert spans > 300  # the lattices produced spans to compare
+
+
+def test_greedy_and_unbuilt_library_decode_in_numpy(monkeypatch):
+    assert decoding.Decoder(LABELS, TYPES, decoder=decoding.GREEDY).implementation == "numpy"
+    monkeypatch.setattr(decoding, "NATIVE_LIBRARY", "/nonexistent/libslu_decoding.so")
+    decoding.native_library.cache_clear()
+    try:
+        assert decoding.Decoder(LABELS, TYPES).implementation == "numpy"
+    finally:
+        decoding.native_library.cache_clear()
 
 
 def test_tags_outside_the_intent_take_no_probability_and_temperatures_apply():

@@ -11,6 +11,7 @@ import pytest
 from conftest import assert_same_records, embedding_program, strip_confidence
 
 import backends
+import decoding
 import export_format
 import predictor
 import task
@@ -123,7 +124,7 @@ def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path,
 
 
 def test_cpp_decoding_is_identical_on_the_whole_corpus(demo, trained, synthetic_splits, tmp_path, request):
-    """The same logits decoded by decoding.py and slu.cc: random logits (so that every tag and many
+    """The same logits decoded by decoding.py's numpy reference and slu.cc: random logits (so that every tag and many
     invalid greedy paths occur) for every utterance of the corpus (the synthetic test split
     without it), with and without CRF transitions, and a --min_confidence that splits the
     results. Records equal, confidences to 1e-4."""
@@ -139,11 +140,11 @@ def test_cpp_decoding_is_identical_on_the_whole_corpus(demo, trained, synthetic_
         edit_config(model_dir, calibration={"intent_temperature": 1.7, "slot_temperature": 0.6, "fitted_on": "test"},
                     slot_transitions=rng.normal(size=(num_tags, num_tags)).round(3).tolist() if crf else None)
         exported = export_format.read(model_dir)
-        p = predictor.Predictor.from_exported(exported, logits_fn=None, min_confidence=0.5)
+        reference = decoding.Decoder.for_task(exported.task, exported.calibration, transitions=exported.slot_transitions, native=False)
         encoded = [exported.task.encode(t) for t in texts]
         logits = [(rng.normal(scale=3.0, size=len(exported.task.labels.intents)).astype("float32"),
                    rng.normal(scale=3.0, size=(len(e.offsets), num_tags)).astype("float32")) for e in encoded]
-        expected = [predictor.describe(p.decoder(i, s), e, exported.task.labels, p.min_confidence) for (i, s), e in zip(logits, encoded)]
+        expected = [predictor.describe(reference(i, s), e, exported.task.labels, 0.5) for (i, s), e in zip(logits, encoded)]
         logits_file = str(tmp_path / "logits.f32")
         with open(logits_file, "wb") as f:
             for i, s in logits:

@@ -169,9 +169,7 @@ Decoding ReadDecoding(const Json& config, const std::vector<std::string>& intent
     for (size_t t = 0; t < T; ++t) allowed[t] = usable(t) && (slot_tags[t] == "O" || types.count(kind[t]));
     d.intent_tags.push_back(allowed);
   }
-  for (size_t p = 0; p < T; ++p)
-    for (size_t t = 0; t < T; ++t)
-      d.moves.push_back(d.transition_ok[p * T + t] ? std::exp(d.transitions.empty() ? 0.0 : d.transitions[p * T + t]) : 0.0);
+  PrepareTables(&d);
   for (size_t t = 0; t < T; ++t) {
     auto it = std::find(slot_tags.begin(), slot_tags.end(), "I-" + kind[t]);
     d.inside_tag.push_back(kind[t].empty() || it == slot_tags.end() ? -1 : static_cast<int>(it - slot_tags.begin()));
@@ -511,104 +509,11 @@ std::vector<float> Model::MergeWindows(const Encoded& enc, const float* slot_log
   return out;
 }
 
-std::vector<int> Model::DecodeTags(const std::vector<float>& token_logits, size_t intent) const {
-  // decoding.viterbi: float64 sums in the same order as numpy, first maximum on ties.
-  const size_t T = slot_tags_.size(), n = token_logits.size() / T;
-  const double inf = std::numeric_limits<double>::infinity();
-  const std::vector<char>& allowed = decoding_.intent_tags[intent];
-  auto emit = [&](size_t i, size_t t) { return allowed[t] ? static_cast<double>(token_logits[i * T + t]) : -inf; };
-  if (n == 0) return {};
-  std::vector<double> best(T), next(T);
-  std::vector<int> back(n * T, 0);
-  for (size_t t = 0; t < T; ++t) best[t] = decoding_.start_ok[t] ? emit(0, t) : -inf;
-  for (size_t i = 1; i < n; ++i) {
-    for (size_t t = 0; t < T; ++t) {
-      size_t arg = 0;
-      double top = -inf;
-      for (size_t p = 0; p < T; ++p) {
-        const std::vector<double>& crf = decoding_.transitions;
-        const double step = decoding_.transition_ok[p * T + t] ? (crf.empty() ? 0.0 : crf[p * T + t]) : -inf;
-        const double candidate = best[p] + step;
-        if (p == 0 || candidate > top) top = candidate, arg = p;
-      }
-      back[i * T + t] = static_cast<int>(arg);
-      next[t] = top + emit(i, t);
-    }
-    best.swap(next);
-  }
-  std::vector<int> path{static_cast<int>(std::max_element(best.begin(), best.end()) - best.begin())};
-  for (size_t i = n - 1; i > 0; --i) path.push_back(back[i * T + path.back()]);
-  std::reverse(path.begin(), path.end());
-  return path;
-}
-
 namespace {
-
-// decoding.softmax64 of one row: softmax(logits / temperature) in double.
-std::vector<double> Softmax(const float* logits, size_t n, double temperature) {
-  std::vector<double> z(n);
-  for (size_t k = 0; k < n; ++k) z[k] = static_cast<double>(logits[k]) / temperature;
-  const double top = *std::max_element(z.begin(), z.end());
-  double sum = 0;
-  for (double& v : z) sum += (v = std::exp(v - top));
-  for (double& v : z) v /= sum;
-  return z;
-}
 
 double Round4(double p) { return std::round(p * 1e4) / 1e4; }  // Python: round(p, 4)
 
 }  // namespace
-
-std::vector<double> Model::SpanConfidences(const std::vector<float>& token_logits, const std::vector<int>& tag_ids,
-                                           const std::vector<Span>& spans, size_t intent) const {
-  // decoding.span_confidences, the same normalised forward-backward in double
-  const size_t T = slot_tags_.size(), n = tag_ids.size();
-  if (spans.empty()) return {};
-  const std::vector<char>& allowed = decoding_.intent_tags[intent];
-  const std::vector<double>& moves = decoding_.moves;
-  std::vector<double> psi(n * T, 0.0), alpha(n * T, 0.0), beta(n * T, 1.0), scale(n, 0.0);
-  for (size_t i = 0; i < n; ++i) {
-    double top = -std::numeric_limits<double>::infinity();
-    for (size_t t = 0; t < T; ++t)
-      if (allowed[t]) top = std::max(top, static_cast<double>(token_logits[i * T + t]) / decoding_.slot_temperature);
-    for (size_t t = 0; t < T; ++t)
-      if (allowed[t]) psi[i * T + t] = std::exp(static_cast<double>(token_logits[i * T + t]) / decoding_.slot_temperature - top);
-  }
-  for (size_t i = 0; i < n; ++i) {
-    for (size_t t = 0; t < T; ++t) {
-      double into = 0;
-      if (i == 0) {
-        into = decoding_.start_ok[t] ? 1.0 : 0.0;
-      } else {
-        for (size_t p = 0; p < T; ++p) into += alpha[(i - 1) * T + p] * moves[p * T + t];
-      }
-      alpha[i * T + t] = into * psi[i * T + t];
-      scale[i] += alpha[i * T + t];
-    }
-    for (size_t t = 0; t < T; ++t) alpha[i * T + t] /= scale[i];
-  }
-  for (size_t i = n - 1; i-- > 0;)
-    for (size_t p = 0; p < T; ++p) {
-      double out = 0;
-      for (size_t t = 0; t < T; ++t) out += moves[p * T + t] * psi[(i + 1) * T + t] * beta[(i + 1) * T + t];
-      beta[i * T + p] = out / scale[i + 1];
-    }
-  std::vector<double> confidences;
-  for (const Span& span : spans) {
-    const size_t s = span.start, e = span.end;
-    double p = alpha[s * T + tag_ids[s]];
-    for (size_t i = s + 1; i < e; ++i) p *= moves[tag_ids[i - 1] * T + tag_ids[i]] * psi[i * T + tag_ids[i]] / scale[i];
-    if (e < n) {
-      const int inside = decoding_.inside_tag[tag_ids[s]];
-      double after = 0;
-      for (size_t t = 0; t < T; ++t)
-        if (static_cast<int>(t) != inside) after += moves[tag_ids[e - 1] * T + t] * psi[e * T + t] * beta[e * T + t];
-      p *= after / scale[e];
-    }
-    confidences.push_back(p);
-  }
-  return confidences;
-}
 
 std::string Model::Describe(const Encoded& enc, const float* intent_logits, const std::vector<float>& token_logits,
                             double min_confidence) const {
@@ -622,13 +527,16 @@ std::string Model::Describe(const Encoded& enc, const float* intent_logits, cons
   for (size_t k = 0; k < std::min<size_t>(3, n_intents); ++k)
     ranked.push_back({{"intent", intents_[ranking[k]]}, {"confidence", Round4(intent_probs[ranking[k]])}});
 
-  const std::vector<int> tag_ids = DecodeTags(token_logits, intent);
+  const size_t n_tokens = token_logits.size() / slot_tags_.size();
+  const std::vector<int> tag_ids = DecodeTags(decoding_, token_logits.data(), n_tokens, intent);
   std::vector<std::string> tags;
   for (int t : tag_ids) tags.push_back(slot_tags_[t]);
   double weakest = intent_probs[intent];
   Json slots = Json::array();
   const std::vector<Span> spans = BioSpans(tags);
-  const std::vector<double> span_confidences = SpanConfidences(token_logits, tag_ids, spans, intent);
+  std::vector<std::pair<int, int>> bounds;
+  for (const Span& span : spans) bounds.emplace_back(span.start, span.end);
+  const std::vector<double> span_confidences = SpanConfidences(decoding_, token_logits.data(), tag_ids, bounds, intent, decoding_.slot_temperature);
   for (size_t k = 0; k < spans.size(); ++k) {
     const Span& span = spans[k];
     const double confidence = span_confidences[k];

@@ -62,10 +62,23 @@ struct Decoding {
   double intent_temperature = 1.0, slot_temperature = 1.0;
   std::vector<double> transitions;              // [tags x tags] (previous, current); empty: no CRF
   std::vector<char> start_ok, transition_ok;    // BIO: tags that may open an utterance / follow a tag
+  std::vector<double> step;                     // score a path adds per step: CRF's (or 0), -inf where BIO forbids [tags x tags]
   std::vector<double> moves;                    // exp(transition score), 0 where BIO forbids [tags x tags]
   std::vector<int> inside_tag;                  // per tag: the I- tag of its type, -1 for none
   std::vector<std::vector<char>> intent_tags;   // [intents][tags] allowed under each intent
 };
+
+// decoding.cc. `step` and `moves` from transition_ok and transitions (decoding.transition_scores).
+void PrepareTables(Decoding* d);
+// decoding.softmax64 of one row: softmax(logits / temperature) in double.
+std::vector<double> Softmax(const float* logits, size_t n, double temperature);
+// decoding.viterbi: the best tag path of token_logits [n x tags] (row-major) under the intent's
+// allowed tags, the BIO masks and the CRF transitions if any.
+std::vector<int> DecodeTags(const Decoding& d, const float* token_logits, size_t n, size_t intent);
+// decoding.span_confidences: each span's (start, end-exclusive) marginal probability at slot
+// temperature `temperature` (forward-backward over the paths the intent allows).
+std::vector<double> SpanConfidences(const Decoding& d, const float* token_logits, const std::vector<int>& tag_ids,
+                                    const std::vector<std::pair<int, int>>& spans, size_t intent, double temperature);
 
 // An exported model directory, read and checked against its inference_config.json; throws
 // std::runtime_error naming the file and the problem.
@@ -99,13 +112,6 @@ class Model {
   // confidences calibrated, "fallback" when the weakest is below min_confidence (decoding.py).
   std::string Describe(const Encoded& enc, const float* intent_logits, const std::vector<float>& token_logits,
                        double min_confidence = 0.0) const;
-
-  // decoding.viterbi under the intent's allowed tags, the BIO masks and the CRF transitions if any.
-  std::vector<int> DecodeTags(const std::vector<float>& token_logits, size_t intent) const;
-
-  // decoding.span_confidences: each span's marginal probability (forward-backward, calibrated).
-  std::vector<double> SpanConfidences(const std::vector<float>& token_logits, const std::vector<int>& tag_ids,
-                                      const std::vector<struct Span>& spans, size_t intent) const;
 
   // export_format.check_graph_outputs: the probe row ([CLS], the last vocabulary id, [SEP]) to run
   // through the loaded graph once, and the check of its outputs (shapes against the label files,
