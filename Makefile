@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -115,6 +115,12 @@ decoding-report: setup cpp
 decoding-report-nlpcc: setup cpp
 	$(PY) benchmarks/decoding_report.py --model_dir output/nlpcc2018-nano-scratch-tokenwise/infer_model \
 		--crf_model_dir output/nlpcc2018-nano-scratch/infer_model --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results
+
+# The same report on the measured CRF model alone (constrained vs greedy on its logits, calibration,
+# abstaining; its timing line: decoding in numpy, through ctypes and in C++).
+decoding-report-nlpcc-crf: setup cpp
+	$(PY) benchmarks/decoding_report.py --model_dir output/nlpcc2018-nano-scratch/infer_model --data_dir data/prepared/nlpcc2018 \
+		--output_dir benchmarks/results/decoding-crf
 
 # Compression (vocabulary pruning + DynaBERT + QAT + int8 embeddings) of the demo model, and of
 # the measured NLPCC model (the README's compression table: DynaBERT width 0.75; WIDTH_MULT=0.5
