@@ -21,20 +21,29 @@ COMMON = ["--from_scratch", "--do_train", "--do_eval", "--max_steps", "80", "--e
           "--cpu_threads", "1", "--disable_tqdm", "true"]
 
 
-def train(synthetic_dir, out, nproc, batch):
+def start_training(synthetic_dir, out, nproc, batch):
     launcher = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
                 "--log_dir", os.path.join(out, "..", os.path.basename(out) + "-launch-logs")] if nproc > 1 else [sys.executable]
-    proc = subprocess.run(launcher + ["run_train.py", "--data_dir", synthetic_dir, "--output_dir", out,
-                                      "--per_device_train_batch_size", str(batch)] + COMMON,
-                          cwd=utils.PROJECT_DIR, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+    return subprocess.Popen(launcher + ["run_train.py", "--data_dir", synthetic_dir, "--output_dir", out,
+                                        "--per_device_train_batch_size", str(batch)] + COMMON,
+                            cwd=utils.PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
 def runs(synthetic_dir, tmp_path_factory):
+    """The one-process and the two-process run, side by side (the one-process run leaves a core idle)."""
     root = tmp_path_factory.mktemp("distributed")
-    return {n: train(synthetic_dir, str(root / f"{n}proc"), n, 64 // n) for n in (1, 2)}
+    outs = {n: str(root / f"{n}proc") for n in (1, 2)}
+    procs = {n: start_training(synthetic_dir, outs[n], n, 64 // n) for n in (1, 2)}
+    try:
+        for n, proc in procs.items():
+            output = proc.communicate(timeout=900)[0]
+            assert proc.returncode == 0, f"{n} process(es): " + output[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    return outs
 
 
 def test_two_processes_end_with_identical_weights_and_write_one_set_of_outputs(runs):

@@ -52,7 +52,7 @@ def test_notebook_reruns_with_the_same_kinds_of_output(tmp_path, monkeypatch):
     code = [c for c in rerun.cells if c.cell_type == "code"]
     assert [kinds(c) for c in code] == [kinds(c) for c in committed.cells if c.cell_type == "code"]
     outputs = [text_of(c) for c in code]
-    assert "| train | 2402 |" in outputs[1] and "navigation" in outputs[1]
+    assert "| train | 1200 |" in outputs[1] and "navigation" in outputs[1]
     assert "| test |" in outputs[3] and "sentence_acc" in outputs[3]
     assert "| length <= 4 |" in outputs[4] and "| first turn |" in outputs[4]
     predictions = [json.loads(line) for line in outputs[5].splitlines() if line.startswith('{"text"')]
