@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -164,6 +164,13 @@ benchmark-targets-nlpcc: setup
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results/targets \
 		--only_stages fp32,width_mult_0.75-int8,width_mult_0.5-int8 $(if $(QAT_WIDTH_05),--extra_stage $(QAT_WIDTH_05)) \
 		--backends fastdeploy-ort,onnxruntime,onnxruntime-int8 --threads 1,2 --rounds 3
+
+# The batch-1 target alone, in 5 rounds: the fp32 model and the width-0.5 QAT stage on FastDeploy-ORT
+# and onnxruntime-int8, 1 thread (5 min).
+benchmark-targets-batch1-nlpcc: setup
+	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress-width0.5/compress/stages \
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results/targets/batch1 \
+		--only_stages fp32,width_mult_0.5-int8 --backends fastdeploy-ort,onnxruntime-int8 --threads 1 --rounds 5
 
 # The SLU service (serve.py: FastAPI on uvicorn) on an exported directory and a backend of backends.py.
 # Options of serve.py (batching, limits, sessions) go in SERVE_FLAGS, e.g. SERVE_FLAGS="--max_wait_ms 2".
