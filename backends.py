@@ -169,7 +169,7 @@ BACKENDS: Dict[str, Backend] = {
                                    "FastDeploy has no precision setting)", _fastdeploy("openvino"), qat_int8=True),
     "onnxruntime": Backend("ONNX Runtime 1.23 used directly on the paddle2onnx graph, attention as one operator, with its transformer fusions (fp32)",
                            _onnxruntime(int8=False)),
-    "onnxruntime-int8": Backend("onnxruntime with every weight product on int8 kernels (per-channel int8 weights, "
+    "onnxruntime-int8": Backend("onnxruntime with every weight product on int8 kernels (per-channel int8 weights on 7 bits, "
                                 "activations quantized per call; Q/K/V inside QAttention)", _onnxruntime(int8=True), precision="int8"),
     "openvino-f32": Backend("OpenVINO 2024.6 used directly (Paddle frontend, as deploy/cpp), f32 inference precision; "
                             "QAT graphs run its int8 kernels", _openvino("f32"), qat_int8=True),
