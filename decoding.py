@@ -1,8 +1,8 @@
 """From logits to a trustworthy answer: constrained slot decoding, calibrated confidences and the
 numbers that say how well they are calibrated. numpy, and no paddle (FastDeploy front ends use it);
 deploy/cpp/decoding.cc is the C++ twin of its Viterbi and forward-backward (tested identical), which
-the Decoder runs through ctypes when `make setup` has built it: numpy's per-step overhead made
-decoding about a tenth of a compressed model's batch-1 time.
+the Decoder runs through ctypes when `make setup` has built it: numpy's per-call overhead made
+decoding a fifth of the width-0.5 QAT stage's batch-1 time (README, "Targets").
 
 Decoding. Slot tags are decoded jointly per utterance (Viterbi) under two constraints:
   * BIO: an I-x tag only continues a B-x or I-x; PAD is never output;
@@ -30,8 +30,8 @@ import numpy as np
 
 from task import OUTSIDE_LABEL, PAD_LABEL, LabelMaps, bio_spans
 
-# deploy/cpp/decoding.cc through ctypes (`make setup` builds it with g++): viterbi and
-# span_confidences without numpy's per-step overhead, the same paths and confidences (tested)
+# deploy/cpp/decoding.cc through ctypes (`make setup` builds it with g++): softmax64, viterbi and
+# span_confidences without numpy's per-call overhead, the same paths and confidences (tested)
 NATIVE_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build", "libslu_decoding.so")
 GREEDY, CONSTRAINED = "greedy", "constrained"
 DECODERS = [GREEDY, CONSTRAINED]
@@ -164,7 +164,7 @@ class NativeDecoding:
 
     def __init__(self, lib: ctypes.CDLL, constraints: SlotConstraints, transitions: Optional[np.ndarray], inside_tags: np.ndarray):
         self.lib, tags, self.intents = lib, len(constraints.start_ok), constraints.intent_tags
-        # kept referenced: the C++ side copies them, but only during the call
+        # 0/1 tables as C char arrays; slu_decoding_new copies them
         tables = [np.ascontiguousarray(a, dtype=np.int8) for a in (constraints.start_ok, constraints.transition_ok, constraints.intent_tags)]
         crf = None if transitions is None else np.ascontiguousarray(transitions, dtype=np.float64)
         inside = np.ascontiguousarray(inside_tags, dtype=np.int32)
