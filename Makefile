@@ -30,7 +30,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# decoding.py's Viterbi and span confidences in C++ (deploy/cpp/decoding.cc), loaded with ctypes;
+# decoding.py's intent softmax, Viterbi and span confidences in C++ (deploy/cpp/decoding.cc), loaded with ctypes;
 # without it the prediction path decodes in numpy (same results, slower).
 DECODING_LIB := build/libslu_decoding.so
 $(DECODING_LIB): deploy/cpp/decoding.cc deploy/cpp/decoding_capi.cc deploy/cpp/slu.h

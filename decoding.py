@@ -163,12 +163,12 @@ class NativeDecoding:
     deploy/cpp/decoding.cc (its twins of them)."""
 
     def __init__(self, lib: ctypes.CDLL, constraints: SlotConstraints, transitions: Optional[np.ndarray], inside_tags: np.ndarray):
-        self.lib, tags, self.intents = lib, len(constraints.start_ok), constraints.intent_tags
+        self.lib, tags, self.num_intents = lib, len(constraints.start_ok), len(constraints.intent_tags)
         # 0/1 tables as C char arrays; slu_decoding_new copies them
         tables = [np.ascontiguousarray(a, dtype=np.int8) for a in (constraints.start_ok, constraints.transition_ok, constraints.intent_tags)]
         crf = None if transitions is None else np.ascontiguousarray(transitions, dtype=np.float64)
         inside = np.ascontiguousarray(inside_tags, dtype=np.int32)
-        self.handle = lib.slu_decoding_new(tags, len(constraints.intent_tags), tables[0].ctypes.data, tables[1].ctypes.data,
+        self.handle = lib.slu_decoding_new(tags, self.num_intents, tables[0].ctypes.data, tables[1].ctypes.data,
                                            None if crf is None else crf.ctypes.data, tables[2].ctypes.data, inside.ctypes.data)
         if not self.handle:
             raise MemoryError("slu_decoding_new")
@@ -183,7 +183,7 @@ class NativeDecoding:
         intent_id = self.lib.slu_decode(self.handle, intent_logits.ctypes.data, len(intent_logits), intent_temperature,
                                         slot_logits.ctypes.data, len(slot_logits), probs.ctypes.data, tag_ids.ctypes.data)
         if intent_id < 0:
-            raise ValueError(f"slu_decode failed: {len(intent_logits)} intent logits for {len(self.intents)} intents")
+            raise ValueError(f"slu_decode failed: {len(intent_logits)} intent logits for {self.num_intents} intents")
         return intent_id, probs, tag_ids.tolist()
 
     def span_confidences(self, slot_logits: np.ndarray, tag_ids: Sequence[int], spans: Sequence[Tuple[str, int, int]],
