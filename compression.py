@@ -10,7 +10,7 @@ import dataclasses
 import os
 import shutil
 import time
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -24,7 +24,7 @@ from predictor import merge_windows, run_windows, score
 from task import SPECIAL_TOKENS, CharTokenizer, Task
 from training import (
     build_trainer,
-    calibrate_export,
+    calibrator,
     dynamic_logits_fn,
     export,
     graph_io,
@@ -118,13 +118,14 @@ def stage_transitions(stage_root: str, fallback: Optional[np.ndarray]) -> Option
 
 
 def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: dict, strategy: str,
-                   transitions: Optional[np.ndarray] = None) -> List[str]:
+                   transitions: Optional[np.ndarray] = None, dev: Sequence = (), threads: int = 0) -> List[str]:
     """Every static model the compress API wrote under `compress_dir` (width_mult_*/model,
     .../int8, .../quant_emb, PTQ outputs) as an exported directory of its own. QAT stages are
     marked for oneDNN's int8 kernels (faster than running their quantize/dequantize pairs in
     fp32, and the same predictions as the dynamic QAT model: checked by qat_agreement); PTQ
     stages are not, because a PTQ model loses accuracy on those kernels (README, Compression).
-    A CRF model's stages carry their transitions (stage_transitions)."""
+    A CRF model's stages carry their transitions (stage_transitions). Each stage's confidences are
+    its own, calibrated on `dev` as it is exported."""
     stages = []
     pipeline_order = {"model.pdmodel": 0, "int8.pdmodel": 1, "quant_emb.pdmodel": 2}
     for root, _, files in sorted(os.walk(compress_dir)):
@@ -145,7 +146,8 @@ def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: d
             stage = os.path.join(stages_dir, stage_name)
             crf = stage_transitions(root, transitions)
             export_format.write(stage, task, copy_graph, {**model_info, "stage": stage_name}, onednn_int8=qat_int8,
-                                slot_transitions=None if crf is None else crf.tolist())
+                                slot_transitions=None if crf is None else crf.tolist(),
+                                calibrate=calibrator(stage, list(dev), threads) if dev else None)
             stages.append(stage)
     return stages
 
@@ -198,12 +200,12 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
     compress_dir = os.path.join(training_args.output_dir, "compress")
     stages_dir = os.path.join(compress_dir, "stages")
     shutil.rmtree(stages_dir, ignore_errors=True)
-    stages = [export(model, task, os.path.join(stages_dir, "fp32"), {**model_info, "stage": "fp32"}).directory]
+    stages = [export(model, task, os.path.join(stages_dir, "fp32"), {**model_info, "stage": "fp32"}, dev, threads).directory]
     seconds = {}
     if training_args.prune_embeddings:
         start = time.time()
         model, task = prune_vocabulary(model, task, (u.text for u in train), max_vocab_size, os.path.join(compress_dir, "pruned_model"))
-        stages.append(export(model, task, os.path.join(stages_dir, "pruned_vocab"), {**model_info, "stage": "pruned_vocab"}).directory)
+        stages.append(export(model, task, os.path.join(stages_dir, "pruned_vocab"), {**model_info, "stage": "pruned_vocab"}, dev, threads).directory)
         seconds["pruned_vocab"] = time.time() - start
         logger.info(f"vocabulary pruned to {len(task.tokenizer)} tokens, positions to {task.max_row_length}")
 
@@ -231,9 +233,7 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
         seconds["dynabert"] = time.time() - start - sum(v for k, v in seconds.items() if k != "pruned_vocab")
         export_dynabert_widths(original, args)
 
-    stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy, slot_transitions(original))
-    for stage in stages:  # each stage's confidences are its own
-        calibrate_export(stage, dev, threads)
+    stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy, slot_transitions(original), dev, threads)
     report = {"strategy": args.strategy, "prune_embeddings": training_args.prune_embeddings, "stages": []}
     for stage in stages:
         metrics = open_predictor(stage, "paddle-inference", threads).evaluate(test)

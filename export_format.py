@@ -3,17 +3,24 @@ validated by `read`. Every front end (run_eval.py, the FastDeploy demo, the benc
 demo and the Android app through deploy/cpp/slu.cc) reads directories through this contract;
 slu.cc checks the same keys and `tests/test_deploy_cpp.py` holds the two sides together.
 
-A directory (format_version 3):
+A directory (format_version 4):
 
-    model.pdmodel, model.pdiparams   the static graph and its weights (Paddle 2.x program)
+    model.pdmodel, model.pdiparams   the static graph and its weights (Paddle 2.x program); every
+                                     floating-point weight finite
     vocab.txt                        one token per line, the line number is the id
     intent_label.txt, slot_label.txt one label per line, the line number is the class id
-    inference_config.json            the keys below
+    inference_config.json            the keys below (strict JSON: no NaN or Infinity, no BOM)
+    manifest.json                    {"format_version", "files": {name: {"bytes", "sha256"}}} of
+                                     every other file, written last: which labels, vocabulary,
+                                     graph and weights belong together. A reader refuses a file
+                                     that differs from it (cut, flipped, swapped) by name, after
+                                     the checks that say more precisely what is wrong
 
 inference_config.json:
 
-    format_version        3; a reader refuses a version it does not know (1 had no
-                          intent_slot_types and no calibration, 2 no context and no overlapping windows)
+    format_version        4; a reader refuses a version it does not know (1 had no
+                          intent_slot_types and no calibration, 2 no context and no overlapping
+                          windows, 3 no manifest)
     max_seq_length        tokens per model window of the utterance, [CLS] and [SEP] included (>= 3);
                           longer utterances are cut into windows overlapping by half (task.window_bounds)
     context_turns         earlier utterances of the session the model reads (0: none)
@@ -33,9 +40,10 @@ inference_config.json:
                           are scored on intent alone by the reference-compatible metric
     slot_transitions      null, or the [num_slot_tags x num_slot_tags] transition scores (previous,
                           current) of a CRF slot head, added to the slot logits in decoding
-    calibration           {"intent_temperature", "slot_temperature" (> 0), "fitted_on"}: the
-                          temperatures of the confidences (decoding.Calibration), fitted on dev
-                          at export; fitted_on null means not fitted (both 1.0)
+    calibration           {"intent_temperature", "slot_temperature" (finite, > 0), "fitted_on"}:
+                          the temperatures of the confidences (decoding.Calibration), fitted on
+                          dev inside the export's atomic write; fitted_on null means not fitted
+                          (both 1.0: the export had no dev split)
     inputs                [{"name": "input_ids", "dtype": "int64", "shape": [-1, -1]}]
                           (batch of windows x tokens, padded with the pad token)
     outputs               [{"role": "intent_logits", "name", "dtype": "float32", "shape": [-1, num_intents]},
@@ -62,14 +70,14 @@ from task import (
     LabelMaps,
     Task,
 )
-from utils import atomic_path, load_json, save_json, write_lines
+from utils import atomic_path, file_sha256, load_json, save_json, write_lines
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 GRAPH_PREFIX = "model"  # the path prefix Paddle saves a static graph at
 GRAPH_FILE, PARAMS_FILE = GRAPH_PREFIX + ".pdmodel", GRAPH_PREFIX + ".pdiparams"
 VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE = "vocab.txt", "intent_label.txt", "slot_label.txt"
-CONFIG_FILE = "inference_config.json"
-FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CONFIG_FILE]
+CONFIG_FILE, MANIFEST_FILE = "inference_config.json", "manifest.json"
+FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CONFIG_FILE, MANIFEST_FILE]
 SPECIAL_TOKENS = {"pad": PAD_TOKEN, "cls": CLS_TOKEN, "sep": SEP_TOKEN, "unk": UNK_TOKEN}
 INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
@@ -118,13 +126,22 @@ def write_task_files(directory: str, task: Task) -> None:
     write_lines(os.path.join(directory, SLOT_LABEL_FILE), labels.slot_tags)
 
 
+def is_export(directory: str) -> bool:
+    """What an export may replace: an earlier export (broken or not) or an empty directory, never
+    a directory that holds something else (a mistyped --output_dir)."""
+    return os.path.isfile(os.path.join(directory, CONFIG_FILE)) or not os.listdir(directory)
+
+
 def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict, onednn_int8: bool = False,
-          calibration: Calibration = Calibration(), slot_transitions: Optional[List[List[float]]] = None) -> ExportedModel:
+          slot_transitions: Optional[List[List[float]]] = None,
+          calibrate: Optional[Callable[[str], Calibration]] = None) -> ExportedModel:
     """Write a complete exported directory: the graph (by `write_graph`, at the GRAPH_PREFIX
-    path), the task files and inference_config.json (with a CRF's `slot_transitions` and the
-    confidences' `calibration`). It is built beside `directory`, validated, and renamed into
-    place, replacing any earlier one: readers never see half of it."""
-    with atomic_path(directory) as tmp:
+    path), the task files, inference_config.json (with a CRF's `slot_transitions`) and the
+    manifest. `calibrate(directory)` fits the confidences' temperatures on the export as written
+    (without it: temperatures 1, not fitted). Everything is built beside `directory`, validated,
+    and renamed into place, replacing an earlier export: readers never see half of it, nor an
+    uncalibrated one."""
+    with atomic_path(directory, replaces=is_export) as tmp:
         os.makedirs(tmp)
         input_names, output_names = write_graph(os.path.join(tmp, GRAPH_PREFIX))
         if input_names != [INPUT_NAME] or len(output_names) != len(OUTPUT_ROLES):
@@ -132,7 +149,7 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
                               f"the contract wants [{INPUT_NAME!r}] and {OUTPUT_ROLES}")
         write_task_files(tmp, task)
         n_intents, n_tags = len(task.labels.intents), len(task.labels.slot_tags)
-        save_json(os.path.join(tmp, CONFIG_FILE), {
+        config = {
             "format_version": FORMAT_VERSION,
             "max_seq_length": task.max_seq_length,
             "context_turns": task.context_turns,
@@ -144,23 +161,50 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
             "num_slot_tags": n_tags,
             "intent_slot_types": task.intent_slot_types,
             "slot_transitions": slot_transitions,
-            "calibration": calibration.as_dict(),
+            "calibration": Calibration().as_dict(),
             "inputs": [{"name": INPUT_NAME, "dtype": "int64", "shape": [-1, -1]}],
             "outputs": [{"role": role, "name": name, "dtype": "float32", "shape": shape}
                         for role, name, shape in zip(OUTPUT_ROLES, output_names, ([-1, n_intents], [-1, -1, n_tags]))],
             "onednn_int8": onednn_int8,
             "model": model_info,
-        })
+        }
+        save_json(os.path.join(tmp, CONFIG_FILE), config)
+        write_manifest(tmp)
+        if calibrate is not None:  # through a runtime, on the directory as it will go live
+            save_json(os.path.join(tmp, CONFIG_FILE), {**config, "calibration": calibrate(tmp).as_dict()})
+            write_manifest(tmp)
         exported = read(tmp)  # validated before it goes live
     return dataclasses.replace(exported, directory=directory)
 
 
-def write_calibration(directory: str, calibration: Calibration) -> ExportedModel:
-    """Replace the calibration of an exported directory (inference_config.json is rewritten
-    whole, atomically) and return the directory as read back."""
-    exported = read(directory)
-    save_json(exported.path(CONFIG_FILE), {**exported.config, "calibration": calibration.as_dict()})
-    return read(directory)
+def write_manifest(directory: str, names: Sequence[str] = ()) -> None:
+    """manifest.json over `names` (default: every file of the contract but the manifest)."""
+    names = sorted(names or [f for f in FILES if f != MANIFEST_FILE])
+    save_json(os.path.join(directory, MANIFEST_FILE), {"format_version": FORMAT_VERSION, "files": {
+        name: {"bytes": os.path.getsize(os.path.join(directory, name)), "sha256": file_sha256(os.path.join(directory, name))}
+        for name in names}})
+
+
+def check_manifest(directory: str, names: Sequence[str] = ()) -> None:
+    """Every file of `names` (default: the contract's) as manifest.json recorded it; raises
+    ExportError naming the first file that differs."""
+    names = sorted(names or [f for f in FILES if f != MANIFEST_FILE])
+    path = os.path.join(directory, MANIFEST_FILE)
+    try:
+        files = load_json(path, strict=True)["files"]
+        recorded = {name: (int(files[name]["bytes"]), str(files[name]["sha256"])) for name in files}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{path}: not a manifest ({type(e).__name__}: {e}); re-export the model") from None
+    if sorted(recorded) != names:
+        raise ExportError(f"{path}: lists {sorted(recorded)}; the directory's files are {names}")
+    for name in names:
+        size = os.path.getsize(os.path.join(directory, name))
+        if size != recorded[name][0]:
+            raise ExportError(f"{os.path.join(directory, name)}: {size} bytes, {MANIFEST_FILE} says {recorded[name][0]}: "
+                              "the file was cut, extended or replaced after export")
+        if file_sha256(os.path.join(directory, name)) != recorded[name][1]:
+            raise ExportError(f"{os.path.join(directory, name)}: its content differs from {MANIFEST_FILE} (sha256): the file "
+                              "was changed or replaced after export (damaged, or taken from another model)")
 
 
 def read(directory: str) -> ExportedModel:
@@ -173,7 +217,7 @@ def read(directory: str) -> ExportedModel:
         raise ExportError(f"{directory}: missing {', '.join(missing)} (an exported directory holds {', '.join(FILES)})")
     config_path = os.path.join(directory, CONFIG_FILE)
     try:
-        config = load_json(config_path)
+        config = load_json(config_path, strict=True)
     except ValueError as e:
         raise ExportError(f"{config_path}: not valid JSON ({e})") from None
     version = config.get("format_version") if isinstance(config, dict) else None
@@ -226,10 +270,12 @@ def read(directory: str) -> ExportedModel:
         raise ExportError(f"{config_path}: {e}") from None
     for key in ("intent_temperature", "slot_temperature"):
         value = getattr(calibration, key)
-        check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, CONFIG_FILE,
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0, CONFIG_FILE,
               f"calibration {key} must be a positive number, not {value!r}")
     exported = ExportedModel(directory, config, task)
     check_graph_tables(exported)
+    check_weights(exported.path(PARAMS_FILE))
+    check_manifest(directory)
     return exported
 
 
@@ -324,6 +370,71 @@ def op_types(graph_path: str) -> List[str]:
     is no Paddle program."""
     with _program_block(graph_path) as block:
         return [_first(op, 3).decode("utf-8") for field, op in _fields(block) if field == 4]
+
+
+# ----------------------------------------------------------------------------- the weights
+# model.pdiparams is Paddle's save_combine stream: per tensor, uint32 version, uint64 LoD level
+# (each level: uint64 byte size + its offsets), uint32 tensor version, int32 size of a TensorDesc
+# (framework.proto: data_type = 1, dims = 2), then the raw data, little-endian.
+_DTYPES = {0: "bool", 1: "int16", 2: "int32", 3: "int64", 4: "float16", 5: "float32", 6: "float64", 20: "uint8", 21: "int8",
+           22: "bfloat16"}
+
+
+def _tensor_desc(desc: bytes) -> Tuple[str, List[int]]:
+    code = next((v for f, v in _fields(desc) if f == 1), None)
+    if code not in _DTYPES:
+        raise ValueError(f"unknown data type {code}")
+    return _DTYPES[code], _dims(desc)
+
+
+def weight_tensors(params_path: str):
+    """(dtype, dims, raw bytes) of every tensor of a pdiparams file, in file order; ValueError
+    when the file is cut short, has bytes left over, or is no such stream."""
+    with open(params_path, "rb") as f:
+        data = f.read()
+    i, tensors = 0, []
+
+    def take(n: int) -> bytes:
+        nonlocal i
+        if n < 0 or i + n > len(data):
+            raise ValueError(f"cut short: tensor {len(tensors) + 1} needs bytes {i}..{i + n}, the file has {len(data)}")
+        i += n
+        return data[i - n : i]
+
+    while i < len(data):
+        if int.from_bytes(take(4), "little") != 0:
+            raise ValueError(f"tensor {len(tensors) + 1} at byte {i - 4}: unknown version")
+        for _ in range(int.from_bytes(take(8), "little")):
+            take(int.from_bytes(take(8), "little"))
+        if int.from_bytes(take(4), "little") != 0:
+            raise ValueError(f"tensor {len(tensors) + 1} at byte {i - 4}: unknown tensor version")
+        dtype, dims = _tensor_desc(take(int.from_bytes(take(4), "little", signed=True)))
+        if any(d < 0 for d in dims):
+            raise ValueError(f"tensor {len(tensors) + 1}: negative dimension in {dims}")
+        size = int(np.prod(dims, dtype="int64")) * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
+        tensors.append((dtype, dims, take(size)))
+    return tensors
+
+
+def check_weights(params_path: str) -> None:
+    """Every tensor of model.pdiparams whole and every floating-point weight finite: a NaN in one
+    embedding row answers only the utterances that hold that character with "confidence": NaN,
+    so no probe row finds it. Raises ExportError naming the file and the tensor."""
+    try:
+        tensors = weight_tensors(params_path)
+    except (ValueError, IndexError, KeyError) as e:
+        raise ExportError(f"{params_path}: not a complete Paddle weights file ({e})") from None
+    for n, (dtype, dims, raw) in enumerate(tensors, 1):
+        if dtype in ("float16", "float32", "float64"):
+            values = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+        elif dtype == "bfloat16":  # the upper half of a float32
+            values = (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
+        else:
+            continue
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise ExportError(f"{params_path}: tensor {n} of {len(tensors)} ({dtype} {dims}) holds {len(bad)} value(s) that are "
+                              f"not finite (first at flat index {bad[0]}): the weights are damaged or training diverged")
 
 
 def check_graph_tables(exported: ExportedModel) -> None:

@@ -21,7 +21,6 @@ each slot span's. `fallback` is true when the weakest of them is below `min_conf
 assistant should ask again rather than act (the intent stays in the ranking).
 Plain Python + numpy: FastDeploy front ends use it without loading paddle.
 """
-import json
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,7 +29,7 @@ from decoding import CONSTRAINED, RANKING_SIZE, Calibration, Decoder, Prediction
 from export_format import MAX_UTTERANCE_TOKENS, ExportedModel
 from metrics import slu_metrics
 from task import Encoded, LabelMaps, Task, session_histories
-from utils import pad_batch
+from utils import pad_batch, strict_json_loads
 
 # padded input ids [batch, seq] -> (intent logits [batch, I], slot logits [batch, seq, T]);
 # every runtime (dynamic graph, Paddle Inference, FastDeploy, Paddle Lite replay) provides one
@@ -66,17 +65,13 @@ def parse_turn(line: Optional[str]) -> Tuple[Optional[str], Optional[str], Optio
     if line is None:
         return None, None, INVALID_UTF8
     try:  # strict JSON, as slu.cc's parser: no NaN/Infinity, no lone surrogate escapes ("\ud800")
-        turn = json.loads(line, parse_constant=_reject)
+        turn = strict_json_loads(line)
         if not (isinstance(turn, dict) and isinstance(turn.get("session_id"), str) and isinstance(turn.get("text"), str)):
             raise ValueError
         turn["text"].encode("utf-8"), turn["session_id"].encode("utf-8")
     except ValueError:  # UnicodeEncodeError included
         return None, None, NOT_A_TURN
     return turn["session_id"], turn["text"], None
-
-
-def _reject(constant: str):
-    raise ValueError(f"{constant} is not JSON")
 
 
 def merge_windows(intent_logits, slot_logits, encoded: Sequence[Encoded], decoder: Decoder) -> List[Prediction]:

@@ -32,7 +32,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import uuid
@@ -47,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import export_format
 from predictor import Predictor
+from utils import strict_json_loads
 
 logger = logging.getLogger("slu.serve")
 
@@ -145,10 +145,6 @@ def error_response(status: int, message: str, items: Optional[List[dict]] = None
     return JSONResponse({"error": message, **({"items": items} if items else {})}, status_code=status)
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 async def read_json(request: Request, limit: int):
     """The request body as strict JSON (UTF-8, no NaN/Infinity), read no further than `limit` bytes."""
     declared = request.headers.get("content-length")
@@ -164,9 +160,11 @@ async def read_json(request: Request, limit: int):
     except UnicodeDecodeError as e:
         raise RequestError(400, f"request body is not UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return strict_json_loads(text)
     except ValueError as e:  # JSONDecodeError and the constants
         raise RequestError(400, f"request body is not JSON: {e}") from None
+    except RecursionError:  # ~1,000 nested brackets fit in a small body; the client's fault, not the service's
+        raise RequestError(400, "request body is not JSON this service reads: nested too deeply") from None
 
 
 def validate(model, data):

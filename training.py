@@ -4,7 +4,7 @@ import hashlib
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -292,13 +292,16 @@ def save_static_graph(model, path_prefix: str) -> Tuple[List[str], List[str]]:
     return graph_io(path_prefix)
 
 
-def calibrate_export(directory: str, dev: List[Utterance], threads: int = 0) -> Calibration:
-    """Fit the confidences' temperatures of an exported directory on labelled utterances, through
-    its own graph (Paddle Inference), and write them into its inference_config.json. Every stage
-    (fp32, pruned, DynaBERT widths, int8) is calibrated this one way."""
-    predictor = open_predictor(directory, "paddle-inference", threads)
+def calibrator(directory: str, dev: List[Utterance], threads: int = 0) -> Callable[[str], Calibration]:
+    """The `calibrate` of export_format.write for an export to `directory`: fits the confidences'
+    temperatures on labelled utterances through the graph as written (Paddle Inference). Every
+    stage (fp32, pruned, DynaBERT widths, int8) is calibrated this one way."""
+    return lambda written: fit_calibration(written, directory, dev, threads)
+
+
+def fit_calibration(written: str, directory: str, dev: List[Utterance], threads: int = 0) -> Calibration:
+    predictor = open_predictor(written, "paddle-inference", threads)
     calibration = predictor.decoder.fit(predictor.predictions(dev), dev, f"dev ({len(dev)} utterances)")
-    export_format.write_calibration(directory, calibration)
     logger.info(f"{directory}: calibrated on dev, intent temperature {calibration.intent_temperature:.3f}, "
                 f"slot temperature {calibration.slot_temperature:.3f}")
     bounds = (TEMPERATURE_GRID[0], TEMPERATURE_GRID[-1])
@@ -315,8 +318,6 @@ def export(model, task: Task, directory: str, model_info: dict, dev: Optional[Li
     """A dygraph model as a complete exported directory (export_format), its confidences
     calibrated on `dev` (without dev: temperatures 1, marked not fitted)."""
     transitions = slot_transitions(model)
-    export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info,
-                        slot_transitions=None if transitions is None else transitions.tolist())
-    if dev:
-        calibrate_export(directory, dev, threads)
-    return export_format.read(directory)
+    return export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info,
+                               slot_transitions=None if transitions is None else transitions.tolist(),
+                               calibrate=calibrator(directory, dev, threads) if dev else None)

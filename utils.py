@@ -8,7 +8,7 @@ import os
 import pickletools
 import shutil
 import tempfile
-from typing import Iterable, List, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -19,18 +19,28 @@ PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 @contextlib.contextmanager
-def atomic_path(path: str):
+def atomic_path(path: str, replaces: Optional[Callable[[str], bool]] = None):
     """Yields a temporary sibling of `path` (file or directory) to write; on success it replaces
-    `path` in one rename, on error it is removed: readers see the old or the new, never a mix."""
+    `path` in one rename, on error it is removed: readers see the old or the new, never a mix.
+
+    An existing directory at `path` is replaced only when `replaces(path)` says it may be (an
+    export replaces an earlier export, never a directory someone mistyped as an output file); a
+    symlink to a directory stays a link, and the directory it names is the one replaced."""
+    if os.path.islink(path) and os.path.isdir(path):
+        path = os.path.realpath(path)
+    if os.path.isdir(path) and not (replaces and replaces(path)):
+        raise IsADirectoryError(f"{path}: is a directory; refusing to replace it with "
+                                f"{'a file' if replaces is None else 'this output (it holds something else)'}")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=parent)
     target = os.path.join(tmp, "new")
     try:
         yield target
-        if os.path.isdir(path) and not os.path.islink(path):
-            old = os.path.join(tmp, "old")
-            os.rename(path, old)
+        if os.path.isdir(path):
+            if not (replaces and replaces(path)):  # it may have changed while the new one was written
+                raise IsADirectoryError(f"{path}: is a directory that holds something else now; not replaced")
+            os.rename(path, os.path.join(tmp, "old"))
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,9 +107,20 @@ def file_sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def load_json(path: str):
+def load_json(path: str, strict: bool = False):
+    """A JSON file; `strict`: as the C++ reader (nlohmann/json) parses it, so no NaN or Infinity
+    (Python's json accepts both; ValueError like any other syntax error)."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        return strict_json_loads(f.read()) if strict else json.load(f)
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_json_loads(text: str):
+    """json.loads without the NaN and Infinity extensions; ValueError on anything not JSON."""
+    return json.loads(text, parse_constant=_not_json)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence], right_aligned_from: int = 1) -> List[str]:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import predictor
@@ -76,6 +77,19 @@ def embedding_program(vocab_rows, position_rows):
     block = proto((1, 0), (2, 0), var(INPUT_NAME, [-1, -1]), var("word", [vocab_rows, 8]), var("pos", [position_rows, 8]),
                   var("type", [4, 8]), lookup(INPUT_NAME, "word"), lookup("position_ids", "pos"), lookup("type_ids", "type"))
     return proto((1, block))
+
+
+def weights_file(*arrays):
+    """A model.pdiparams (Paddle's save_combine stream) holding `arrays`, for readers that check
+    the weights but run no graph."""
+    out = b""
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        code = {"float32": 5, "float64": 6, "int8": 21, "int64": 3}[a.dtype.name]
+        desc = proto((1, code), *[(2, d) for d in a.shape])
+        out += (0).to_bytes(4, "little") + (0).to_bytes(8, "little") + (0).to_bytes(4, "little") + len(desc).to_bytes(4, "little")
+        out += desc + a.astype(a.dtype.newbyteorder("<")).tobytes()
+    return out
 
 
 # Runs a project script with `open` watched, and SIGKILLs the process the moment it opens for writing a

@@ -4,8 +4,9 @@ C++ side of the contract is checked in test_deploy_cpp.py."""
 import json
 import os
 
+import numpy as np
 import pytest
-from conftest import embedding_program
+from conftest import embedding_program, weights_file
 
 import export_format
 import decoding
@@ -22,7 +23,7 @@ def fake_graph_for(task_):
         with open(prefix + ".pdmodel", "wb") as f:
             f.write(embedding_program(len(task_.tokenizer), task_.max_row_length))
         with open(prefix + ".pdiparams", "wb") as f:
-            f.write(b"weights")
+            f.write(weights_file(np.ones((len(task_.tokenizer), 8), "float32"), np.arange(6, dtype="int8")))
         return [export_format.INPUT_NAME], ["intent_out", "slot_out"]
     return write
 
@@ -68,7 +69,12 @@ def edit_config(**changes):
     ("intent_label.txt", lambda t: t + "weather.query\n", r"intent_label.txt: 12 intents, inference_config.json says 11"),
     ("slot_label.txt", lambda t: t.replace("B-song\n", ""), r"slot_label.txt: 31 slot tags, inference_config.json says 32"),
     ("intent_label.txt", lambda t: t + "OTHERS\n", r"duplicate intent labels \['OTHERS'\]"),
-    ("inference_config.json", edit_config(format_version=2), r"inference_config.json: format_version 2; this code reads format_version 3"),
+    ("inference_config.json", edit_config(format_version=3), r"inference_config.json: format_version 3; this code reads format_version 4"),
+    ("inference_config.json", lambda t: "\ufeff" + t, r"inference_config.json: not valid JSON \(Unexpected UTF-8 BOM"),
+    ("inference_config.json", lambda t: t.replace('"intent_temperature": 1.0', '"intent_temperature": Infinity'),
+     r"inference_config.json: not valid JSON \(Infinity is not JSON\)"),
+    ("inference_config.json", lambda t: t.replace('"intent_temperature": 1.0', '"intent_temperature": 1e400'),
+     r"calibration intent_temperature must be a positive number, not inf"),
     ("inference_config.json", edit_config(max_context_tokens=0), r"inference_config.json: context_turns 2 with max_context_tokens 0"),
     ("inference_config.json", edit_config(context_turns=-1), r"inference_config.json: context_turns -1 with max_context_tokens 24"),
     ("inference_config.json", edit_config(context_turns=True), r"context_turns must be an integer, not True"),
@@ -139,6 +145,7 @@ def test_the_graph_tables_must_fit_the_vocabulary_and_the_rows(exported):
                        r"tokens per row, but model.pdmodel has 40 positions"):
         export_format.read(exported)
     corrupt(exported, export_format.CONFIG_FILE, edit_config(max_seq_length=16))
+    export_format.write_manifest(exported)  # the edits above, made on purpose
     assert export_format.read(exported).task.max_seq_length == 16
     for damage in (b"\x0a\xff\xff\xff", b"graph", b"\x0a\x05\x1a\x03\x0a"):  # cut short, wrong wire type, a field past the end
         with open(graph, "wb") as f:
@@ -147,9 +154,94 @@ def test_the_graph_tables_must_fit_the_vocabulary_and_the_rows(exported):
             export_format.read(exported)
 
 
-def test_write_calibration_replaces_only_the_calibration(exported):
-    before = export_format.read(exported)
-    calibration = decoding.Calibration(1.5, 0.8, "dev (3 utterances)")
-    after = export_format.write_calibration(exported, calibration)
-    assert after.calibration == calibration
-    assert {k: v for k, v in after.config.items() if k != "calibration"} == {k: v for k, v in before.config.items() if k != "calibration"}
+def test_calibration_is_part_of_the_atomic_write(exported, tmp_path):
+    """The temperatures are fitted on the directory as written and go live with it; a calibration
+    that fails (a kill between writing and fitting, here an exception) leaves the earlier export."""
+    before = {name: open(os.path.join(exported, name), "rb").read() for name in export_format.FILES}
+    seen = []
+
+    def calibrate(written):
+        seen.append(export_format.read(written).directory)  # a complete export, manifest and all
+        return decoding.Calibration(1.5, 0.8, "dev (3 utterances)")
+
+    def failing(written):
+        raise KeyboardInterrupt("killed while calibrating (injected)")
+
+    with pytest.raises(KeyboardInterrupt):
+        export_format.write(exported, TASK, fake_graph, {"architecture": "test"}, calibrate=failing)
+    assert {name: open(os.path.join(exported, name), "rb").read() for name in export_format.FILES} == before
+    after = export_format.write(exported, TASK, fake_graph, {"architecture": "test"}, calibrate=calibrate)
+    assert seen and seen[0] != exported and os.listdir(tmp_path) == ["infer_model"]
+    assert export_format.read(exported).calibration == after.calibration == decoding.Calibration(1.5, 0.8, "dev (3 utterances)")
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda d: corrupt(d, export_format.INTENT_LABEL_FILE, lambda t: "\n".join([t.split("\n")[1], t.split("\n")[0], *t.split("\n")[2:]])),
+     r"intent_label.txt: its content differs from manifest.json"),
+    (lambda d: flip_bytes(d, export_format.PARAMS_FILE, [-5]), r"model.pdiparams: its content differs from manifest.json"),
+    (lambda d: cut(d, export_format.PARAMS_FILE, 10), r"model.pdiparams: not a complete Paddle weights file \(cut short"),
+    (lambda d: cut(d, export_format.GRAPH_FILE, 1), r"model.pdmodel: (not a readable Paddle program|\d+ bytes, manifest.json says)"),
+    (lambda d: os.remove(os.path.join(d, export_format.MANIFEST_FILE)), r"missing manifest.json"),
+    (lambda d: corrupt(d, export_format.MANIFEST_FILE, lambda t: t[:-3]), r"manifest.json: not a manifest"),
+])
+def test_a_file_changed_after_export_is_refused_by_name(exported, damage, problem):
+    """Label order swapped (same count), weights flipped or cut, the manifest gone or broken:
+    each passes every check of content, so the manifest names it."""
+    export_format.read(exported)
+    damage(exported)
+    with pytest.raises(export_format.ExportError, match=problem):
+        export_format.read(exported)
+
+
+def flip_bytes(directory, name, positions):
+    path = os.path.join(directory, name)
+    data = bytearray(open(path, "rb").read())
+    for p in positions:
+        data[p] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def cut(directory, name, n):
+    path = os.path.join(directory, name)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-n])
+
+
+@pytest.mark.parametrize("value, dtype", [(np.nan, "float32"), (np.inf, "float32"), (-np.inf, "float64")])
+def test_weights_that_are_not_finite_are_refused_at_write_and_read(tmp_path, value, dtype):
+    """One NaN in one embedding row answers only the utterances holding that character with NaN
+    confidences: no probe row finds it, so every weight is checked."""
+    def graph(prefix):
+        fake_graph(prefix)
+        table = np.ones((len(TASK.tokenizer), 8), dtype)
+        table[3, 5] = value
+        with open(prefix + ".pdiparams", "wb") as f:
+            f.write(weights_file(np.zeros(4, "float32"), table))
+        return [export_format.INPUT_NAME], ["intent_out", "slot_out"]
+
+    problem = (rf"model.pdiparams: tensor 2 of 2 \({dtype} \[{len(TASK.tokenizer)}, 8\]\) holds 1 value\(s\) that are not finite "
+               r"\(first at flat index 29\)")
+    with pytest.raises(export_format.ExportError, match=problem):
+        export_format.write(str(tmp_path / "m"), TASK, graph, {})
+    assert not os.path.exists(tmp_path / "m")
+    good = export_format.write(str(tmp_path / "m"), TASK, fake_graph, {}).directory
+    graph(str(tmp_path / "other"))  # the damaged weights put in place of the good ones
+    os.replace(str(tmp_path / "other.pdiparams"), os.path.join(good, export_format.PARAMS_FILE))
+    with pytest.raises(export_format.ExportError, match=problem):
+        export_format.read(good)
+
+
+def test_an_export_replaces_only_an_export(exported, tmp_path):
+    """A mistyped output directory holding something else is never replaced; a symlink to an
+    export stays a link and the export it names is replaced."""
+    other = tmp_path / "trained_model"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(IsADirectoryError, match="trained_model: is a directory"):
+        export_format.write(str(other), TASK, fake_graph, {})
+    assert os.listdir(other) == ["notes.txt"]
+    link = tmp_path / "current"
+    os.symlink(exported, link)
+    export_format.write(str(link), TASK, fake_graph, {"architecture": "relinked"})
+    assert os.path.islink(link) and export_format.read(str(link)).config["model"] == {"architecture": "relinked"}
+    assert export_format.read(exported).config["model"] == {"architecture": "relinked"}
