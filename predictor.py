@@ -28,7 +28,7 @@ import numpy as np
 from decoding import CONSTRAINED, RANKING_SIZE, Calibration, Decoder, Prediction
 from export_format import MAX_UTTERANCE_TOKENS, ExportedModel
 from metrics import slu_metrics
-from task import Encoded, LabelMaps, Task, session_histories
+from task import Encoded, LabelMaps, Task, session_histories, token_text
 from utils import pad_batch, strict_json_loads
 
 # padded input ids [batch, seq] -> (intent logits [batch, I], slot logits [batch, seq, T]);
@@ -56,6 +56,20 @@ def decode_lines(data: bytes) -> List[Optional[str]]:
         try:
             out.append(raw.decode("utf-8").removesuffix("\r"))
         except UnicodeDecodeError:
+            out.append(None)
+    return out
+
+
+def argv_texts(values: Sequence[str]) -> List[Optional[str]]:
+    """Command-line values as texts, None for one whose bytes were not UTF-8 (Python hands such
+    an argument over with lone surrogates, which would be written out as raw bytes): the same
+    "invalid UTF-8" record as an input line gets."""
+    out = []
+    for value in values:
+        try:
+            value.encode("utf-8")
+            out.append(value)
+        except UnicodeEncodeError:
             out.append(None)
     return out
 
@@ -117,7 +131,7 @@ def describe(pred: Prediction, enc: Encoded, labels: LabelMaps, min_confidence: 
         "confidence": round(pred.confidence, 4),
         "intent_ranking": [{"intent": labels.intents[i], "confidence": round(float(pred.intent_probs[i]), 4)} for i in ranking],
         "slots": slots,
-        "fallback": pred.answer_score < min_confidence,
+        "fallback": not pred.answer_score >= min_confidence,  # NaN falls back
     }
 
 
@@ -155,11 +169,8 @@ class Predictor:
         return cls(exported.task, logits_fn, exported.config["max_utterance_tokens"], exported.calibration,
                    transitions=exported.slot_transitions, **options)
 
-    def check(self, enc: Encoded) -> Optional[str]:
-        """Why an utterance gets no prediction, or None."""
-        return self._length_error(len(enc.offsets))
-
     def _length_error(self, num_tokens: int) -> Optional[str]:
+        """The error of an utterance of `num_tokens` tokens, or None."""
         if not num_tokens:
             return EMPTY_UTTERANCE
         if num_tokens > self.max_utterance_tokens:
@@ -169,7 +180,7 @@ class Predictor:
     def text_error(self, text: str) -> Optional[str]:
         """Why `text` would get an error record instead of a prediction, or None (its tokens only:
         no windows, no context)."""
-        return self._length_error(len(self.task.tokenizer.tokenize(text)[1]))
+        return self._length_error(sum(token_text(c) is not None for c in text))  # counted, not built: a 30 MB line stays ~30 MB
 
     def predict_with_logits(self, texts: Sequence[Optional[str]], batch_size: int = 64,
                             on_windows: Optional[Callable[[int, int, int], None]] = None,
@@ -181,8 +192,8 @@ class Predictor:
         histories = histories if histories is not None else [()] * len(texts)
         if len(histories) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(histories)} histories")
-        encoded = [self.task.encode(t if t is not None else "", h) for t, h in zip(texts, histories)]
-        errors = [self.check(enc) if t is not None else INVALID_UTF8 for t, enc in zip(texts, encoded)]
+        errors = [self.text_error(t) if t is not None else INVALID_UTF8 for t in texts]  # before any window is built
+        encoded = [self.task.encode(t if error is None else "", h) for t, h, error in zip(texts, histories, errors)]
         todo = [i for i, error in enumerate(errors) if error is None]
         if on_windows:
             for i in todo:
@@ -208,7 +219,8 @@ class Predictor:
         """Records of session input lines (the module docstring), in input order."""
         turns = [parse_turn(line) for line in lines]
         valid = [i for i, (_, _, error) in enumerate(turns) if error is None]
-        histories = session_histories(((turns[i][0], turns[i][1]) for i in valid), self.task.context_turns)
+        histories = session_histories(((turns[i][0], turns[i][1]) for i in valid), self.task.context_turns,
+                                      lambda text: self.text_error(text) is None)
         records = self.predict([turns[i][1] for i in valid], batch_size, histories)
         by_line = {i: {"session_id": turns[i][0], **record} for i, record in zip(valid, records)}
         return [by_line.get(i) or {"line": i + 1, "error": turns[i][2]} for i in range(len(lines))]

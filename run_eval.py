@@ -30,8 +30,8 @@ import sys
 import analysis
 from backends import BACKENDS, open_predictor
 from data.corpus import read_corpus
-from predictor import decode_lines, score
-from utils import write_text
+from predictor import argv_texts, decode_lines, score
+from utils import positive_int, write_text
 
 
 def parse_args(argv=None):
@@ -53,14 +53,14 @@ def parse_args(argv=None):
                         help="runtime (backends.py); the fastdeploy-* ones need a process without paddle, which this script keeps")
     parser.add_argument("--min_confidence", type=float, default=0.0,
                         help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
-    parser.add_argument("--batch_size", type=int, default=64, help="windows per inference call")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="windows per inference call")
     parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads; 0 = one per core")
     return parser.parse_args(argv)
 
 
 def read_utterances(args) -> list:
     """--text values, then the lines of --input_file (or stdin); None for a line that is not UTF-8."""
-    lines = list(args.text)
+    lines = argv_texts(args.text)
     if args.input_file and args.input_file != "-":
         with open(args.input_file, "rb") as f:
             lines += decode_lines(f.read())
@@ -91,9 +91,14 @@ def write_analysis(args, predictor, utterances, predictions) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if None in argv_texts(args.context):
+        sys.exit("--context: a value is not UTF-8")
     if (args.analysis_dir and not args.eval_file) or (args.compare_model_dir and not args.analysis_dir):
         sys.exit("--analysis_dir needs --eval_file, and --compare_model_dir needs --analysis_dir")
-    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
+    try:
+        predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
+    except (ValueError, RuntimeError) as e:  # a broken directory (ExportError), a bad option, a runtime that cannot run it
+        sys.exit(f"run_eval: {e}")
     window = predictor.task.max_seq_length - 2
     out = []
     if args.eval_file:

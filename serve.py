@@ -43,6 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import export_format
 from predictor import Predictor
@@ -135,6 +136,11 @@ class Error(BaseModel):
     items: Optional[List[dict]] = Field(None, description="per utterance: {index, error}")
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its body was complete: nobody to answer, and no
+    fault of the service (counted as client_disconnected, not as an error)."""
+
+
 class RequestError(Exception):
     def __init__(self, status: int, message: str, items: Optional[List[dict]] = None):
         super().__init__(message)
@@ -151,10 +157,13 @@ async def read_json(request: Request, limit: int):
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {declared} bytes: at most {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"request body over {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(413, f"request body over {limit} bytes")
+    except ClientDisconnect:
+        raise ClientGone() from None
     try:
         text = bytes(body).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -165,6 +174,12 @@ async def read_json(request: Request, limit: int):
         raise RequestError(400, f"request body is not JSON: {e}") from None
     except RecursionError:  # ~1,000 nested brackets fit in a small body; the client's fault, not the service's
         raise RequestError(400, "request body is not JSON this service reads: nested too deeply") from None
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A client's string as an error message quotes it: at most `limit` characters (a 70,000-character
+    id is not echoed back)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def validate(model, data):
@@ -342,6 +357,11 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
         counts[f"http_{e.status}"] += 1
         return error_response(e.status, e.message, e.items)
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request, e: ClientGone):
+        counts["client_disconnected"] += 1
+        return Response(status_code=400)  # sent to no one
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):  # unknown routes, wrong methods
         counts[f"http_{e.status_code}"] += 1
@@ -420,7 +440,7 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
     @app.delete("/v1/sessions/{session_id}", status_code=204, responses={404: {"model": Error}}, summary="end a session")
     async def delete_session(session_id: str):
         if not sessions.delete(session_id):
-            raise RequestError(404, f"unknown or expired session_id {session_id!r}")
+            raise RequestError(404, f"unknown or expired session_id {shown(session_id)}")
         return Response(status_code=204)
 
     @app.get("/v1/model", summary="labels, format version, backend, context use and limits")
@@ -441,7 +461,7 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
     async def stats():
         return {"uptime_s": round(time.time() - started, 1), "requests": counts["requests"], "utterances": counts["utterances"],
                 "model_calls": batcher.calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
-                "in_flight": counts["in_flight"], "sessions": len(sessions),
+                "in_flight": counts["in_flight"], "sessions": len(sessions), "client_disconnected": counts["client_disconnected"],
                 "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
 
     def openapi():

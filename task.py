@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import os
 import unicodedata
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from utils import PROJECT_DIR, read_lines
 
@@ -169,15 +169,20 @@ def window_keeps(bounds: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def session_histories(turns: Iterable[Tuple[str, str]], context_turns: int) -> List[List[str]]:
+def session_histories(turns: Iterable[Tuple[str, str]], context_turns: int,
+                      answered: Callable[[str], bool] = lambda text: True) -> List[List[str]]:
     """For (session id, text) pairs in conversation order: the texts of the up to `context_turns`
     turns before each one in its own session, oldest first. What a running assistant knows; no
-    label of an earlier turn is used."""
+    label of an earlier turn is used. A turn joins its session only when `answered(text)`: one
+    whose record is an error (empty, over-long) is no turn of the conversation, in every front
+    end (the service refuses it; slu.h's History)."""
     seen: Dict[str, List[str]] = {}
     histories = []
     for session_id, text in turns:
         previous = seen.setdefault(session_id, [])
         histories.append(list(previous))
+        if not answered(text):
+            continue
         previous.append(text)
         del previous[: len(previous) - context_turns]  # keeps the last context_turns (none for 0)
     return histories

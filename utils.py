@@ -1,6 +1,7 @@
 """Small helpers every part of the project shares: files written whole or not at all, JSON,
 Markdown tables, padding, the CPU math-library switch. Plain Python + numpy, no
 import-time side effects (FastDeploy front ends import this and must never load paddle)."""
+import argparse
 import contextlib
 import hashlib
 import json
@@ -155,6 +156,17 @@ def prefer_avx2_mkl() -> None:
         amd = False
     if amd:
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1 (--batch_size 0 would loop forever or fail deep inside)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return number
 
 
 def cpu_threads(requested: int) -> int:

@@ -241,7 +241,7 @@ def main(argv=None):
 
     with open(os.path.join(PROJECT_DIR, "tests", "edge_cases.json"), encoding="utf-8") as f:
         garbage = [c["text"] for c in json.load(f)] + GARBAGE
-    garbage = [t for t in garbage if predictor.check(predictor.task.encode(t)) is None]
+    garbage = [t for t in garbage if predictor.text_error(t) is None]
     garbage_preds = predictor.predict_with_logits(garbage)[1]
     by_decoder = {}
     for d, decoder in decoders.items():

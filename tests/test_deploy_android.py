@@ -15,15 +15,23 @@ from data.corpus import read_corpus
 CONVERT = os.path.join(utils.PROJECT_DIR, "deploy", "android", "convert.py")
 
 
-def test_lite_conversion_matches_paddle_inference(trained, synthetic_dir, tmp_path):
+def test_lite_conversion_matches_paddle_inference(trained, synthetic_dir, tmp_path, cpp_demo):
     setup = subprocess.run(["make", "-s", "lite-setup"], cwd=utils.PROJECT_DIR, capture_output=True, text=True)
     assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
     out = tmp_path / "android-model"
     proc = subprocess.run([sys.executable, CONVERT, "--model_dir", os.path.join(trained, "infer_model"), "--output_dir", str(out),
                            "--verify_file", os.path.join(synthetic_dir, "test.txt")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    shipped = [f for f in export_format.FILES if f not in (export_format.GRAPH_FILE, export_format.PARAMS_FILE)]
+    shipped = [f for f in export_format.FILES if f != export_format.PARAMS_FILE]
     assert sorted(os.listdir(out)) == sorted(["model.nb", "verify.json"] + shipped)
+    # the app directory as slu_jni.cc reads it (slu::Model with model.nb), and a flipped model.nb refused by name
+    app = [cpp_demo, "--model_dir", str(out), "--weights_file", "model.nb", "--tokenize_only", "--text", "导航"]
+    assert subprocess.run(app, capture_output=True, text=True).returncode == 0
+    data = bytearray((out / "model.nb").read_bytes())
+    data[len(data) // 2] ^= 1
+    (out / "model.nb").write_bytes(bytes(data))
+    proc = subprocess.run(app, capture_output=True, text=True)
+    assert proc.returncode == 1 and f"{out}/model.nb: its content differs from manifest.json" in proc.stderr, proc.stderr
     report = utils.load_json(str(out / "verify.json"))
     assert report["utterances"] == len(read_corpus(os.path.join(synthetic_dir, "test.txt"))) and report["prediction_agreement"] == 1.0 and report["max_abs_logit_diff"] <= 1e-4
     assert report["arm_nb_mb"] > 1

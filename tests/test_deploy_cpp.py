@@ -50,44 +50,111 @@ def test_cpp_reads_the_contract_python_writes(demo):
     }
 
 
-def edit_config(directory, **changes):
+def edit_config(directory, resign=True, **changes):
+    """Change inference_config.json; `resign`: on purpose, so the manifest is written anew."""
     path = os.path.join(directory, export_format.CONFIG_FILE)
     utils.save_json(path, {**utils.load_json(path), **changes})
+    if resign:
+        export_format.write_manifest(directory)
 
 
-@pytest.mark.parametrize("name, change, cpp_error", [
-    ("format_version", {"format_version": 2}, "format_version 2; this build reads format_version 3"),
-    ("context budget", {"context_turns": 2, "max_context_tokens": 0},
-     "context_turns 2 with max_context_tokens 0: a context model needs room for one token and its [SEP]"),
+def first_weight_offset(params_path):
+    """Byte offset of the first tensor's data in a pdiparams file (no LoD: 4 + 8 + 4 + 4 + TensorDesc)."""
+    with open(params_path, "rb") as f:
+        head = f.read(20)
+    return 20 + int.from_bytes(head[16:20], "little")
+
+
+def damage(directory, change):
+    """One way a directory breaks (the table below): config edits, or a named damage to a file."""
+    config, params, intents = (os.path.join(directory, n) for n in (export_format.CONFIG_FILE, export_format.PARAMS_FILE,
+                                                                     export_format.INTENT_LABEL_FILE))
+    if isinstance(change, dict):
+        edit_config(directory, resign=False, **change)
+    elif change == "vocab+1":  # a token more in vocab.txt and in vocab_size: only the graph's table disagrees
+        with open(os.path.join(directory, "vocab.txt"), "a", encoding="utf-8") as f:
+            f.write("新新\n")
+        edit_config(directory, resign=False, vocab_size=len(utils.read_lines(os.path.join(directory, "vocab.txt"))))
+    elif change == "bom":
+        data = open(config, "rb").read()
+        open(config, "wb").write(b"\xef\xbb\xbf" + data)
+    elif change == "infinite temperature":
+        text = open(config, encoding="utf-8").read()
+        cal = json.loads(text)["calibration"]
+        open(config, "w", encoding="utf-8").write(text.replace(f'"intent_temperature": {cal["intent_temperature"]}', '"intent_temperature": Infinity'))
+    elif change in ("duplicate intent", "swapped intents"):
+        labels = utils.read_lines(intents)
+        labels[:2] = [labels[1], labels[1]] if change == "duplicate intent" else [labels[1], labels[0]]
+        utils.write_lines(intents, labels)
+    elif change == "cut weights":
+        data = open(params, "rb").read()
+        open(params, "wb").write(data[:-1000])
+    elif change in ("flipped weights", "nan weight"):
+        data = bytearray(open(params, "rb").read())
+        if change == "nan weight":  # one NaN in the first row of the word embeddings
+            data[first_weight_offset(params) : first_weight_offset(params) + 4] = np.float32(np.nan).tobytes()
+        else:
+            for k in range(16):  # low mantissa bits of the last weights: no NaN, other answers
+                data[-4 * (k + 1)] ^= 0x01
+        open(params, "wb").write(bytes(data))
+    elif change == "no manifest":
+        os.remove(os.path.join(directory, export_format.MANIFEST_FILE))
+    else:
+        with open(config, "w") as f:
+            f.write(change)
+
+
+# One table for both readers: each broken directory is refused by export_format.read and by slu.cc,
+# both naming the same file and problem (`error` is in both messages).
+BROKEN_DIRECTORIES = [
+    ("format_version", {"format_version": 3}, "format_version 3; this"),
+    ("context budget", {"context_turns": 2, "max_context_tokens": 0}, "inference_config.json: context_turns 2 with max_context_tokens 0"),
     ("calibration", {"calibration": {"intent_temperature": -1, "slot_temperature": 1, "fitted_on": None}},
      "calibration intent_temperature must be a positive number, not -1"),
-    ("calibration keys", {"calibration": {"intent_temperature": 1}}, "calibration {\"intent_temperature\":1} must hold exactly"),
+    ("calibration keys", {"calibration": {"intent_temperature": 1}}, "must hold exactly"),
+    ("infinite temperature", "infinite temperature", "inference_config.json: not valid JSON"),
+    ("BOM", "bom", "inference_config.json: not valid JSON (Unexpected UTF-8 BOM"),
     ("transitions", {"slot_transitions": [[0.0]]}, "slot_transitions must be null or 32 rows of 32 finite numbers"),
     ("slot table", {"intent_slot_types": {"OTHERS": []}}, "intent_slot_types must name every intent label once"),
     ("vocab_size", {"vocab_size": 7}, "vocab.txt: 312 tokens, inference_config.json says 7"),
     ("num_intents", {"num_intents": 12}, "intent_label.txt: 11 intents, inference_config.json says 12"),
-    ("missing key", {"max_utterance_tokens": None}, "inference_config.json: max_utterance_tokens must be an integer, not null"),
+    ("duplicate intent label", "duplicate intent", "duplicate intent labels ['"),
+    ("missing key", {"max_utterance_tokens": None}, "inference_config.json: max_utterance_tokens must be an integer, not "),
     ("not an integer", {"max_seq_length": 16.5}, "inference_config.json: max_seq_length must be an integer, not 16.5"),
     ("invalid JSON", "{", "inference_config.json: not valid JSON"),
     ("rows beyond the position table", {"max_seq_length": 4096}, "tokens per row, but model.pdmodel has 2048 positions"),
     ("a vocabulary longer than the embedding table", "vocab+1", "model.pdmodel: the word embedding table has"),
-])
-def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_path, name, change, cpp_error):
+    ("cut weights", "cut weights", "model.pdiparams: not a complete Paddle weights file (cut short"),
+    ("NaN weight", "nan weight", "model.pdiparams: tensor 1 of"),
+    ("flipped weights", "flipped weights", "model.pdiparams: its content differs from manifest.json"),
+    ("swapped intent labels", "swapped intents", "intent_label.txt: its content differs from manifest.json"),
+    ("edited config", {"model": {"architecture": "other"}}, "bytes, manifest.json says"),
+    ("no manifest", "no manifest", ": missing manifest.json"),
+]
+
+
+@pytest.mark.parametrize("name, change, error", BROKEN_DIRECTORIES, ids=[row[0] for row in BROKEN_DIRECTORIES])
+def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_path, name, change, error):
     broken = shutil.copytree(os.path.join(trained, "infer_model"), str(tmp_path / "broken"))
-    if change == "vocab+1":  # a token more in vocab.txt and in vocab_size: only the graph's table disagrees
-        with open(os.path.join(broken, "vocab.txt"), "a", encoding="utf-8") as f:
-            f.write("新新\n")
-        edit_config(broken, vocab_size=len(utils.read_lines(os.path.join(broken, "vocab.txt"))))
-    elif isinstance(change, str):
-        with open(os.path.join(broken, export_format.CONFIG_FILE), "w") as f:
-            f.write(change)
-    else:
-        edit_config(broken, **change)
-    with pytest.raises(export_format.ExportError):
+    damage(broken, change)
+    error = error.replace("312", str(len(utils.read_lines(os.path.join(broken, "vocab.txt")))))
+    with pytest.raises(export_format.ExportError) as python_error:
         export_format.read(broken)
+    assert error in str(python_error.value) and broken in str(python_error.value)
     proc = subprocess.run([demo, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)
-    expected = cpp_error.replace("312", str(len(utils.read_lines(os.path.join(broken, "vocab.txt")))))
-    assert proc.returncode == 1 and f"slu_demo: {broken}/" in proc.stderr and expected in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and f"slu_demo: {broken}" in proc.stderr and error in proc.stderr, proc.stderr
+    if name == "NaN weight":
+        assert "holds 1 value(s) that are not finite (first at flat index 0)" in proc.stderr + str(python_error.value)
+
+
+@pytest.mark.parametrize("value", ["nan", "1.5", "-0.1"])
+def test_min_confidence_outside_0_1_is_refused_by_both(demo, trained, value):
+    model_dir = os.path.join(trained, "infer_model")
+    proc = subprocess.run([demo, "--model_dir", model_dir, "--min_confidence", value, "--text", "导航"], capture_output=True, text=True)
+    assert proc.returncode == 2 and f"min_confidence {value}: must lie in [0, 1]" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, os.path.join(utils.PROJECT_DIR, "run_eval.py"), "--model_dir", model_dir, "--backend", "onnxruntime",
+                           "--min_confidence", value, "--text", "导航"], capture_output=True, text=True)
+    assert proc.returncode != 0 and f"min_confidence {value}: must lie in [0, 1]" in proc.stderr, proc.stderr[-2000:]
 
 
 def session_lines(turns):
@@ -111,6 +178,7 @@ def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path,
         edit_config(corpus_dir, vocab_size=len(corpus_tokenizer), max_seq_length=10, context_turns=2, max_context_tokens=12)
         with open(os.path.join(corpus_dir, export_format.GRAPH_FILE), "wb") as f:  # tables to match: only tokenization runs
             f.write(embedding_program(len(corpus_tokenizer), 22))
+        export_format.write_manifest(corpus_dir)
         cases.append((corpus_dir, [(u.session_id, u.text) for u in corpus] + [("tricky", t) for t in TRICKY]))
     for directory, turns in cases:
         the_task = export_format.read(directory).task
@@ -177,8 +245,8 @@ def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):
     broken = shutil.copytree(model_dir, str(tmp_path / "broken"))
     os.remove(os.path.join(broken, "vocab.txt"))
     proc = subprocess.run([demo, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and f"{broken}/vocab.txt: cannot open" in proc.stderr
-    # weights that give NaN: refused after one probe row, before any answer, in Python's words
+    assert proc.returncode == 1 and f"{broken}: missing vocab.txt" in proc.stderr
+    # NaN weights: refused before any answer, in Python's words
     nan = shutil.copytree(model_dir, str(tmp_path / "nan"))
     params = os.path.join(nan, "model.pdiparams")
     data = bytearray(open(params, "rb").read())
@@ -186,7 +254,10 @@ def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):
     open(params, "wb").write(bytes(data))
     proc = subprocess.run([demo, "--model_dir", nan, "--text", "导航"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stdout == ""
-    assert f"{nan} (openvino): the graph's outputs are not finite (NaN or inf) on a probe input: model.pdiparams is damaged" in proc.stderr
+    with pytest.raises(export_format.ExportError) as python_error:
+        export_format.read(nan)
+    assert f"{nan}/model.pdiparams: tensor " in proc.stderr and "value(s) that are not finite" in proc.stderr
+    assert str(python_error.value) in proc.stderr
 
 
 def test_cpp_demo_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(demo, trained, synthetic_splits):

@@ -5,8 +5,9 @@ the conversion on this machine.
     python deploy/android/convert.py --model_dir output/demo/infer_model --output_dir output/android-model \
         --verify_file data/prepared/test.txt
 
-Writes <output_dir>/model.nb (ARM, what the app loads) beside vocab.txt, the label files and
-inference_config.json (the app's assets). With --verify_file it also converts for x86, runs
+Writes <output_dir>/model.nb (ARM, what the app loads) beside model.pdmodel (its embedding tables
+are checked against the vocabulary), vocab.txt, the label files, inference_config.json and a
+manifest.json over them all (the app's assets; slu.cc verifies every digest at load). With --verify_file it also converts for x86, runs
 that .nb through Paddle Lite's x86 light API (deploy/android/lite_logits.py, in .venv-lite) on
 the file's utterances and compares the predictions with Paddle Inference on the same export
 (run_eval.py's engine): agreement and largest logit difference go to verify.json, and the exit
@@ -28,8 +29,9 @@ from predictor import run_windows
 from utils import PROJECT_DIR, save_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# what the app ships besides model.nb: every file of the exported directory but the Paddle graph
-ASSETS = [f for f in export_format.FILES if f not in (export_format.GRAPH_FILE, export_format.PARAMS_FILE)]
+# what the app ships besides model.nb and its own manifest: every file of the exported directory but the weights
+LITE_MODEL_FILE = "model.nb"  # slu_jni.cc's kLiteModelFile
+ASSETS = [f for f in export_format.FILES if f not in (export_format.PARAMS_FILE, export_format.MANIFEST_FILE)]
 
 
 def lite_tool(lite_venv: str, name: str) -> str:
@@ -95,6 +97,7 @@ def main(argv=None):
     nb = convert(args.model_dir, "arm", os.path.join(args.output_dir, "model"), args.lite_venv)
     for name in ASSETS:
         shutil.copy(os.path.join(args.model_dir, name), args.output_dir)
+    export_format.write_manifest(args.output_dir, [LITE_MODEL_FILE, *ASSETS])
     print(f"{nb}: {os.path.getsize(nb) / 1e6:.2f} MB (ARM), with {', '.join(ASSETS)}")
     if not args.verify_file:
         return

@@ -20,7 +20,7 @@
 namespace {
 
 struct Args {
-  std::string model_dir, precision = "f32", logits_file;
+  std::string model_dir, precision = "f32", logits_file, weights_file = slu::kParamsFile;
   std::vector<std::string> texts, context;
   int cpu_threads = 0;
   double min_confidence = 0.0;
@@ -29,7 +29,7 @@ struct Args {
 
 const char* kUsage =
     "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--context EARLIER]... [--sessions] [--cpu_threads N]\n"
-    "                [--precision f32|bf16] [--min_confidence P] [--tokenize_only | --logits_file FILE]\n"
+    "                [--precision f32|bf16] [--min_confidence P] [--tokenize_only | --logits_file FILE] [--weights_file NAME]\n"
     "       slu_demo --print_contract\n"
     "  without --text, one utterance per stdin line; --context: an earlier utterance of the --text utterances' session\n"
     "  (repeat, oldest first; read by models trained with context); --sessions: stdin lines are JSON objects\n"
@@ -38,6 +38,8 @@ const char* kUsage =
     "  is below P say \"fallback\": true; --tokenize_only prints token ids and offsets (tests); --logits_file decodes\n"
     "  logits given in FILE instead of running the model (float32: per utterance without an error record, its\n"
     "  intent logits, then its tokens' slot logits; tests and the decoding benchmark) and times the decoding;\n"
+    "  --weights_file model.nb reads an Android app directory (deploy/android/convert.py) as the app does, with\n"
+    "  --tokenize_only or --logits_file;\n"
     "  --print_contract prints the export contract this build reads (tests compare it with export_format.py)\n";
 
 Args ParseArgs(int argc, char** argv) {
@@ -58,10 +60,12 @@ Args ParseArgs(int argc, char** argv) {
     else if (flag == "--logits_file") args.logits_file = value();
     else if (flag == "--tokenize_only") args.tokenize_only = true;
     else if (flag == "--print_contract") args.print_contract = true;
+    else if (flag == "--weights_file") args.weights_file = value();
     else throw std::invalid_argument("unknown flag " + flag);
   }
   if (args.model_dir.empty() && !args.print_contract) throw std::invalid_argument("--model_dir is required");
   if (args.precision != "f32" && args.precision != "bf16") throw std::invalid_argument("--precision must be f32 or bf16");
+  slu::CheckMinConfidence(args.min_confidence);
   return args;
 }
 
@@ -95,7 +99,7 @@ int main(int argc, char** argv) {
     for (std::string line; std::getline(std::cin, line);) texts.push_back(line.size() && line.back() == '\r' ? line.substr(0, line.size() - 1) : line);
 
   try {
-    slu::Model model(args.model_dir);
+    slu::Model model(args.model_dir, args.weights_file);
     ov::CompiledModel compiled;
     std::ifstream given_logits;
     if (!args.logits_file.empty()) {
@@ -103,6 +107,8 @@ int main(int argc, char** argv) {
       if (!given_logits) throw std::runtime_error(args.logits_file + ": cannot open");
     }
     const bool run_model = !args.tokenize_only && args.logits_file.empty();
+    if (run_model && args.weights_file != slu::kParamsFile)
+      throw std::invalid_argument("--weights_file " + args.weights_file + ": OpenVINO runs model.pdiparams; use it with --tokenize_only or --logits_file");
     double decode_ms = 0;
     if (run_model) {
       ov::Core core;
@@ -152,12 +158,12 @@ int main(int argc, char** argv) {
         std::cout << slu::LineErrorJson(n + 1, e.what()) << "\n";
         continue;
       }
-      if (args.sessions) histories.at(session_id).Add(text);
+      const std::string error = model.Check(enc);
+      if (args.sessions && error.empty()) histories.at(session_id).Add(text);  // answered turns only (slu.h, History)
       if (args.tokenize_only) {
         std::cout << TokensJson(enc) << "\n";
         continue;
       }
-      const std::string error = model.Check(enc);
       if (!error.empty()) {
         emit(slu::ErrorJson(text, error));
         continue;

@@ -4,14 +4,17 @@
 #include <cmath>
 #include <fstream>
 #include <iterator>
+#include <cstring>
 #include <limits>
+#include <map>
 #include <set>
+#include <sstream>
 
 #include "nlohmann/json.hpp"
 
 namespace slu {
 
-const std::vector<std::string> kFiles = {kGraphFile, kParamsFile, kVocabFile, kIntentLabelFile, kSlotLabelFile, kConfigFile};
+const std::vector<std::string> kFiles = {kGraphFile, kParamsFile, kVocabFile, kIntentLabelFile, kSlotLabelFile, kConfigFile, kManifestFile};
 const std::vector<std::string> kRequiredKeys = {
     "format_version", "max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size",
     "special_tokens", "num_intents", "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"};
@@ -33,14 +36,69 @@ std::string StripEol(std::string line) {
   return line;
 }
 
+// SHA-256 (FIPS 180-4) of a file's bytes, hex: the digests of manifest.json (export_format.check_manifest).
+std::string Sha256Hex(const std::string& data) {
+  static const uint32_t k[64] = {
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be,
+      0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa,
+      0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85,
+      0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3,
+      0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f,
+      0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
+  std::string msg = data;
+  const uint64_t bits = static_cast<uint64_t>(data.size()) * 8;
+  msg += static_cast<char>(0x80);
+  while (msg.size() % 64 != 56) msg += '\0';
+  for (int i = 7; i >= 0; --i) msg += static_cast<char>((bits >> (8 * i)) & 0xff);
+  for (size_t block = 0; block < msg.size(); block += 64) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i)
+      w[i] = (uint32_t(uint8_t(msg[block + 4 * i])) << 24) | (uint32_t(uint8_t(msg[block + 4 * i + 1])) << 16) |
+             (uint32_t(uint8_t(msg[block + 4 * i + 2])) << 8) | uint32_t(uint8_t(msg[block + 4 * i + 3]));
+    for (int i = 16; i < 64; ++i) {
+      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 64; ++i) {
+      const uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      hh = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
+  }
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (uint32_t v : h)
+    for (int i = 28; i >= 0; i -= 4) out += hex[(v >> i) & 0xf];
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in = OpenOrThrow(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 // Label lines with a visible character (utils.read_lines keeps the non-blank ones: the same for labels).
-std::vector<std::string> ReadLabels(const std::string& path) {
+// Repeated labels are refused, as task.LabelMaps does ("duplicate intent labels [...]").
+std::vector<std::string> ReadLabels(const std::string& path, const std::string& kind) {
   std::ifstream in = OpenOrThrow(path);
   std::vector<std::string> out;
   for (std::string line; std::getline(in, line);) {
     line = StripEol(line);
     std::u32string text = DecodeUtf8(line);
     if (std::any_of(text.begin(), text.end(), CarriesToken)) out.push_back(line);
+  }
+  std::set<std::string> seen, repeated;
+  for (const std::string& label : out)
+    if (!seen.insert(label).second) repeated.insert(label);
+  if (!repeated.empty()) {
+    std::string list = "[";
+    for (const std::string& label : repeated) list += (list.size() > 1 ? ", '" : "'") + label + "'";
+    throw std::runtime_error(path + ": duplicate " + kind + " labels " + list + "]");
   }
   return out;
 }
@@ -122,7 +180,8 @@ Decoding ReadDecoding(const Json& config, const std::vector<std::string>& intent
   if (!calibration.is_object() || calibration.size() != 3 || !calibration.contains("fitted_on"))
     fail(kConfigFile, "calibration " + calibration.dump() + " must hold exactly [fitted_on, intent_temperature, slot_temperature]");
   for (const char* key : {"intent_temperature", "slot_temperature"}) {
-    if (!calibration.contains(key) || !calibration[key].is_number() || calibration[key].get<double>() <= 0)
+    if (!calibration.contains(key) || !calibration[key].is_number() || !(calibration[key].get<double>() > 0) ||
+        !std::isfinite(calibration[key].get<double>()))
       fail(kConfigFile, std::string("calibration ") + key + " must be a positive number, not " + (calibration.contains(key) ? calibration[key].dump() : "missing"));
   }
   d.intent_temperature = calibration["intent_temperature"].get<double>();
@@ -270,6 +329,101 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> LookupTables(const std
   }
 }
 
+// export_format.check_weights: model.pdiparams (Paddle's save_combine stream: per tensor uint32
+// version, uint64 LoD levels with their bytes, uint32 tensor version, int32 TensorDesc size, the
+// TensorDesc, the raw data) whole, every floating-point value finite.
+void CheckWeights(const std::string& params_path) {
+  const std::string data = ReadFile(params_path);
+  size_t i = 0, count = 0;
+  auto take = [&](uint64_t n) {
+    if (n > data.size() - i)
+      throw std::runtime_error(params_path + ": not a complete Paddle weights file (cut short: tensor " + std::to_string(count + 1) +
+                               " needs bytes " + std::to_string(i) + ".." + std::to_string(i + n) + ", the file has " +
+                               std::to_string(data.size()) + ")");
+    i += n;
+    return data.data() + i - n;
+  };
+  auto uint = [&](int bytes) {
+    const char* p = take(bytes);
+    uint64_t v = 0;
+    for (int k = bytes - 1; k >= 0; --k) v = (v << 8) | uint8_t(p[k]);
+    return v;
+  };
+  struct Bad { size_t tensor; std::string dtype; std::vector<int64_t> dims; size_t count, first; };
+  std::vector<Bad> bad;
+  while (i < data.size()) {
+    if (uint(4) != 0) throw std::runtime_error(params_path + ": not a complete Paddle weights file (tensor " + std::to_string(count + 1) + ": unknown version)");
+    for (uint64_t level = uint(8); level > 0; --level) take(uint(8));
+    if (uint(4) != 0) throw std::runtime_error(params_path + ": not a complete Paddle weights file (tensor " + std::to_string(count + 1) + ": unknown tensor version)");
+    const uint64_t desc_size = uint(4);
+    const std::string desc(take(desc_size), desc_size);
+    ++count;
+    uint64_t code = 0;
+    bool has_code = false;
+    for (const WireField& f : WireFields(desc))
+      if (f.number == 1 && !has_code) code = f.varint, has_code = true;
+    static const std::unordered_map<uint64_t, std::pair<std::string, int>> kTypes = {
+        {0, {"bool", 1}}, {1, {"int16", 2}}, {2, {"int32", 4}}, {3, {"int64", 8}}, {4, {"float16", 2}}, {5, {"float32", 4}},
+        {6, {"float64", 8}}, {20, {"uint8", 1}}, {21, {"int8", 1}}, {22, {"bfloat16", 2}}};
+    auto type = kTypes.find(code);
+    if (!has_code || type == kTypes.end())
+      throw std::runtime_error(params_path + ": not a complete Paddle weights file (unknown data type " + std::to_string(code) + ")");
+    const std::vector<int64_t> dims = TensorDims(desc);
+    uint64_t numel = 1;
+    for (int64_t d : dims) {
+      if (d < 0) throw std::runtime_error(params_path + ": not a complete Paddle weights file (tensor " + std::to_string(count) + ": negative dimension)");
+      numel *= static_cast<uint64_t>(d);
+    }
+    const char* raw = take(numel * type->second.second);
+    size_t n_bad = 0, first = 0;
+    for (uint64_t k = 0; k < numel && (code == 5 || code == 6 || code == 22); ++k) {
+      double v;
+      if (code == 5) { float f; std::memcpy(&f, raw + 4 * k, 4); v = f; }
+      else if (code == 6) std::memcpy(&v, raw + 8 * k, 8);
+      else { uint32_t u = uint32_t(uint8_t(raw[2 * k])) << 16 | uint32_t(uint8_t(raw[2 * k + 1])) << 24; float f; std::memcpy(&f, &u, 4); v = f; }
+      if (!std::isfinite(v) && n_bad++ == 0) first = k;
+    }
+    if (code == 4)  // float16: exponent bits all ones
+      for (uint64_t k = 0; k < numel; ++k)
+        if (((uint8_t(raw[2 * k + 1]) >> 2) & 0x1f) == 0x1f && n_bad++ == 0) first = k;
+    if (n_bad) bad.push_back({count, type->second.first, dims, n_bad, first});
+  }
+  if (!bad.empty()) {
+    const Bad& b = bad.front();
+    std::string dims = "[";
+    for (size_t k = 0; k < b.dims.size(); ++k) dims += (k ? ", " : "") + std::to_string(b.dims[k]);
+    throw std::runtime_error(params_path + ": tensor " + std::to_string(b.tensor) + " of " + std::to_string(count) + " (" + b.dtype + " " + dims +
+                             "]) holds " + std::to_string(b.count) + " value(s) that are not finite (first at flat index " +
+                             std::to_string(b.first) + "): the weights are damaged or training diverged");
+  }
+}
+
+// export_format.check_manifest: every file of `names` as manifest.json recorded it.
+void CheckManifest(const std::string& model_dir, std::vector<std::string> names) {
+  const std::string path = model_dir + "/" + kManifestFile;
+  std::map<std::string, std::pair<uint64_t, std::string>> recorded;
+  try {
+    const Json manifest = Json::parse(ReadFile(path));
+    for (const auto& [name, entry] : manifest.at("files").items())
+      recorded[name] = {entry.at("bytes").get<uint64_t>(), entry.at("sha256").get<std::string>()};
+  } catch (const Json::exception& e) {
+    throw std::runtime_error(path + ": not a manifest (" + e.what() + "); re-export the model");
+  }
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> listed;
+  for (const auto& entry : recorded) listed.push_back(entry.first);
+  if (listed != names) throw std::runtime_error(path + ": lists " + Json(listed).dump() + "; the directory's files are " + Json(names).dump());
+  for (const std::string& name : names) {
+    const std::string content = ReadFile(model_dir + "/" + name);
+    if (content.size() != recorded[name].first)
+      throw std::runtime_error(model_dir + "/" + name + ": " + std::to_string(content.size()) + " bytes, " + kManifestFile + " says " +
+                               std::to_string(recorded[name].first) + ": the file was cut, extended or replaced after export");
+    if (Sha256Hex(content) != recorded[name].second)
+      throw std::runtime_error(model_dir + "/" + name + ": its content differs from " + kManifestFile +
+                               " (sha256): the file was changed or replaced after export (damaged, or taken from another model)");
+  }
+}
+
 }  // namespace
 
 // export_format.check_graph_tables: the word table has vocab_size rows; the largest other table
@@ -299,16 +453,24 @@ void Model::CheckGraphTables() const {
                              " has " + std::to_string(positions) + " positions");
 }
 
-Model::Model(const std::string& model_dir) {
-  for (const std::string& name : kFiles) OpenOrThrow(model_dir + "/" + name);
+Model::Model(const std::string& model_dir, const std::string& weights_file) {
+  // the app ships model.nb in place of model.pdiparams (deploy/android/convert.py)
+  std::vector<std::string> files;
+  for (const std::string& name : kFiles) files.push_back(name == kParamsFile ? weights_file : name);
+  std::string missing;  // export_format.read's message
+  for (const std::string& name : files)
+    if (!std::ifstream(model_dir + "/" + name)) missing += (missing.empty() ? "" : ", ") + name;
+  if (!missing.empty()) throw std::runtime_error(model_dir + ": missing " + missing);
   graph_path_ = model_dir + "/" + kGraphFile;
   model_dir_ = model_dir;
   const std::string config_path = model_dir + "/" + kConfigFile;
   auto fail = [&](const std::string& file, const std::string& problem) { throw std::runtime_error(model_dir + "/" + file + ": " + problem); };
   Json config;
   try {
-    std::ifstream in = OpenOrThrow(config_path);
-    config = Json::parse(in);
+    const std::string text = ReadFile(config_path);
+    if (text.compare(0, 3, "\xEF\xBB\xBF") == 0)  // nlohmann skips a BOM; Python's json (and the contract) refuse it
+      fail(kConfigFile, "not valid JSON (Unexpected UTF-8 BOM)");
+    config = Json::parse(text);
   } catch (const Json::exception& e) {
     fail(kConfigFile, std::string("not valid JSON (") + e.what() + ")");
   }
@@ -343,8 +505,8 @@ Model::Model(const std::string& model_dir) {
       return it->second;
     };
     pad_id_ = special("pad"), cls_id_ = special("cls"), sep_id_ = special("sep"), unk_id_ = special("unk");
-    intents_ = ReadLabels(model_dir + "/" + kIntentLabelFile);
-    slot_tags_ = ReadLabels(model_dir + "/" + kSlotLabelFile);
+    intents_ = ReadLabels(model_dir + "/" + kIntentLabelFile, "intent");
+    slot_tags_ = ReadLabels(model_dir + "/" + kSlotLabelFile, "slot");
     if (intents_.size() != config["num_intents"].get<size_t>())
       fail(kIntentLabelFile, std::to_string(intents_.size()) + " intents, " + kConfigFile + " says " + config["num_intents"].dump());
     if (slot_tags_.size() != config["num_slot_tags"].get<size_t>())
@@ -359,6 +521,23 @@ Model::Model(const std::string& model_dir) {
                           ": a context model needs room for one token and its [SEP] (>= 2), a model without context 0");
   if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
   CheckGraphTables();
+  if (weights_file == kParamsFile) {
+    try {
+      CheckWeights(model_dir + "/" + kParamsFile);
+    } catch (const std::invalid_argument& e) {  // a TensorDesc that is no protobuf message
+      fail(kParamsFile, std::string("not a complete Paddle weights file (") + e.what() + ")");
+    }
+  }
+  files.erase(std::find(files.begin(), files.end(), kManifestFile));
+  CheckManifest(model_dir, files);
+}
+
+void CheckMinConfidence(double min_confidence) {
+  if (!(min_confidence >= 0.0 && min_confidence <= 1.0)) {  // NaN included
+    std::ostringstream value;
+    value << min_confidence;
+    throw std::invalid_argument("min_confidence " + value.str() + ": must lie in [0, 1]");
+  }
 }
 
 
@@ -436,7 +615,7 @@ Encoded Model::Encode(const std::string& utf8_text, const std::vector<std::strin
 }
 
 void History::Add(const std::string& utf8_text) {
-  texts_.push_back(utf8_text);
+  texts_.push_back(utf8_text);  // callers add answered turns only (slu.h)
   if (texts_.size() > turns_) texts_.erase(texts_.begin(), texts_.begin() + (texts_.size() - turns_));
 }
 
@@ -546,7 +725,7 @@ std::string Model::Describe(const Encoded& enc, const float* intent_logits, cons
                      {"confidence", Round4(confidence)}});
   }
   Json record = {{"text", EncodeUtf8(enc.text)}, {"intent", intents_[intent]}, {"confidence", Round4(intent_probs[intent])},
-                 {"intent_ranking", ranked}, {"slots", slots}, {"fallback", weakest < min_confidence}};
+                 {"intent_ranking", ranked}, {"slots", slots}, {"fallback", !(weakest >= min_confidence)}};  // NaN falls back
   return record.dump();
 }
 

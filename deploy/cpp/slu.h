@@ -13,13 +13,14 @@
 namespace slu {
 
 // The export contract, as export_format.py states it (tests/test_deploy_cpp.py compares the two).
-constexpr int kFormatVersion = 3;
+constexpr int kFormatVersion = 4;
 constexpr const char* kGraphFile = "model.pdmodel";
 constexpr const char* kParamsFile = "model.pdiparams";
 constexpr const char* kVocabFile = "vocab.txt";
 constexpr const char* kIntentLabelFile = "intent_label.txt";
 constexpr const char* kSlotLabelFile = "slot_label.txt";
 constexpr const char* kConfigFile = "inference_config.json";
+constexpr const char* kManifestFile = "manifest.json";
 extern const std::vector<std::string> kFiles;          // every file of an exported directory
 extern const std::vector<std::string> kRequiredKeys;   // of inference_config.json
 extern const std::vector<std::string> kOutputRoles;    // graph outputs, in fetch order
@@ -44,7 +45,9 @@ struct Encoded {
   std::vector<std::pair<size_t, size_t>> bounds;  // utterance tokens [start, end) of each row
 };
 
-// The earlier utterances of one session, the last `turns` of them (task.session_histories).
+// The earlier utterances of one session, the last `turns` of them (task.session_histories). Only
+// turns that were answered join it (a turn whose record is an error, e.g. an empty or over-long
+// utterance, does not): the one definition of a session turn, predictor.Predictor.predict_sessions.
 class History {
  public:
   explicit History(size_t turns = 0) : turns_(turns) {}
@@ -80,11 +83,13 @@ std::vector<int> DecodeTags(const Decoding& d, const float* token_logits, size_t
 std::vector<double> SpanConfidences(const Decoding& d, const float* token_logits, const std::vector<int>& tag_ids,
                                     const std::vector<std::pair<int, int>>& spans, size_t intent, double temperature);
 
-// An exported model directory, read and checked against its inference_config.json; throws
-// std::runtime_error naming the file and the problem.
+// An exported model directory, read and checked as export_format.read does (every file against
+// inference_config.json, the weights whole and finite, then every file against manifest.json);
+// throws std::runtime_error naming the file and the problem. `weights_file`: the app's model.nb
+// stands in for model.pdiparams (its manifest lists it; its format is not read here).
 class Model {
  public:
-  explicit Model(const std::string& model_dir);
+  explicit Model(const std::string& model_dir, const std::string& weights_file = kParamsFile);
 
   // Why an utterance gets no prediction (the error of its record), or "" (predictor.Predictor.check).
   std::string Check(const Encoded& enc) const;
@@ -146,6 +151,8 @@ struct Span {
 std::vector<Span> BioSpans(const std::vector<std::string>& tags);
 
 std::string ErrorJson(const std::string& utf8_text, const std::string& error);
+// predictor.Predictor's check of min_confidence: in [0, 1] (NaN is not); throws std::invalid_argument.
+void CheckMinConfidence(double min_confidence);
 std::string LineErrorJson(size_t line, const std::string& error);  // {"line": N, "error": ...}
 
 // One line of session input (predictor.parse_turn): true with *session_id and *text set, or false

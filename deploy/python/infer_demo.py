@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from backends import FASTDEPLOY_BACKENDS, open_predictor
-from predictor import decode_lines
+from predictor import argv_texts, decode_lines
+from utils import positive_int
 
 
 def main(argv=None):
@@ -30,7 +31,7 @@ def main(argv=None):
                         help="stdin lines are JSON objects {\"session_id\", \"text\"} in conversation order (run_eval.py --sessions_file)")
     parser.add_argument("--min_confidence", type=float, default=0.0,
                         help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
-    parser.add_argument("--batch_size", type=int, default=64, help="windows per inference call")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="windows per inference call")
     parser.add_argument("--logits_file", help="also save the merged intent and slot logits (.npz) of the predicted utterances, for parity checks")
     args = parser.parse_args(argv)
     if args.sessions and args.logits_file:
@@ -40,7 +41,9 @@ def main(argv=None):
         predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
     except (RuntimeError, ValueError) as e:
         sys.exit(f"infer_demo: {e}")
-    texts = args.text or decode_lines(sys.stdin.buffer.read())  # None: a line that is not UTF-8
+    if None in argv_texts(args.context):
+        parser.error("--context: a value is not UTF-8")
+    texts = argv_texts(args.text) or decode_lines(sys.stdin.buffer.read())  # None: a line or value that is not UTF-8
     start = time.perf_counter()
     if args.sessions:
         records, predictions = predictor.predict_sessions(texts, args.batch_size), []

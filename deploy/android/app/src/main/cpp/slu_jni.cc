@@ -21,7 +21,8 @@ using paddle::lite_api::PaddlePredictor;
 class Session {
  public:
   Session(const std::string& model_dir, int threads, double min_confidence)
-      : model_(model_dir), history_(model_.NewHistory()), min_confidence_(min_confidence) {
+      : model_(model_dir, kLiteModelFile), history_(model_.NewHistory()), min_confidence_(min_confidence) {
+    slu::CheckMinConfidence(min_confidence);
     MobileConfig config;
     config.set_model_from_file(model_dir + "/" + kLiteModelFile);
     config.set_threads(threads);
@@ -52,9 +53,9 @@ class Session {
     } catch (const std::invalid_argument& e) {
       return slu::ErrorJson("", e.what());
     }
-    history_.Add(text);
     const std::string error = model_.Check(enc);
     if (!error.empty()) return slu::ErrorJson(text, error);
+    history_.Add(text);  // an answered turn (slu.h, History)
     size_t seq_len = 0;
     std::vector<int64_t> padded = model_.PadWindows(enc, &seq_len);
     std::unique_ptr<paddle::lite_api::Tensor> input(predictor_->GetInput(0));
