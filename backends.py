@@ -118,9 +118,26 @@ def _onnxruntime(int8: bool) -> Callable[[export_format.ExportedModel, int], Log
             intent_logits, slot_logits = session.run(None, {input_names[0]: input_ids})
             return intent_logits, slot_logits
 
-        return logits
+        return per_row(logits, exported.task.tokenizer.pad_id) if int8 else logits
 
     return load
+
+
+def per_row(logits: LogitsFn, pad_id: int) -> LogitsFn:
+    """A logits function run one row at a time, each without its padding. onnxruntime-int8 quantizes
+    the activations with one scale per call, taken over every row and pad of the batch: in a batch,
+    one user's utterance would move another's confidences (and flip a --min_confidence threshold).
+    Alone and unpadded, a row's answer is a function of that row only, whatever batch it came in."""
+    def run(input_ids: np.ndarray):
+        intents, slots = [], []
+        for row in input_ids:
+            length = len(row) - int(np.argmax(row[::-1] != pad_id)) if (row != pad_id).any() else len(row)
+            intent_logits, slot_logits = logits(row[None, :length])
+            intents.append(intent_logits[0])
+            slots.append(np.pad(slot_logits[0], ((0, len(row) - length), (0, 0))))
+        return np.stack(intents), np.stack(slots)
+
+    return run
 
 
 def openvino_options(precision: str, threads: int) -> dict:
@@ -170,7 +187,7 @@ BACKENDS: Dict[str, Backend] = {
     "onnxruntime": Backend("ONNX Runtime 1.23 used directly on the paddle2onnx graph, attention as one operator, with its transformer fusions (fp32)",
                            _onnxruntime(int8=False)),
     "onnxruntime-int8": Backend("onnxruntime with every weight product on int8 kernels (per-channel int8 weights on 7 bits, "
-                                "activations quantized per call; Q/K/V inside QAttention)", _onnxruntime(int8=True), precision="int8"),
+                                "activations quantized per call, so each row runs alone; Q/K/V inside QAttention)", _onnxruntime(int8=True), precision="int8"),
     "openvino-f32": Backend("OpenVINO 2024.6 used directly (Paddle frontend, as deploy/cpp), f32 inference precision; "
                             "QAT graphs run its int8 kernels", _openvino("f32"), qat_int8=True),
     "openvino-bf16": Backend("openvino-f32 with bf16 inference precision; refused on CPUs without bf16", _openvino("bf16"), precision="bf16", qat_int8=True),

@@ -116,7 +116,10 @@ def main(argv=None):
     out += [json.dumps(record, ensure_ascii=False) for record in records]
     text = "".join(line + "\n" for line in out)
     if args.output_file:
-        write_text(args.output_file, text)
+        try:
+            write_text(args.output_file, text)
+        except IsADirectoryError as e:  # never replaced: it may be a whole trained model
+            sys.exit(f"run_eval: --output_file {e}")
     else:
         sys.stdout.write(text)
 

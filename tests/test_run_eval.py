@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -117,6 +118,25 @@ def test_earlier_output_survives_a_bad_input(model_dir, tmp_path):
     # SIGKILLed the moment it starts writing the results: the earlier ones are still there, whole
     run_killed_at_open("run_eval.py", "*/.results.jsonl.*/new", ["--model_dir", model_dir, "--text", "导航去北京", "--output_file", str(out)])
     assert json.loads(out.read_text(encoding="utf-8"))["text"] == "下一首"
+
+
+def test_output_file_naming_a_directory_is_refused_and_the_directory_kept(trained, model_dir, tmp_path):
+    """`--output_file output/victim` (a trained model's directory) once replaced the whole directory
+    with a 307-byte file, exit 0."""
+    victim = tmp_path / "victim"
+    import shutil
+
+    shutil.copytree(trained, victim, ignore=shutil.ignore_patterns("checkpoint-*"))
+    before = sorted(str(p.relative_to(victim)) for p in victim.rglob("*"))
+    proc = subprocess.run([sys.executable, os.path.join(utils.PROJECT_DIR, "run_eval.py"), "--model_dir", model_dir, "--text", "导航",
+                           "--output_file", str(victim)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and f"{victim}: is a directory; refusing to replace it with a file" in proc.stderr
+    assert sorted(str(p.relative_to(victim)) for p in victim.rglob("*")) == before and sorted(os.listdir(tmp_path)) == ["victim"]
+    link = tmp_path / "link"
+    os.symlink(victim, link)  # a link to a directory is a directory too
+    with pytest.raises(SystemExit, match="is a directory"):
+        run_eval.main(["--model_dir", model_dir, "--text", "导航", "--output_file", str(link)])
+    assert os.path.islink(link) and sorted(str(p.relative_to(victim)) for p in victim.rglob("*")) == before
 
 
 def test_min_confidence_flag(model_dir, capsys):

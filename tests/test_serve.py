@@ -263,6 +263,44 @@ def test_malformed_requests_get_a_4xx_and_change_nothing(server):
     assert "http_500" not in errors and sum(errors.values()) >= 200
 
 
+def test_hostile_bodies_get_a_4xx_and_are_not_echoed(server):
+    """990 nested brackets in a 2 KB body (a RecursionError, once a 500 with a traceback), a session
+    id of 70,000 characters (once echoed whole), a client that hangs up mid-body (once counted as
+    http_500)."""
+    before = server.call("GET", "/v1/stats")[1]
+    status, error = server.call("POST", "/v1/parse", b"[" * 990 + b"]" * 990)
+    assert status == 400 and "nested too deeply" in error["error"]
+    status, error = server.call("DELETE", "/v1/sessions/" + "x" * 70000)
+    assert status in (404, 414, 431) and len(json.dumps(error)) < 300, (status, str(error)[:300])
+    status, error = server.call("DELETE", "/v1/sessions/" + "y" * 3000)
+    assert status == 404 and "(3000 characters)" in error["error"] and len(error["error"]) < 200
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/parse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"text\": ")
+    deadline = time.time() + 30
+    while server.call("GET", "/v1/stats")[1]["client_disconnected"] == before["client_disconnected"] and time.time() < deadline:
+        time.sleep(0.2)
+    after = server.call("GET", "/v1/stats")[1]
+    assert after["client_disconnected"] == before["client_disconnected"] + 1 and "http_500" not in after["errors"]
+
+
+def test_a_refused_turn_is_no_turn_of_the_session(server, model_dir, tmp_path):
+    """The service refuses a blank turn (422) and leaves it out of the session; the turn after it is
+    answered as run_eval.py answers a sessions file holding the blank turn (the one definition of a
+    session turn)."""
+    turns = [("a", "导航去北京"), ("a", "   "), ("a", "取消")]
+    sessions_file = tmp_path / "turns.jsonl"
+    sessions_file.write_text("".join(json.dumps({"session_id": s, "text": t}, ensure_ascii=False) + "\n" for s, t in turns), encoding="utf-8")
+    expected = run_eval_records(model_dir, tmp_path, "--sessions_file", str(sessions_file))
+    sid = server.call("POST", "/v1/sessions")[1]["session_id"]
+    statuses, got = [], []
+    for _, text in turns:
+        status, record = server.call("POST", "/v1/parse", {"text": text, "session_id": sid})
+        statuses.append(status)
+        got.append(record)
+    assert statuses == [200, 422, 200] and got[1]["error"] == expected[1]["error"] == predictor.EMPTY_UTTERANCE
+    assert_same_records([{**r, "session_id": "a"} for r in (got[0], got[2])], [expected[0], expected[2]])
+
+
 def test_sigterm_finishes_the_request_in_flight(model_dir):
     slow = Server(model_dir, "--max_wait_ms", "3000")  # a lone request waits 3 s in the batcher for company
     answer = {}
