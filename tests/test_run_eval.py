@@ -148,5 +148,5 @@ def test_min_confidence_flag(model_dir, capsys):
     assert any(w <= 0.9999 for w in weakest)
     out, _ = run(["--model_dir", model_dir] + [a for t in texts for a in ("--text", t)], capsys)
     assert not any(json.loads(line)["fallback"] for line in out.splitlines())  # 0 = never
-    with pytest.raises(ValueError, match="min_confidence 1.5: must lie in"):
+    with pytest.raises(SystemExit, match="min_confidence 1.5: must lie in"):
         run(["--model_dir", model_dir, "--min_confidence", "1.5", "--text", "下一首"], capsys)
