@@ -23,6 +23,8 @@ class Backend(NamedTuple):
     load: Callable[[export_format.ExportedModel, int], LogitsFn]  # (exported, threads) -> logits function
     precision: str = "fp32"  # what its matrix products run in
     qat_int8: bool = False  # runs a QAT stage's quantize/dequantize pairs as int8 kernels (else in fp32)
+    # rows of one call change each other's results (per_row): each row then runs alone, without padding
+    rows_alone: bool = False
 
 
 def precision(backend: str, exported_config: dict) -> str:
@@ -101,24 +103,27 @@ def _fastdeploy(engine: str) -> Callable[[export_format.ExportedModel, int], Log
     return load
 
 
+def onnxruntime_logits(exported: export_format.ExportedModel, threads: int, int8: bool) -> LogitsFn:
+    """The converted graph on ONNX Runtime, one call per batch (int8: activations scaled per call)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # + its own integer-MatMul fusions
+    session = ort.InferenceSession(onnx_graph.for_onnxruntime(exported, int8), options, providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    export_format.check_graph_io(exported, input_names, len(session.get_outputs()), "onnxruntime-int8" if int8 else "onnxruntime")
+
+    def logits(input_ids: np.ndarray):
+        intent_logits, slot_logits = session.run(None, {input_names[0]: input_ids})
+        return intent_logits, slot_logits
+
+    return logits
+
+
 def _onnxruntime(int8: bool) -> Callable[[export_format.ExportedModel, int], LogitsFn]:
-    name = "onnxruntime-int8" if int8 else "onnxruntime"
-
     def load(exported: export_format.ExportedModel, threads: int) -> LogitsFn:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # + its own integer-MatMul fusions
-        session = ort.InferenceSession(onnx_graph.for_onnxruntime(exported, int8), options, providers=["CPUExecutionProvider"])
-        input_names = [i.name for i in session.get_inputs()]
-        export_format.check_graph_io(exported, input_names, len(session.get_outputs()), name)
-
-        def logits(input_ids: np.ndarray):
-            intent_logits, slot_logits = session.run(None, {input_names[0]: input_ids})
-            return intent_logits, slot_logits
-
-        return per_row(logits, exported.task.tokenizer.pad_id) if int8 else logits
+        return onnxruntime_logits(exported, threads, int8)
 
     return load
 
@@ -127,7 +132,9 @@ def per_row(logits: LogitsFn, pad_id: int) -> LogitsFn:
     """A logits function run one row at a time, each without its padding. onnxruntime-int8 quantizes
     the activations with one scale per call, taken over every row and pad of the batch: in a batch,
     one user's utterance would move another's confidences (and flip a --min_confidence threshold).
-    Alone and unpadded, a row's answer is a function of that row only, whatever batch it came in."""
+    FastDeploy's OpenVINO gives a row other confidences (by up to 1e-3) in a batch than alone. Alone
+    and unpadded, a row's answer is a function of that row only, whatever batch it came in
+    (tests/test_backends.py answers the same rows alone and in mixed batches on every backend)."""
     def run(input_ids: np.ndarray):
         intents, slots = [], []
         for row in input_ids:
@@ -183,11 +190,13 @@ BACKENDS: Dict[str, Backend] = {
     # integer kernels (its logits differ from the fp32 kernels' by the activations' rounding)
     "fastdeploy-ort": Backend("ONNX Runtime 1.12 in FastDeploy 1.0.7 (graph converted by its paddle2onnx 1.0.7)", _fastdeploy("ort"), qat_int8=True),
     "fastdeploy-openvino": Backend("OpenVINO in FastDeploy 1.0.7 (Paddle frontend; bf16 on CPUs with avx512_bf16, "
-                                   "FastDeploy has no precision setting)", _fastdeploy("openvino"), qat_int8=True),
+                                   "FastDeploy has no precision setting; each row runs alone)", _fastdeploy("openvino"), qat_int8=True,
+                                   rows_alone=True),
     "onnxruntime": Backend("ONNX Runtime 1.23 used directly on the paddle2onnx graph, attention as one operator, with its transformer fusions (fp32)",
                            _onnxruntime(int8=False)),
     "onnxruntime-int8": Backend("onnxruntime with every weight product on int8 kernels (per-channel int8 weights on 7 bits, "
-                                "activations quantized per call, so each row runs alone; Q/K/V inside QAttention)", _onnxruntime(int8=True), precision="int8"),
+                                "activations quantized per call, so each row runs alone; Q/K/V inside QAttention)", _onnxruntime(int8=True), precision="int8",
+                                rows_alone=True),
     "openvino-f32": Backend("OpenVINO 2024.6 used directly (Paddle frontend, as deploy/cpp), f32 inference precision; "
                             "QAT graphs run its int8 kernels", _openvino("f32"), qat_int8=True),
     "openvino-bf16": Backend("openvino-f32 with bf16 inference precision; refused on CPUs without bf16", _openvino("bf16"), precision="bf16", qat_int8=True),
@@ -206,7 +215,11 @@ def open_predictor(model_dir: str, backend: str = "paddle-inference", threads: i
     check_backend(backend)
     exported = export_format.read(model_dir)
     logits_fn = BACKENDS[backend].load(exported, cpu_threads(threads))
+    if BACKENDS[backend].rows_alone:
+        logits_fn = per_row(logits_fn, exported.task.tokenizer.pad_id)
     export_format.check_graph_outputs(exported, logits_fn, backend)
+    if exported.calibration.fitted_on is None:  # exported without a dev split: say so where the confidences are used
+        print(f"warning: {model_dir}: confidences not calibrated (exported without a dev split; temperatures 1.0)", file=sys.stderr)
     return Predictor.from_exported(exported, logits_fn, **options)
 
 

@@ -212,3 +212,11 @@ def test_an_answer_does_not_depend_on_the_rest_of_the_batch(backend, trained, sy
     assert p.predict(texts, batch_size=32) == alone
     order = list(range(len(texts)))[::-1]
     assert [p.predict([texts[i] for i in order], batch_size=7)[k] for k in range(len(texts))] == [alone[i] for i in order]
+
+
+@pytest.mark.parametrize("backend", backends.FASTDEPLOY_BACKENDS)
+def test_a_fastdeploy_answer_does_not_depend_on_the_rest_of_the_batch(backend, trained, synthetic_splits):
+    texts = [u.text for u in synthetic_splits["test"][:64]] + ["导航去北京", "播放周杰伦的稻香然后导航去第一人民医院" * 3]
+    model_dir = os.path.join(trained, "infer_model")
+    alone = run_fastdeploy_demo(model_dir, backend, texts, "--batch_size", "1")
+    assert run_fastdeploy_demo(model_dir, backend, texts[::-1], "--batch_size", "32")[::-1] == alone

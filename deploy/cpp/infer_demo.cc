@@ -100,6 +100,8 @@ int main(int argc, char** argv) {
 
   try {
     slu::Model model(args.model_dir, args.weights_file);
+    if (!model.calibrated())  // as backends.open_predictor says it
+      std::cerr << "warning: " << args.model_dir << ": confidences not calibrated (exported without a dev split; temperatures 1.0)\n";
     ov::CompiledModel compiled;
     std::ifstream given_logits;
     if (!args.logits_file.empty()) {

@@ -512,6 +512,7 @@ Model::Model(const std::string& model_dir, const std::string& weights_file) {
     if (slot_tags_.size() != config["num_slot_tags"].get<size_t>())
       fail(kSlotLabelFile, std::to_string(slot_tags_.size()) + " slot tags, " + kConfigFile + " says " + config["num_slot_tags"].dump());
     decoding_ = ReadDecoding(config, intents_, slot_tags_, fail);
+    calibrated_ = !config["calibration"]["fitted_on"].is_null();
   } catch (const Json::exception& e) {
     fail(kConfigFile, std::string("unexpected content (") + e.what() + ")");
   }

@@ -128,6 +128,7 @@ class Model {
   // export_format.check_graph_tables, on model.pdmodel read at the protobuf wire level (called by the constructor).
   void CheckGraphTables() const;
 
+  bool calibrated() const { return calibrated_; }  // calibration.fitted_on is not null
   int max_seq_length() const { return max_seq_length_; }
   int context_turns() const { return context_turns_; }
   const std::string& graph_path() const { return graph_path_; }
@@ -140,6 +141,7 @@ class Model {
   int pad_id_ = 0, cls_id_ = 0, sep_id_ = 0, unk_id_ = 0, max_seq_length_ = 0, context_turns_ = 0, max_context_tokens_ = 0;
   Decoding decoding_;
   size_t max_utterance_tokens_ = 0;
+  bool calibrated_ = false;
   std::string graph_path_, model_dir_;
 };
 
