@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc batch-independence-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -184,6 +184,12 @@ serve: setup
 # Load test of the service (benchmarks/serve_load.*) on the measured NLPCC model, ONNX Runtime, 1 model thread.
 serve-load-nlpcc: setup
 	$(PY) benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model --backend fastdeploy-ort \
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
+
+# Whether an answer depends on the rest of its batch on onnxruntime-int8 (one call per batch against each
+# row alone, as the backend runs), and what rows alone cost (docs/reliability.md).
+batch-independence-nlpcc: setup
+	$(PY) benchmarks/batch_independence.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
 
 # The notebook executed top to bottom and saved with its outputs (commit it after a change).

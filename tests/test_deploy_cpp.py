@@ -133,6 +133,10 @@ BROKEN_DIRECTORIES = [
 ]
 
 
+SAME_WORDS = {"cut weights", "NaN weight", "flipped weights", "swapped intent labels", "edited config", "vocab_size", "num_intents",
+              "transitions", "rows beyond the position table"}
+
+
 @pytest.mark.parametrize("name, change, error", BROKEN_DIRECTORIES, ids=[row[0] for row in BROKEN_DIRECTORIES])
 def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_path, name, change, error):
     broken = shutil.copytree(os.path.join(trained, "infer_model"), str(tmp_path / "broken"))
@@ -143,8 +147,10 @@ def test_cpp_and_python_refuse_the_same_broken_directories(demo, trained, tmp_pa
     assert error in str(python_error.value) and broken in str(python_error.value)
     proc = subprocess.run([demo, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and f"slu_demo: {broken}" in proc.stderr and error in proc.stderr, proc.stderr
+    if name in SAME_WORDS:  # the whole message, path included
+        assert str(python_error.value) in proc.stderr, proc.stderr
     if name == "NaN weight":
-        assert "holds 1 value(s) that are not finite (first at flat index 0)" in proc.stderr + str(python_error.value)
+        assert "holds 1 value(s) that are not finite (first at flat index 0)" in proc.stderr
 
 
 @pytest.mark.parametrize("value", ["nan", "1.5", "-0.1"])

@@ -357,7 +357,6 @@ void CheckWeights(const std::string& params_path) {
     if (uint(4) != 0) throw std::runtime_error(params_path + ": not a complete Paddle weights file (tensor " + std::to_string(count + 1) + ": unknown tensor version)");
     const uint64_t desc_size = uint(4);
     const std::string desc(take(desc_size), desc_size);
-    ++count;
     uint64_t code = 0;
     bool has_code = false;
     for (const WireField& f : WireFields(desc))
@@ -371,10 +370,11 @@ void CheckWeights(const std::string& params_path) {
     const std::vector<int64_t> dims = TensorDims(desc);
     uint64_t numel = 1;
     for (int64_t d : dims) {
-      if (d < 0) throw std::runtime_error(params_path + ": not a complete Paddle weights file (tensor " + std::to_string(count) + ": negative dimension)");
+      if (d < 0) throw std::runtime_error(params_path + ": not a complete Paddle weights file (tensor " + std::to_string(count + 1) + ": negative dimension)");
       numel *= static_cast<uint64_t>(d);
     }
     const char* raw = take(numel * type->second.second);
+    ++count;
     size_t n_bad = 0, first = 0;
     for (uint64_t k = 0; k < numel && (code == 5 || code == 6 || code == 22); ++k) {
       double v;
