@@ -22,8 +22,9 @@ Concurrent requests are grouped into one model call (MicroBatcher): whatever is 
 model is free, up to --max_batch_size utterances, after waiting up to --max_wait_ms for more.
 A request the service cannot answer gets a 4xx and {"error": "..."} saying why: not UTF-8, not
 JSON, wrong fields or types, an empty, invisible-only or over-long utterance (predictor.py's error
-texts), a body over --max_request_bytes, more than --max_batch_utterances utterances, an unknown
-session. SIGTERM or Ctrl-C: uvicorn stops accepting, finishes the requests in flight, then exits.
+texts), a body over --max_request_bytes or nested too deeply, more than --max_batch_utterances
+utterances, an unknown session (its id quoted at most 64 characters long). A refused turn is no
+turn of its session, as everywhere (task.session_histories). SIGTERM or Ctrl-C: uvicorn stops accepting, finishes the requests in flight, then exits.
 
 Python entry point: `create_app(predictor, exported, ServeOptions(...))` is a FastAPI app for any
 ASGI server. Runs one model per process; scale with processes and stateless context.
