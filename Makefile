@@ -68,10 +68,10 @@ train-throughput: setup
 NLPCC_TRAIN = $(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh --slot_crf \
 	--data_dir data/prepared/nlpcc2018 --do_train --do_eval --do_export --num_train_epochs 10 --learning_rate 5e-4 \
 	--warmup_ratio 0.1 --cpu_threads $(CPU_THREADS)
-# Session context of the measured model: chosen on dev (README "Session context and whole utterances").
+# Session context of the measured model: chosen on dev (docs/model-and-context.md).
 CONTEXT_TURNS ?= 2
 
-# The measured from-scratch run of the README on the real NLPCC 2018 Task 4 corpus.
+# The measured from-scratch run of docs/results.md on the real NLPCC 2018 Task 4 corpus.
 train-nlpcc: CORPUS = auto
 train-nlpcc: DATA_DIR = data/prepared/nlpcc2018
 train-nlpcc: data
@@ -123,8 +123,8 @@ decoding-report-nlpcc-crf: setup cpp
 		--output_dir benchmarks/results/decoding-crf
 
 # Compression (vocabulary pruning + DynaBERT + QAT + int8 embeddings) of the demo model, and of
-# the measured NLPCC model (the README's compression table: DynaBERT width 0.75; WIDTH_MULT=0.5
-# gives the smaller, faster stages of the README's speed section, in a directory of their own).
+# the measured NLPCC model (docs/compression.md's table: DynaBERT width 0.75; WIDTH_MULT=0.5
+# gives the smaller, faster stages of docs/performance.md, in a directory of their own).
 compress: setup
 	$(PY) run_train.py --model_name_or_path $(OUTPUT_DIR) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-compress \
 		--do_compress --strategy 'dynabert+qat+embeddings' --prune_embeddings --max_vocab_size 300 \
@@ -140,7 +140,7 @@ compress-nlpcc: setup
 
 # Inference benchmark: first this CPU's ceiling (benchmarks/ceiling.py: GEMM peaks per precision, the
 # work per utterance), then stage x backend x threads (benchmarks/inference.py; JSON, Markdown, PNG,
-# % of peak from the ceiling): of the demo compression run, and of the NLPCC one (the README's
+# % of peak from the ceiling): of the demo compression run, and of the NLPCC one (docs/performance.md's
 # figures, written to benchmarks/results/).
 DISTILLED := $(wildcard output/nlpcc2018-distill/distilled/infer_model)
 benchmark: setup
@@ -155,7 +155,7 @@ benchmark-nlpcc: setup
 	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results $(if $(DISTILLED),--extra_stage $(DISTILLED))
 
-# The README's target check: the fp32 baseline (FastDeploy's ONNX Runtime) against the compressed QAT
+# docs/performance.md's target check: the fp32 baseline (FastDeploy's ONNX Runtime) against the compressed QAT
 # stages (width 0.75, and 0.5 after `make compress-nlpcc WIDTH_MULT=0.5`) on ONNX Runtime, 1 and 2
 # threads, in 3 rounds that take the cells in turn (benchmarks/results/targets/).
 QAT_WIDTH_05 := $(wildcard output/nlpcc2018-nano-scratch-compress-width0.5/compress/stages/width_mult_0.5-int8)
@@ -199,7 +199,7 @@ notebook: setup
 # Error analysis of the measured NLPCC model (train-nlpcc) on the test split, against the earlier
 # context-free recipe when context-runs-nlpcc trained it (output/nlpcc2018-analysis/: analysis.json,
 # analysis.md, confusion.png, errors.png). They quote test utterances: keep them out of the repository
-# (the README shows the two plots, copied to benchmarks/results/analysis_*.png).
+# (docs/evaluation.md shows the two plots, copied to benchmarks/results/analysis_*.png).
 BEFORE_CONTEXT = output/ctx/k0-w16-s42/infer_model
 analysis-nlpcc: setup
 	$(PY) run_eval.py --model_dir output/nlpcc2018-nano-scratch/infer_model --eval_file data/prepared/nlpcc2018/test.txt \

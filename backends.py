@@ -5,7 +5,7 @@ is loaded in the same process, so a process uses paddle-inference or the fastdep
 never both (the benchmark gives each measurement a process of its own). The runtimes used directly
 (onnxruntime, onnxruntime-int8: the graph converted by onnx_graph.py; openvino-f32/-bf16: the Paddle
 program read as deploy/cpp reads it) share a process with paddle. `precision` says what each
-backend's matrix products run in: the README's deployment advice comes from benchmarks/inference.py."""
+backend's matrix products run in: docs/performance.md's deployment advice comes from benchmarks/inference.py."""
 import os
 import sys
 from typing import Callable, Dict, NamedTuple
@@ -50,7 +50,7 @@ def _paddle_inference(exported: export_format.ExportedModel, threads: int) -> Lo
     config.enable_mkldnn()
     if exported.config["onednn_int8"]:
         # QAT stages: without this Paddle Inference runs their quantize/dequantize pairs in fp32
-        # plus extra operators, 3-4x slower than the fp32 graph (README, "Inference benchmark").
+        # plus extra operators, 3-4x slower than the fp32 graph (docs/performance.md).
         config.enable_mkldnn_int8()
     config.disable_glog_info()
     predictor = inference.create_predictor(config)

@@ -123,7 +123,7 @@ def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: d
     .../int8, .../quant_emb, PTQ outputs) as an exported directory of its own. QAT stages are
     marked for oneDNN's int8 kernels (faster than running their quantize/dequantize pairs in
     fp32, and the same predictions as the dynamic QAT model: checked by qat_agreement); PTQ
-    stages are not, because a PTQ model loses accuracy on those kernels (README, Compression).
+    stages are not, because a PTQ model loses accuracy on those kernels (docs/compression.md).
     A CRF model's stages carry their transitions (stage_transitions). Each stage's confidences are
     its own, calibrated on `dev` as it is exported."""
     stages = []

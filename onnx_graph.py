@@ -3,7 +3,7 @@ onnxruntime, onnxruntime-int8) and for counting the work of one utterance (bench
 benchmarks/inference.py). Paddle-free: paddle2onnx's C++ converter is called without the
 `paddle2onnx.export` wrapper, which imports paddle.
 
-Two findings shape it (README, "Inference speed, memory and size" / "How far from the hardware limit"):
+Two findings shape it (docs/performance.md, "How far from the hardware limit"):
 - paddle2onnx 1.2.11 converts a QAT stage's quantize/dequantize pairs away: its ONNX graph holds
   the fake-quantized weights in fp32 and runs fp32 kernels (the paddle2onnx 1.0.7 inside
   FastDeploy keeps them: its ORT rows differ from fp32 by the activations' rounding). Integer

@@ -147,8 +147,8 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_value: int) -> np.ndarray:
 
 def prefer_avx2_mkl() -> None:
     """The Paddle CPU wheel bundles Intel MKL, which runs its generic (non-AVX2) GEMM kernels on
-    AMD CPUs; MKL_DEBUG_CPU_TYPE=5 selects the AVX2 ones (matmuls ~3x faster; README, "Training
-    speed"). MKL reads it at its first call, so call this before paddle computes anything."""
+    AMD CPUs; MKL_DEBUG_CPU_TYPE=5 selects the AVX2 ones (matmuls ~3x faster; docs/training.md,
+    "Training speed"). MKL reads it at its first call, so call this before paddle computes anything."""
     try:
         with open("/proc/cpuinfo") as f:
             amd = "AuthenticAMD" in f.read(4096)

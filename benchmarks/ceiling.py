@@ -1,7 +1,7 @@
 """How far from this CPU's limit the model runs: the work of one utterance, and the peak of matrix
 multiplication on this machine in each precision, with the runtimes the project uses.
 
-    python benchmarks/ceiling.py                        # the README's run (NLPCC stages)
+    python benchmarks/ceiling.py                        # docs/performance.md's run (NLPCC stages)
     python benchmarks/ceiling.py --stages_dir output/demo-compress/compress/stages \
         --test_file data/prepared/test.txt --output_dir output/demo-benchmark
 

@@ -1,6 +1,6 @@
 """Inference benchmark: every exported stage x backend x CPU threads, on real test utterances.
 
-    python benchmarks/inference.py                      # the README's run (NLPCC stages)
+    python benchmarks/inference.py                      # docs/performance.md's run (NLPCC stages)
     python benchmarks/inference.py --stages_dir output/demo-compress/compress/stages \
         --test_file data/prepared/test.txt --output_dir output/demo-benchmark
 

@@ -87,7 +87,7 @@ def test_non_utf8_line_is_reported(tmp_path, labels):
 
 
 def test_whole_corpus_parses_without_loss(corpus, corpus_path):
-    """Every utterance of the real corpus, with the README's figures."""
+    """Every utterance of the real corpus, with docs/data.md's figures."""
     assert len(corpus) == 21352
     with open(corpus_path, "rb") as f:
         lines = f.read().decode("utf-8").split("\r\n")

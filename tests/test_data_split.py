@@ -39,7 +39,7 @@ def test_corpus_split_is_80_10_10(corpus):
     sizes = {k: len(v) / len(corpus) for k, v in splits.items()}
     assert sizes["train"] == pytest.approx(0.8, abs=0.01)
     assert sizes["dev"] == pytest.approx(0.1, abs=0.01) and sizes["test"] == pytest.approx(0.1, abs=0.01)
-    # the README's counts
+    # docs/data.md's counts
     assert {k: len(v) for k, v in splits.items()} == {"train": 17088, "dev": 2131, "test": 2133}
 
 
