@@ -19,19 +19,11 @@ import compat
 import export_format
 from backends import model_size_mb, open_predictor
 from decoding import Decoder
-from model import JointErnie, save_safe
+from exporting import export, export_graph, save_static_graph
+from model import JointErnie, save_safe, slot_transitions
 from predictor import merge_windows, run_windows, score
 from task import SPECIAL_TOKENS, CharTokenizer, Task
-from training import (
-    build_trainer,
-    calibrator,
-    dynamic_logits_fn,
-    export,
-    graph_io,
-    logger,
-    save_static_graph,
-    slot_transitions,
-)
+from training import build_trainer, dynamic_logits_fn, logger
 from utils import markdown_table, save_json, write_text
 
 STRATEGIES = ("dynabert", "ptq", "qat", "embeddings")
@@ -137,17 +129,10 @@ def collect_stages(compress_dir: str, stages_dir: str, task: Task, model_info: d
                 continue
             stage_name = os.path.relpath(prefix, compress_dir).replace(os.sep, "-")
 
-            def copy_graph(target_prefix, source=prefix):
-                for ext in (".pdmodel", ".pdiparams"):
-                    shutil.copyfile(source + ext, target_prefix + ext)
-                return graph_io(target_prefix)
-
             qat_int8 = "qat" in strategy and name in ("int8.pdmodel", "quant_emb.pdmodel")
             stage = os.path.join(stages_dir, stage_name)
             crf = stage_transitions(root, transitions)
-            export_format.write(stage, task, copy_graph, {**model_info, "stage": stage_name}, onednn_int8=qat_int8,
-                                slot_transitions=None if crf is None else crf.tolist(),
-                                calibrate=calibrator(stage, list(dev), threads) if dev else None)
+            export_graph(prefix, task, stage, {**model_info, "stage": stage_name}, qat_int8, crf, dev, threads)
             stages.append(stage)
     return stages
 

@@ -4,8 +4,9 @@ distillation losses."""
 import json
 import logging
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -264,3 +265,12 @@ class DistillLoss(nn.Layer):
         gold_tokens = (slot_labels != self.pad_slot_id).astype("float32") * has_gold.unsqueeze(-1)
         hard = hard_intent + self.slot_weight * (slot_ce * gold_tokens).sum() / paddle.clip(gold_tokens.sum(), min=1.0)
         return self.alpha * hard + (1 - self.alpha) * t * t * soft
+
+
+def slot_transitions(model) -> Optional[np.ndarray]:
+    """A CRF slot head's transition scores [T, T] (float64), or None; found by name, so that
+    compression's wrappers (DynaBERT's OFA, QAT) around the model do not hide it."""
+    for name, parameter in model.named_parameters():
+        if name.split(".")[-1] == "slot_transitions":
+            return parameter.numpy().astype("float64")
+    return None

@@ -26,6 +26,7 @@ from typing import Dict, Iterable
 import numpy as np
 
 import export_format
+import paddle_format
 
 OPSET = 13
 
@@ -38,7 +39,7 @@ def from_paddle(exported: export_format.ExportedModel):
     from paddle2onnx import paddle2onnx_cpp2py_export as p2o
 
     graph = exported.path(export_format.GRAPH_FILE)
-    missing = sorted(set(export_format.op_types(graph)) - set(p2o.get_all_supported_operators()) - {"feed", "fetch"})
+    missing = sorted(set(paddle_format.op_types(graph)) - set(p2o.get_all_supported_operators()) - {"feed", "fetch"})
     if missing:
         raise RuntimeError(f"{graph}: paddle2onnx 1.2.11 cannot convert {', '.join(missing)} to ONNX; "
                            "run this graph on paddle-inference")

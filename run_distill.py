@@ -35,6 +35,7 @@ import export_format
 from backends import BACKENDS, check_backend, model_size_mb, open_predictor
 from data.augment import augment_corpus
 from data.corpus import read_corpus, read_split
+from exporting import export
 from latency import measure_in_subprocess
 from model import BiLSTMJoint, DistillLoss, JointLoss
 from predictor import Predictor
@@ -42,13 +43,20 @@ from task import Task, session_histories
 from training import (
     configure_cpu,
     dynamic_logits_fn,
-    export,
     logger,
     make_collator,
     refuse_launcher,
     setup_logging,
 )
-from utils import PROJECT_DIR, atomic_path, file_sha256, markdown_table, pad_batch, save_json, write_text
+from utils import (
+    PROJECT_DIR,
+    atomic_path,
+    file_sha256,
+    markdown_table,
+    pad_batch,
+    save_json,
+    write_text,
+)
 
 
 @dataclass

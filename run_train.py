@@ -24,7 +24,8 @@ from backends import open_predictor
 from compression import compress
 from data.corpus import read_split
 from data.split import intent_slot_types
-from model import build_from_scratch, load_pretrained, save_safe
+from exporting import export
+from model import build_from_scratch, load_pretrained, save_safe, slot_transitions
 from predictor import Predictor
 from task import (
     DEFAULT_INTENT_LABEL_FILE,
@@ -38,12 +39,10 @@ from training import (
     check_checkpoint,
     configure_cpu,
     dynamic_logits_fn,
-    export,
     logger,
     pretrained_tokenizer,
     refuse_launcher,
     setup_logging,
-    slot_transitions,
     weights_digest,
 )
 from utils import PROJECT_DIR, load_json, save_json

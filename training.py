@@ -1,10 +1,10 @@
 """Paddle-side steps shared by run_train.py, compression and run_distill.py: CPU setup, logging,
-the Trainer over a Task, the dynamic graph as a logits function, and static export."""
+the Trainer over a Task and the dynamic graph as a logits function (exporting.py writes exports)."""
 import hashlib
 import logging
 import os
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 import paddle
@@ -16,9 +16,8 @@ from paddlenlp.utils.log import logger as paddlenlp_logger
 
 import export_format
 from data.corpus import Utterance
-from model import JointLoss, offline_hint, unwrap
-from decoding import TEMPERATURE_GRID, Calibration, Decoder
-from backends import open_predictor
+from model import JointLoss, offline_hint, slot_transitions, unwrap
+from decoding import Decoder
 from predictor import LogitsFn, merge_windows, score
 from task import CharTokenizer, Task
 from utils import cpu_threads, file_sha256, load_json, pad_batch, pickle_globals, prefer_avx2_mkl, save_json
@@ -247,16 +246,7 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
     )
 
 
-# ----------------------------------------------------------------------------- dynamic and static graphs
-
-
-def slot_transitions(model) -> Optional[np.ndarray]:
-    """A CRF slot head's transition scores [T, T] (float64), or None; found by name, so that
-    compression's wrappers (DynaBERT's OFA, QAT) around the model do not hide it."""
-    for name, parameter in model.named_parameters():
-        if name.split(".")[-1] == "slot_transitions":
-            return parameter.numpy().astype("float64")
-    return None
+# ----------------------------------------------------------------------------- the dynamic graph
 
 
 def dynamic_logits_fn(model) -> LogitsFn:
@@ -269,55 +259,3 @@ def dynamic_logits_fn(model) -> LogitsFn:
         return intent_logits.numpy(), slot_logits.numpy()
 
     return logits_fn
-
-
-def graph_io(path_prefix: str) -> Tuple[List[str], List[str]]:
-    """Feed and fetch names of a static graph saved at `path_prefix`."""
-    paddle.enable_static()
-    try:
-        program, feeds, fetches = paddle.static.load_inference_model(path_prefix, paddle.static.Executor(paddle.CPUPlace()))
-        return list(feeds), [v.name for v in fetches]
-    finally:
-        paddle.disable_static()
-
-
-def save_static_graph(model, path_prefix: str) -> Tuple[List[str], List[str]]:
-    """<prefix>.pdmodel/.pdiparams with dynamic batch and sequence length; returns its feed and
-    fetch names (an export_format.GraphWriter)."""
-    model.eval()
-    spec = [paddle.static.InputSpec([None, None], "int64", export_format.INPUT_NAME)]
-    static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-    paddle.jit.save(static, path_prefix)
-    static.forward.rollback()  # to_static converted the layer in place; later training stays dygraph
-    return graph_io(path_prefix)
-
-
-def calibrator(directory: str, dev: List[Utterance], threads: int = 0) -> Callable[[str], Calibration]:
-    """The `calibrate` of export_format.write for an export to `directory`: fits the confidences'
-    temperatures on labelled utterances through the graph as written (Paddle Inference). Every
-    stage (fp32, pruned, DynaBERT widths, int8) is calibrated this one way."""
-    return lambda written: fit_calibration(written, directory, dev, threads)
-
-
-def fit_calibration(written: str, directory: str, dev: List[Utterance], threads: int = 0) -> Calibration:
-    predictor = open_predictor(written, "paddle-inference", threads)
-    calibration = predictor.decoder.fit(predictor.predictions(dev), dev, f"dev ({len(dev)} utterances)")
-    logger.info(f"{directory}: calibrated on dev, intent temperature {calibration.intent_temperature:.3f}, "
-                f"slot temperature {calibration.slot_temperature:.3f}")
-    bounds = (TEMPERATURE_GRID[0], TEMPERATURE_GRID[-1])
-    at_bound = [k for k, t in (("intent", calibration.intent_temperature), ("slot", calibration.slot_temperature))
-                if min(abs(t - b) / b for b in bounds) < 0.01]
-    if at_bound:  # e.g. a dev split the model gets (almost) all right: nothing to calibrate against
-        logger.warning(f"{directory}: the {' and '.join(at_bound)} temperature sits at the search bound {bounds}: dev holds "
-                       "too few errors to calibrate against, so those confidences are only as trustworthy as dev is hard")
-    return calibration
-
-
-def export(model, task: Task, directory: str, model_info: dict, dev: Optional[List[Utterance]] = None,
-           threads: int = 0) -> export_format.ExportedModel:
-    """A dygraph model as a complete exported directory (export_format), its confidences
-    calibrated on `dev` (without dev: temperatures 1, marked not fitted)."""
-    transitions = slot_transitions(model)
-    return export_format.write(directory, task, lambda prefix: save_static_graph(model, prefix), model_info,
-                               slot_transitions=None if transitions is None else transitions.tolist(),
-                               calibrate=calibrator(directory, dev, threads) if dev else None)

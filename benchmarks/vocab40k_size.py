@@ -11,7 +11,7 @@ import tempfile
 from backends import model_size_mb
 from model import build_from_scratch
 from task import SPECIAL_TOKENS, CharTokenizer, LabelMaps, Task, any_slot_types
-from training import save_static_graph
+from exporting import save_static_graph
 from utils import PROJECT_DIR as ROOT
 from utils import load_json, save_json
 

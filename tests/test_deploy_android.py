@@ -49,7 +49,7 @@ def test_lite_conversion_of_the_bilstm_student(trained, synthetic_dir, tmp_path)
     import paddle
 
     from model import BiLSTMJoint
-    from training import export
+    from exporting import export
 
     teacher = backends.open_predictor(os.path.join(trained, "infer_model"))
     paddle.seed(0)

@@ -9,6 +9,7 @@ import pytest
 from conftest import embedding_program, weights_file
 
 import export_format
+import paddle_format
 import decoding
 import task
 
@@ -132,7 +133,7 @@ def test_the_graph_tables_must_fit_the_vocabulary_and_the_rows(exported):
     """A vocabulary longer than the word embedding table, or rows longer than the position table:
     runtimes read past the table without a word, so reading the directory refuses it."""
     graph = os.path.join(exported, export_format.GRAPH_FILE)
-    assert export_format.lookup_tables(graph) == [(export_format.INPUT_NAME, [len(TASK.tokenizer), 8]), ("position_ids", [40, 8]),
+    assert paddle_format.lookup_tables(graph) == [(export_format.INPUT_NAME, [len(TASK.tokenizer), 8]), ("position_ids", [40, 8]),
                                                   ("type_ids", [4, 8])]
     corrupt(exported, export_format.VOCAB_FILE, lambda t: t + "新\n")
     corrupt(exported, export_format.CONFIG_FILE, edit_config(vocab_size=len(TASK.tokenizer) + 1))

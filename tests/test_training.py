@@ -19,7 +19,8 @@ import task
 import training
 import utils
 from model import JointErnie, build_from_scratch
-from training import LengthBucketSampler, save_static_graph
+from exporting import save_static_graph
+from training import LengthBucketSampler
 
 
 

@@ -15,7 +15,6 @@ code is 1 if agreement is below --min_agreement.
 """
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,11 @@ import numpy as np
 import export_format
 from backends import open_predictor
 from data.corpus import read_corpus
+from exporting import export_app
 from predictor import run_windows
 from utils import PROJECT_DIR, save_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# what the app ships besides model.nb and its own manifest: every file of the exported directory but the weights
-LITE_MODEL_FILE = "model.nb"  # slu_jni.cc's kLiteModelFile
-ASSETS = [f for f in export_format.FILES if f not in (export_format.PARAMS_FILE, export_format.MANIFEST_FILE)]
 
 
 def lite_tool(lite_venv: str, name: str) -> str:
@@ -92,13 +89,11 @@ def main(argv=None):
     parser.add_argument("--cpu_threads", type=int, default=1, help="Paddle Inference threads in the check")
     args = parser.parse_args(argv)
 
-    export_format.read(args.model_dir)  # refuse a directory that breaks the contract before converting it
+    exported = export_format.read(args.model_dir)  # refuse a directory that breaks the contract before converting it
     os.makedirs(args.output_dir, exist_ok=True)
     nb = convert(args.model_dir, "arm", os.path.join(args.output_dir, "model"), args.lite_venv)
-    for name in ASSETS:
-        shutil.copy(os.path.join(args.model_dir, name), args.output_dir)
-    export_format.write_manifest(args.output_dir, [LITE_MODEL_FILE, *ASSETS])
-    print(f"{nb}: {os.path.getsize(nb) / 1e6:.2f} MB (ARM), with {', '.join(ASSETS)}")
+    files = export_app(exported, nb, args.output_dir)
+    print(f"{nb}: {os.path.getsize(nb) / 1e6:.2f} MB (ARM), with {', '.join(files[1:])}")
     if not args.verify_file:
         return
     with tempfile.TemporaryDirectory() as tmp:
