@@ -236,6 +236,7 @@ android-model: setup lite-setup
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests -q -p no:cacheprovider --durations=12; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
 

@@ -48,7 +48,11 @@ def utterance_rows(utterances, predictions: Sequence[Prediction], labels: LabelM
 def categories(row: dict) -> List[str]:
     """The categories an utterance belongs to (besides "all")."""
     length = next(name for name, lo, hi in LENGTH_BUCKETS if row["tokens"] >= lo and (hi is None or row["tokens"] <= hi))
-    return [length, "first turn" if row["turn"] == 0 else "later turn", "with ASR correction" if row["correction"] else "without ASR correction"]
+    return [
+        length,
+        "first turn" if row["turn"] == 0 else "later turn",
+        "with ASR correction" if row["correction"] else "without ASR correction",
+    ]
 
 
 def prf(tp: int, n_pred: int, n_gold: int) -> dict:
@@ -84,8 +88,12 @@ def analyze(rows: Sequence[dict], intents: Sequence[str], slot_types: Sequence[s
         members = groups.get(name, [])
         wrong_intent = sum(not r["intent_ok"] for r in members)
         wrong_slots = sum(r["intent_ok"] and not r["slots_ok"] for r in members)
-        by_category[name] = {"utterances": len(members), "sentence_acc": round(1 - (wrong_intent + wrong_slots) / len(members), 4) if members else None,
-                             "intent_wrong": wrong_intent, "only_slots_wrong": wrong_slots}
+        by_category[name] = {
+            "utterances": len(members),
+            "sentence_acc": round(1 - (wrong_intent + wrong_slots) / len(members), 4) if members else None,
+            "intent_wrong": wrong_intent,
+            "only_slots_wrong": wrong_slots,
+        }
 
     pairs = collections.defaultdict(list)
     for r in rows:
@@ -97,10 +105,16 @@ def analyze(rows: Sequence[dict], intents: Sequence[str], slot_types: Sequence[s
     right = [r["confidence"] for r in rows if r["intent_ok"]]
     wrong = [r["confidence"] for r in rows if not r["intent_ok"]]
     return {
-        "utterances": len(rows), "intents": list(intents), "confusion": confusion.tolist(),
-        "per_intent": per_intent, "per_slot_type": per_slot, "by_category": by_category, "confusions": confusions,
+        "utterances": len(rows),
+        "intents": list(intents),
+        "confusion": confusion.tolist(),
+        "per_intent": per_intent,
+        "per_slot_type": per_slot,
+        "by_category": by_category,
+        "confusions": confusions,
         "confidence_bins": CONFIDENCE_BINS.round(2).tolist(),
-        "confidence_right": np.histogram(right, CONFIDENCE_BINS)[0].tolist(), "confidence_wrong": np.histogram(wrong, CONFIDENCE_BINS)[0].tolist(),
+        "confidence_right": np.histogram(right, CONFIDENCE_BINS)[0].tolist(),
+        "confidence_wrong": np.histogram(wrong, CONFIDENCE_BINS)[0].tolist(),
     }
 
 
@@ -109,9 +123,14 @@ def compare(rows: Sequence[dict], other_rows: Sequence[dict], result: dict, othe
     sentence correctness flipped (with both answers)."""
     if [r["line"] for r in rows] != [r["line"] for r in other_rows]:
         raise ValueError("the two analyses are of different utterances")
-    deltas = {name: {"sentence_acc": c["sentence_acc"], "other_sentence_acc": other["by_category"][name]["sentence_acc"],
-                     "delta": None if c["sentence_acc"] is None else round(other["by_category"][name]["sentence_acc"] - c["sentence_acc"], 4)}
-              for name, c in result["by_category"].items()}
+    deltas = {
+        name: {
+            "sentence_acc": c["sentence_acc"],
+            "other_sentence_acc": other["by_category"][name]["sentence_acc"],
+            "delta": None if c["sentence_acc"] is None else round(other["by_category"][name]["sentence_acc"] - c["sentence_acc"], 4),
+        }
+        for name, c in result["by_category"].items()
+    }
     flipped = {"fixed": [], "broken": []}
     for a, b in zip(rows, other_rows):
         ok_a, ok_b = a["intent_ok"] and a["slots_ok"], b["intent_ok"] and b["slots_ok"]
@@ -141,11 +160,20 @@ def markdown(result: dict, title: str, comparison: Optional[dict] = None, top: i
              *markdown_table(["slot type", "precision", "recall", "F1", "support"],
                              [[k, v["precision"], v["recall"], v["f1"], v["support"]] for k, v in result["per_slot_type"].items()]), ""]
     if comparison:
-        lines += ["## Against the other model", "",
-                  *markdown_table(["category", "sentence acc", "other", "delta (points)"],
-                                  [[k, *(f"{100 * v[x]:.2f}" if v[x] is not None else "" for x in ("sentence_acc", "other_sentence_acc", "delta"))]
-                                   for k, v in comparison["by_category"].items()]),
-                  "", f"Fixed by the other model: {len(comparison['fixed'])}; broken: {len(comparison['broken'])}.", ""]
+        lines += [
+            "## Against the other model",
+            "",
+            *markdown_table(
+                ["category", "sentence acc", "other", "delta (points)"],
+                [
+                    [k, *(f"{100 * v[x]:.2f}" if v[x] is not None else "" for x in ("sentence_acc", "other_sentence_acc", "delta"))]
+                    for k, v in comparison["by_category"].items()
+                ],
+            ),
+            "",
+            f"Fixed by the other model: {len(comparison['fixed'])}; broken: {len(comparison['broken'])}.",
+            "",
+        ]
         for kind in ("fixed", "broken"):
             lines += [f"### {kind.capitalize()} (first {top})", "",
                       *markdown_table(["line", "text", "gold", "this model", "other model"],
@@ -167,7 +195,9 @@ def plot(result: dict, output_dir: str) -> None:
     for i in range(len(intents)):
         for j in range(len(intents)):
             if confusion[i, j]:
-                ax.text(j, i, confusion[i, j], ha="center", va="center", fontsize=7, color="white" if shown[i, j] > shown.max() / 2 else "black")
+                ax.text(
+                    j, i, confusion[i, j], ha="center", va="center", fontsize=7, color="white" if shown[i, j] > shown.max() / 2 else "black"
+                )
     ax.set_xticks(range(len(intents)), intents, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(intents)), intents, fontsize=8)
     ax.set_xlabel("predicted intent")
@@ -190,8 +220,12 @@ def plot(result: dict, output_dir: str) -> None:
     names = [n for n, c in result["by_category"].items() if c["utterances"]]
     x = np.arange(len(names))
     ax2.bar(x, [result["by_category"][n]["intent_wrong"] / result["by_category"][n]["utterances"] for n in names], label="intent wrong")
-    ax2.bar(x, [result["by_category"][n]["only_slots_wrong"] / result["by_category"][n]["utterances"] for n in names],
-            bottom=[result["by_category"][n]["intent_wrong"] / result["by_category"][n]["utterances"] for n in names], label="only slots wrong")
+    ax2.bar(
+        x,
+        [result["by_category"][n]["only_slots_wrong"] / result["by_category"][n]["utterances"] for n in names],
+        bottom=[result["by_category"][n]["intent_wrong"] / result["by_category"][n]["utterances"] for n in names],
+        label="only slots wrong",
+    )
     ax2.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("share of the category's utterances")
     ax2.legend()

@@ -183,23 +183,43 @@ def _openvino(precision: str) -> Callable[[export_format.ExportedModel, int], Lo
 
 
 BACKENDS: Dict[str, Backend] = {
-    "paddle-inference": Backend("Paddle Inference 2.6 from the paddle wheel (oneDNN; oneDNN int8 kernels for QAT graphs): "
-                                "run_eval.py's engine", _paddle_inference, qat_int8=True),
+    "paddle-inference": Backend(
+        "Paddle Inference 2.6 from the paddle wheel (oneDNN; oneDNN int8 kernels for QAT graphs): run_eval.py's engine",
+        _paddle_inference,
+        qat_int8=True,
+    ),
     "fastdeploy-paddle": Backend("Paddle Inference bundled in FastDeploy 1.0.7", _fastdeploy("paddle")),
     # FastDeploy's own paddle2onnx (1.0.7) keeps a QAT stage's quantize/dequantize pairs, which its ORT 1.12 folds into
     # integer kernels (its logits differ from the fp32 kernels' by the activations' rounding)
-    "fastdeploy-ort": Backend("ONNX Runtime 1.12 in FastDeploy 1.0.7 (graph converted by its paddle2onnx 1.0.7)", _fastdeploy("ort"), qat_int8=True),
-    "fastdeploy-openvino": Backend("OpenVINO in FastDeploy 1.0.7 (Paddle frontend; bf16 on CPUs with avx512_bf16, "
-                                   "FastDeploy has no precision setting; each row runs alone)", _fastdeploy("openvino"), qat_int8=True,
-                                   rows_alone=True),
-    "onnxruntime": Backend("ONNX Runtime 1.23 used directly on the paddle2onnx graph, attention as one operator, with its transformer fusions (fp32)",
-                           _onnxruntime(int8=False)),
-    "onnxruntime-int8": Backend("onnxruntime with every weight product on int8 kernels (per-channel int8 weights on 7 bits, "
-                                "activations quantized per call, so each row runs alone; Q/K/V inside QAttention)", _onnxruntime(int8=True), precision="int8",
-                                rows_alone=True),
-    "openvino-f32": Backend("OpenVINO 2024.6 used directly (Paddle frontend, as deploy/cpp), f32 inference precision; "
-                            "QAT graphs run its int8 kernels", _openvino("f32"), qat_int8=True),
-    "openvino-bf16": Backend("openvino-f32 with bf16 inference precision; refused on CPUs without bf16", _openvino("bf16"), precision="bf16", qat_int8=True),
+    "fastdeploy-ort": Backend(
+        "ONNX Runtime 1.12 in FastDeploy 1.0.7 (graph converted by its paddle2onnx 1.0.7)", _fastdeploy("ort"), qat_int8=True
+    ),
+    "fastdeploy-openvino": Backend(
+        "OpenVINO in FastDeploy 1.0.7 (Paddle frontend; bf16 on CPUs with avx512_bf16, "
+        "FastDeploy has no precision setting; each row runs alone)",
+        _fastdeploy("openvino"),
+        qat_int8=True,
+        rows_alone=True,
+    ),
+    "onnxruntime": Backend(
+        "ONNX Runtime 1.23 used directly on the paddle2onnx graph, attention as one operator, with its transformer fusions (fp32)",
+        _onnxruntime(int8=False),
+    ),
+    "onnxruntime-int8": Backend(
+        "onnxruntime with every weight product on int8 kernels (per-channel int8 weights on 7 bits, "
+        "activations quantized per call, so each row runs alone; Q/K/V inside QAttention)",
+        _onnxruntime(int8=True),
+        precision="int8",
+        rows_alone=True,
+    ),
+    "openvino-f32": Backend(
+        "OpenVINO 2024.6 used directly (Paddle frontend, as deploy/cpp), f32 inference precision; QAT graphs run its int8 kernels",
+        _openvino("f32"),
+        qat_int8=True,
+    ),
+    "openvino-bf16": Backend(
+        "openvino-f32 with bf16 inference precision; refused on CPUs without bf16", _openvino("bf16"), precision="bf16", qat_int8=True
+    ),
 }
 FASTDEPLOY_BACKENDS = [name for name in BACKENDS if name.startswith("fastdeploy-")]
 

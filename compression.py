@@ -190,7 +190,9 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
     if training_args.prune_embeddings:
         start = time.time()
         model, task = prune_vocabulary(model, task, (u.text for u in train), max_vocab_size, os.path.join(compress_dir, "pruned_model"))
-        stages.append(export(model, task, os.path.join(stages_dir, "pruned_vocab"), {**model_info, "stage": "pruned_vocab"}, dev, threads).directory)
+        stages.append(
+            export(model, task, os.path.join(stages_dir, "pruned_vocab"), {**model_info, "stage": "pruned_vocab"}, dev, threads).directory
+        )
         seconds["pruned_vocab"] = time.time() - start
         logger.info(f"vocabulary pruned to {len(task.tokenizer)} tokens, positions to {task.max_row_length}")
 
@@ -243,6 +245,8 @@ def write_report(report: dict, compress_dir: str) -> None:
     lines = markdown_table(["stage", "sentence acc", "sentence acc (ref)", "intent acc", "slot F1", "size (MB)", "parameters",
                             "stage wall time (s)"], rows)
     if "qat_prediction_agreement" in report:
-        lines.append(f"\nDynamic QAT model vs exported int8 graph: {100 * report['qat_prediction_agreement']:.2f} % of test predictions identical.")
+        lines.append(
+            f"\nDynamic QAT model vs exported int8 graph: {100 * report['qat_prediction_agreement']:.2f} % of test predictions identical."
+        )
     write_text(os.path.join(compress_dir, "compress_report.md"), "\n".join(lines) + "\n")
     logger.info("compression report:\n" + "\n".join(lines))

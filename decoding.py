@@ -165,7 +165,9 @@ class NativeDecoding:
     def __init__(self, lib: ctypes.CDLL, constraints: SlotConstraints, transitions: Optional[np.ndarray], inside_tags: np.ndarray):
         self.lib, tags, self.num_intents = lib, len(constraints.start_ok), len(constraints.intent_tags)
         # 0/1 tables as C char arrays; slu_decoding_new copies them
-        tables = [np.ascontiguousarray(a, dtype=np.int8) for a in (constraints.start_ok, constraints.transition_ok, constraints.intent_tags)]
+        tables = [
+            np.ascontiguousarray(a, dtype=np.int8) for a in (constraints.start_ok, constraints.transition_ok, constraints.intent_tags)
+        ]
         crf = None if transitions is None else np.ascontiguousarray(transitions, dtype=np.float64)
         inside = np.ascontiguousarray(inside_tags, dtype=np.int32)
         self.handle = lib.slu_decoding_new(tags, self.num_intents, tables[0].ctypes.data, tables[1].ctypes.data,
@@ -233,7 +235,9 @@ class Decoder:
         if transitions is not None:
             transitions = np.asarray(transitions, dtype="float64")
             if transitions.shape != (len(labels.slot_tags),) * 2:
-                raise ValueError(f"slot transitions of shape {transitions.shape}; {len(labels.slot_tags)} slot tags need a square of that size")
+                raise ValueError(
+                    f"slot transitions of shape {transitions.shape}; {len(labels.slot_tags)} slot tags need a square of that size"
+                )
             if decoder == GREEDY:
                 raise ValueError("a CRF's transitions need the constrained (Viterbi) decoder")
         self.labels, self.calibration, self.decoder, self.transitions = labels, calibration, decoder, transitions
@@ -254,7 +258,10 @@ class Decoder:
         return cls(task.labels, task.intent_slot_types, calibration, decoder, transitions, native)
 
     def __call__(self, intent_logits: np.ndarray, slot_logits: np.ndarray) -> Prediction:
-        intent_logits, slot_logits = np.ascontiguousarray(intent_logits, dtype="float32"), np.ascontiguousarray(slot_logits, dtype="float32")
+        intent_logits, slot_logits = (
+            np.ascontiguousarray(intent_logits, dtype="float32"),
+            np.ascontiguousarray(slot_logits, dtype="float32"),
+        )
         if self.native:
             intent_id, probs, tag_ids = self.native.decode(intent_logits, slot_logits, self.calibration.intent_temperature)
         else:
@@ -263,7 +270,9 @@ class Decoder:
             if self.decoder == GREEDY:
                 tag_ids = slot_logits.argmax(-1).tolist()
             else:
-                tag_ids = viterbi(slot_logits.astype("float64"), self.constraints.intent_tags[intent_id], self.constraints.start_ok, self.step)
+                tag_ids = viterbi(
+                    slot_logits.astype("float64"), self.constraints.intent_tags[intent_id], self.constraints.start_ok, self.step
+                )
         spans = bio_spans([self.labels.slot_tags[t] for t in tag_ids])
         confidences = self.span_confidences(slot_logits, tag_ids, spans, intent_id, self.calibration.slot_temperature)
         return Prediction(intent_id, probs, tag_ids, spans, confidences, intent_logits, slot_logits)

@@ -82,8 +82,24 @@ SPECIAL_TOKENS = {"pad": PAD_TOKEN, "cls": CLS_TOKEN, "sep": SEP_TOKEN, "unk": U
 INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
 MAX_UTTERANCE_TOKENS = 512
-REQUIRED_KEYS = ["format_version", "max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size", "special_tokens", "num_intents",
-                 "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"]
+REQUIRED_KEYS = [
+    "format_version",
+    "max_seq_length",
+    "context_turns",
+    "max_context_tokens",
+    "max_utterance_tokens",
+    "vocab_size",
+    "special_tokens",
+    "num_intents",
+    "num_slot_tags",
+    "intent_slot_types",
+    "slot_transitions",
+    "calibration",
+    "inputs",
+    "outputs",
+    "onednn_int8",
+    "model",
+]
 
 # (input names, output names) of a graph written at a path prefix
 GraphWriter = Callable[[str], Tuple[List[str], List[str]]]
@@ -232,10 +248,20 @@ def read(directory: str) -> ExportedModel:
         if not ok:
             raise ExportError(f"{os.path.join(directory, path)}: {problem}")
 
-    for key in ("max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size", "num_intents", "num_slot_tags"):
+    for key in (
+        "max_seq_length",
+        "context_turns",
+        "max_context_tokens",
+        "max_utterance_tokens",
+        "vocab_size",
+        "num_intents",
+        "num_slot_tags",
+    ):
         value = config[key]
         check(isinstance(value, int) and not isinstance(value, bool), CONFIG_FILE, f"{key} must be an integer, not {value!r}")
-    check(config["special_tokens"] == SPECIAL_TOKENS, CONFIG_FILE, f"special_tokens {config['special_tokens']} differ from {SPECIAL_TOKENS}")
+    check(
+        config["special_tokens"] == SPECIAL_TOKENS, CONFIG_FILE, f"special_tokens {config['special_tokens']} differ from {SPECIAL_TOKENS}"
+    )
     check(config["max_utterance_tokens"] >= 1, CONFIG_FILE, "max_utterance_tokens must be a positive integer")
     inputs = [i.get("name") for i in config["inputs"]]
     roles = [o.get("role") for o in config["outputs"]]

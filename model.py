@@ -36,7 +36,9 @@ class JointErnie(ErniePretrainedModel):
         if getattr(config, "slot_crf", False):
             self.slot_transitions = self.create_parameter([config.num_slot_tags] * 2, default_initializer=nn.initializer.Constant(0.0))
 
-    def forward(self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor = None, attention_mask=None) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    def forward(
+        self, input_ids: paddle.Tensor, token_type_ids: paddle.Tensor = None, attention_mask=None
+    ) -> Tuple[paddle.Tensor, paddle.Tensor]:
         # attention_mask: None derives it from padding; DynaBERT passes its own ([None, None]).
         if attention_mask is None:
             attention_mask = padding_mask(input_ids, self.config.pad_token_id)
@@ -230,7 +232,9 @@ class BiLSTMJoint(nn.Layer):
     def load(cls, directory: str) -> "BiLSTMJoint":
         with open(os.path.join(directory, "student_config.json")) as f:
             model = cls(**json.load(f))
-        model.set_state_dict({k: paddle.to_tensor(v) for k, v in safetensors.numpy.load_file(os.path.join(directory, SAFE_WEIGHTS)).items()})
+        model.set_state_dict(
+            {k: paddle.to_tensor(v) for k, v in safetensors.numpy.load_file(os.path.join(directory, SAFE_WEIGHTS)).items()}
+        )
         return model
 
 
@@ -245,7 +249,13 @@ class DistillLoss(nn.Layer):
         super().__init__()
         if objective not in ("mse", "kd"):
             raise ValueError(f"unknown distillation objective {objective!r}: use mse or kd")
-        self.pad_slot_id, self.objective, self.temperature, self.alpha, self.slot_weight = pad_slot_id, objective, temperature, alpha, slot_weight
+        self.pad_slot_id, self.objective, self.temperature, self.alpha, self.slot_weight = (
+            pad_slot_id,
+            objective,
+            temperature,
+            alpha,
+            slot_weight,
+        )
 
     def forward(self, logits, teacher_logits, token_mask, gold=None):
         """token_mask [B, S]: 1 on real characters. gold: (intent_label [B], slot_labels [B, S],
@@ -260,7 +270,9 @@ class DistillLoss(nn.Layer):
         soft_ce = lambda s, teacher: -(F.softmax(teacher / t, axis=-1) * F.log_softmax(s / t, axis=-1)).sum(axis=-1)
         soft = soft_ce(intent, t_intent).mean() + self.slot_weight * (soft_ce(slots, t_slots) * token_mask).sum() / tokens
         intent_label, slot_labels, has_gold = gold
-        hard_intent = (F.cross_entropy(intent, intent_label.unsqueeze(-1), reduction="none").squeeze(-1) * has_gold).sum() / paddle.clip(has_gold.sum(), min=1.0)
+        hard_intent = (F.cross_entropy(intent, intent_label.unsqueeze(-1), reduction="none").squeeze(-1) * has_gold).sum() / paddle.clip(
+            has_gold.sum(), min=1.0
+        )
         slot_ce = F.cross_entropy(slots, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id, reduction="none").squeeze(-1)
         gold_tokens = (slot_labels != self.pad_slot_id).astype("float32") * has_gold.unsqueeze(-1)
         hard = hard_intent + self.slot_weight * (slot_ce * gold_tokens).sum() / paddle.clip(gold_tokens.sum(), min=1.0)

@@ -206,8 +206,15 @@ def quantize_int8(model):
 
     source, target = onnx.ModelProto(), io.BytesIO()
     source.CopyFrom(model)  # quantize_dynamic edits the graph it is given
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True, op_types_to_quantize=["MatMul", "Attention"],
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # type of Attention's output
+    quantize_dynamic(
+        source,
+        target,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=True,
+        op_types_to_quantize=["MatMul", "Attention"],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )  # type of Attention's output
     return onnx.load_from_string(target.getvalue())
 
 

@@ -200,7 +200,9 @@ class Predictor:
                 if len(encoded[i].windows) > 1:
                     on_windows(i, len(encoded[i].offsets), len(encoded[i].windows))
         preds: List[Optional[Prediction]] = [None] * len(texts)
-        for i, p in zip(todo, run_windows([encoded[i] for i in todo], self.logits_fn, self.task.tokenizer.pad_id, self.decoder, batch_size)):
+        for i, p in zip(
+            todo, run_windows([encoded[i] for i in todo], self.logits_fn, self.task.tokenizer.pad_id, self.decoder, batch_size)
+        ):
             preds[i] = p
 
         def record(i: int) -> dict:

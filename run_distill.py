@@ -62,17 +62,23 @@ from utils import (
 @dataclass
 class DistillArguments:
     teacher_dir: str = field(default="output/demo/infer_model", metadata={"help": "The teacher: an exported fp32 model directory."})
-    data_dir: str = field(default=os.path.join(PROJECT_DIR, "data", "prepared"), metadata={"help": "train/dev/test.txt of prepare_data.py."})
+    data_dir: str = field(
+        default=os.path.join(PROJECT_DIR, "data", "prepared"), metadata={"help": "train/dev/test.txt of prepare_data.py."}
+    )
     output_dir: str = field(default="output/distill", metadata={"help": "Students, teacher logits, log and report."})
     compressed_dir: Optional[str] = field(default=None, metadata={"help": "A compressed ERNIE stage to compare with (optional)."})
-    objective: str = field(default="kd", metadata={"help": "kd (soft cross-entropy + gold; measured best here) or mse (logits, the tutorial's choice)."})
+    objective: str = field(
+        default="kd", metadata={"help": "kd (soft cross-entropy + gold; measured best here) or mse (logits, the tutorial's choice)."}
+    )
     temperature: float = field(default=2.0, metadata={"help": "kd: softmax temperature T (the soft term is scaled by T^2)."})
     alpha: float = field(default=0.5, metadata={"help": "kd: weight of the gold cross-entropy; 1 - alpha on the soft term."})
     augment_copies: int = field(default=4, metadata={"help": "Augmented copies drawn per training utterance."})
     p_mask: float = field(default=0.1, metadata={"help": "Probability of masking a word."})
     p_substitute: float = field(default=0.1, metadata={"help": "Probability of replacing a word by one of its part of speech / slot type."})
     p_ngram: float = field(default=0.25, metadata={"help": "Probability of keeping only a random run of whole words."})
-    teacher_logits_file: Optional[str] = field(default=None, metadata={"help": "Cache of the teacher's logits (default <output_dir>/teacher_logits.npz)."})
+    teacher_logits_file: Optional[str] = field(
+        default=None, metadata={"help": "Cache of the teacher's logits (default <output_dir>/teacher_logits.npz)."}
+    )
     embedding_dim: int = field(default=128, metadata={"help": "Student character embedding size."})
     hidden_size: int = field(default=128, metadata={"help": "Student LSTM hidden size per direction."})
     dropout: float = field(default=0.1, metadata={"help": "Student dropout."})
@@ -257,12 +263,19 @@ def main(argv=None):
     t, a, d = (results[k] for k in ("teacher (fp32 ERNIE)", "student alone", "distilled student"))
     gap = t["sentence_acc"] - a["sentence_acc"]
     report = {
-        "objective": args.objective, "temperature": args.temperature, "alpha": args.alpha, "augment_copies": args.augment_copies,
-        "augmented_rows": len(augmented), "latency_backends": args.latency_backends.split(","), "latency_utterances": args.latency_utterances,
+        "objective": args.objective,
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        "augment_copies": args.augment_copies,
+        "augmented_rows": len(augmented),
+        "latency_backends": args.latency_backends.split(","),
+        "latency_utterances": args.latency_utterances,
         "models": results,
         "gap_recovered": (d["sentence_acc"] - a["sentence_acc"]) / gap if gap > 0 else None,
-        "latency_ratio": {b: t["latency_p50_ms"][b] / d["latency_p50_ms"][b] if t["latency_p50_ms"][b] and d["latency_p50_ms"][b] else None
-                          for b in args.latency_backends.split(",")},
+        "latency_ratio": {
+            b: t["latency_p50_ms"][b] / d["latency_p50_ms"][b] if t["latency_p50_ms"][b] and d["latency_p50_ms"][b] else None
+            for b in args.latency_backends.split(",")
+        },
     }
     write_report(report, args.output_dir)
     return report

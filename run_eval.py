@@ -17,11 +17,13 @@ Prediction prints one JSON object per input line, the result record of predictor
 intent, confidence, intent_ranking (top 3), slots as {slot, entity, pos: [first, last],
 confidence} (inclusive character offsets into the text as given) and fallback, true when a
 confidence is below --min_confidence (ask the driver again rather than act). Confidences are
-calibrated on dev at export; slots are decoded under BIO and intent constraints (decoding.py). A line with no visible character gives {"text": ..., "error": "empty
-utterance"} instead of a guess, an over-long one (inference_config.json's max_utterance_tokens)
-an error record too, and a line that is not UTF-8 {"line": N, "error": "invalid UTF-8"}. Utterances longer than the model window (max_seq_length - 2 characters) are
-predicted in consecutive windows, as in evaluation, and reported on stderr; characters outside
-the vocabulary are read as [UNK]. Output files are written whole or not at all.
+calibrated on dev at export; slots are decoded under BIO and intent constraints (decoding.py). A
+line with no visible character gives {"text": ..., "error": "empty utterance"} instead of a
+guess, an over-long one (inference_config.json's max_utterance_tokens) an error record too, and a
+line or --text value that is not UTF-8 {"line": N, "error": "invalid UTF-8"}. Utterances longer
+than the model window (max_seq_length - 2 characters) are predicted in consecutive windows, as in
+evaluation, and reported on stderr; characters outside the vocabulary are read as [UNK]. Output
+files are written whole or not at all, and never in place of a directory.
 """
 import argparse
 import json
@@ -36,7 +38,9 @@ from utils import positive_int, write_text
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="exported directory (export_format.py): graph, vocab, labels, inference_config.json")
+    parser.add_argument(
+        "--model_dir", required=True, help="exported directory (export_format.py): graph, vocab, labels, inference_config.json"
+    )
     parser.add_argument("--eval_file", help="labelled file in the corpus format (e.g. a prepared test.txt): print metrics")
     parser.add_argument("--text", action="append", default=[], help="an utterance to predict; repeat for more")
     parser.add_argument("--context", action="append", default=[],

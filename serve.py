@@ -24,7 +24,8 @@ A request the service cannot answer gets a 4xx and {"error": "..."} saying why: 
 JSON, wrong fields or types, an empty, invisible-only or over-long utterance (predictor.py's error
 texts), a body over --max_request_bytes or nested too deeply, more than --max_batch_utterances
 utterances, an unknown session (its id quoted at most 64 characters long). A refused turn is no
-turn of its session, as everywhere (task.session_histories). SIGTERM or Ctrl-C: uvicorn stops accepting, finishes the requests in flight, then exits.
+turn of its session, as everywhere (task.session_histories). SIGTERM or Ctrl-C: uvicorn stops
+accepting, finishes the requests in flight, then exits.
 
 Python entry point: `create_app(predictor, exported, ServeOptions(...))` is a FastAPI app for any
 ASGI server. Runs one model per process; scale with processes and stateless context.
@@ -56,7 +57,9 @@ logger = logging.getLogger("slu.serve")
 @dataclasses.dataclass
 class ServeOptions:
     max_batch_size: int = dataclasses.field(default=32, metadata={"help": "most utterances in one model call (1 = one call per request)"})
-    max_wait_ms: float = dataclasses.field(default=0.0, metadata={"help": "how long a model call waits for more requests once one is queued"})
+    max_wait_ms: float = dataclasses.field(
+        default=0.0, metadata={"help": "how long a model call waits for more requests once one is queued"}
+    )
     max_request_bytes: int = dataclasses.field(default=65536, metadata={"help": "largest request body accepted (413 beyond)"})
     max_batch_utterances: int = dataclasses.field(default=64, metadata={"help": "most utterances in one /v1/parse/batch request"})
     max_context_items: int = dataclasses.field(default=16, metadata={"help": "most earlier utterances in a request's context"})

@@ -76,7 +76,9 @@ def main(argv=None):
         cell["median_throughput_batch32_utt_per_s"] = float(np.median(cell["throughput_batch32_utt_per_s"]))
         cell["median_latency_batch1_p50_ms"] = float(np.median(cell["latency_batch1_p50_ms"]))
     per_call, alone = result["modes"]["per call"], result["modes"]["rows alone"]
-    result["throughput_ratio_rows_alone_vs_per_call"] = alone["median_throughput_batch32_utt_per_s"] / per_call["median_throughput_batch32_utt_per_s"]
+    result["throughput_ratio_rows_alone_vs_per_call"] = (
+        alone["median_throughput_batch32_utt_per_s"] / per_call["median_throughput_batch32_utt_per_s"]
+    )
 
     os.makedirs(args.output_dir, exist_ok=True)
     save_json(os.path.join(args.output_dir, "batch_independence.json"), result)

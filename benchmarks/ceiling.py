@@ -63,9 +63,13 @@ def gemm_graph(m: int, k: int, n: int, int8: bool) -> bytes:
     rng = np.random.default_rng(0)
     nodes, inits = [], []
     if int8:
-        inits += [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "Wq"),
-                  numpy_helper.from_array(np.array(0.02, np.float32), "w_scale"), numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
-                  numpy_helper.from_array(np.array(0.01, np.float32), "x_scale"), numpy_helper.from_array(np.array(128, np.uint8), "x_zero")]
+        inits += [
+            numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "Wq"),
+            numpy_helper.from_array(np.array(0.02, np.float32), "w_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
+            numpy_helper.from_array(np.array(0.01, np.float32), "x_scale"),
+            numpy_helper.from_array(np.array(128, np.uint8), "x_zero"),
+        ]
         nodes += [helper.make_node("QuantizeLinear", ["X", "x_scale", "x_zero"], ["Xq"]),
                   helper.make_node("DequantizeLinear", ["Xq", "x_scale", "x_zero"], ["Xd"]),
                   helper.make_node("DequantizeLinear", ["Wq", "w_scale", "w_zero"], ["W"]),
@@ -147,10 +151,16 @@ def runtime_options(directory: str, lengths: collections.Counter, test_inputs, r
     converted = onnx_graph.from_paddle(exported).SerializeToString()
     fused = onnx_graph.fuse_transformer(onnx_graph.from_paddle(exported)).SerializeToString()
     rows = []
-    for name, graph, level in (("onnxruntime, graph as converted (basic optimizations)", converted, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
-                               ("onnxruntime, all graph optimizations", converted, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-                               ("onnxruntime, + transformer fusions", fused, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-                               ("onnxruntime, + attention fusion (backend onnxruntime)", onnx_graph.for_onnxruntime(exported), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
+    for name, graph, level in (
+        ("onnxruntime, graph as converted (basic optimizations)", converted, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        ("onnxruntime, all graph optimizations", converted, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        ("onnxruntime, + transformer fusions", fused, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+        (
+            "onnxruntime, + attention fusion (backend onnxruntime)",
+            onnx_graph.for_onnxruntime(exported),
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        ),
+    ):
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.graph_optimization_level = 1, level
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
@@ -159,7 +169,10 @@ def runtime_options(directory: str, lengths: collections.Counter, test_inputs, r
     common = lengths.most_common(1)[0][0]
     same_length = [x for x in test_inputs if x.shape == (1, common)]
     core = ov.Core()
-    for name, shape in (("openvino f32, dynamic shape (backend openvino-f32)", None), (f"openvino f32, static shape [1, {common}]", [1, common])):
+    for name, shape in (
+        ("openvino f32, dynamic shape (backend openvino-f32)", None),
+        (f"openvino f32, static shape [1, {common}]", [1, common]),
+    ):
         model = core.read_model(exported.path(export_format.GRAPH_FILE))
         if shape:
             model.reshape(shape)
@@ -170,7 +183,10 @@ def runtime_options(directory: str, lengths: collections.Counter, test_inputs, r
     for _ in range(rounds):
         for r in rows:
             times[r["setting"]].append(1000 * float(np.median(time_calls(r["call"], r["data"], 1.0))))
-    out = [{"setting": r["setting"], "inputs": r["inputs"], "ms": float(np.median(times[r["setting"]])), "rounds_ms": times[r["setting"]]} for r in rows]
+    out = [
+        {"setting": r["setting"], "inputs": r["inputs"], "ms": float(np.median(times[r["setting"]])), "rounds_ms": times[r["setting"]]}
+        for r in rows
+    ]
     for r in out:
         print(f"{r['setting']}: {r['ms']:.3f} ms", flush=True)
     return out
@@ -186,19 +202,35 @@ def markdown(result) -> str:
                               f"{r['best_gops']:.1f}", f"{r['microseconds']:.1f}"] for r in result["gemm"]], right_aligned_from=2)
     if result["bf16"] != "measured":
         lines += ["", f"bf16: {result['bf16']}"]
-    lines += ["", "Peak (the fastest 1024x1024x1024 call), GOP/s: " + "; ".join(
-        f"{t} thread(s): " + ", ".join(f"{p} {v:.1f}" for p, v in sorted(by.items())) for t, by in result["peak_gops"].items()), "",
-        f"Work per utterance on `{result['test_file']}` (matrix products at the real row lengths, batch 1) and the floor it sets at 1 thread:", ""]
+    lines += [
+        "",
+        "Peak (the fastest 1024x1024x1024 call), GOP/s: "
+        + "; ".join(f"{t} thread(s): " + ", ".join(f"{p} {v:.1f}" for p, v in sorted(by.items())) for t, by in result["peak_gops"].items()),
+        "",
+        f"Work per utterance on `{result['test_file']}` (matrix products at the real row lengths, batch 1) "
+        "and the floor it sets at 1 thread:",
+        "",
+    ]
     peak1 = result["peak_gops"].get("1", {})
     rows = []
     for s in result["stages"]:
         if s["gop_per_utterance"] is None:
             rows.append([s["stage"], "cannot convert to ONNX", "", ""])
             continue
-        rows.append([s["stage"], f"{s['gop_per_utterance']:.4f}", *(f"{1000 * s['gop_per_utterance'] / peak1[p]:.3f}" if p in peak1 else "n/a" for p in ("fp32", "int8"))])
+        rows.append(
+            [
+                s["stage"],
+                f"{s['gop_per_utterance']:.4f}",
+                *(f"{1000 * s['gop_per_utterance'] / peak1[p]:.3f}" if p in peak1 else "n/a" for p in ("fp32", "int8")),
+            ]
+        )
     lines += markdown_table(["stage", "GOP / utterance", "floor at fp32 peak (ms)", "floor at int8 peak (ms)"], rows, right_aligned_from=1)
     lines += ["", "What pays on this CPU (fp32 stage, model only, batch 1, 1 thread, median):", ""]
-    lines += markdown_table(["setting", "inputs", "ms"], [[r["setting"], r["inputs"], f"{r['ms']:.3f}"] for r in result["runtime_options"]], right_aligned_from=2)
+    lines += markdown_table(
+        ["setting", "inputs", "ms"],
+        [[r["setting"], r["inputs"], f"{r['ms']:.3f}"] for r in result["runtime_options"]],
+        right_aligned_from=2,
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +246,10 @@ def plot(result, path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / len(series)
     for i, name in enumerate(series):
-        values = [next((r["gops"] for r in rows if f"{r['runtime']} {r['precision']}" == name and "x".join(map(str, r["shape"])) == s), 0) for s in shapes]
+        values = [
+            next((r["gops"] for r in rows if f"{r['runtime']} {r['precision']}" == name and "x".join(map(str, r["shape"])) == s), 0)
+            for s in shapes
+        ]
         ax.bar(np.arange(len(shapes)) + i * width, values, width, label=name)
     ax.set_xticks(np.arange(len(shapes)) + 0.4 - width / 2)
     ax.set_xticklabels(shapes, fontsize=8)
@@ -228,7 +263,9 @@ def plot(result, path: str) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages_dir", default="output/nlpcc2018-nano-scratch-compress/compress/stages", help="a compression run's stages/")
+    parser.add_argument(
+        "--stages_dir", default="output/nlpcc2018-nano-scratch-compress/compress/stages", help="a compression run's stages/"
+    )
     parser.add_argument("--extra_stage", action="append", default=[], help="another exported directory (repeatable)")
     parser.add_argument("--test_file", default="data/prepared/nlpcc2018/test.txt", help="labelled test split")
     parser.add_argument("--output_dir", default="benchmarks/results", help="where ceiling.json/.md/.png go")
@@ -260,11 +297,18 @@ def main(argv=None):
                            "gop_per_utterance": total / len(inputs) / 1e9 if total else None})
     cpu_flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     result = {
-        "cpu": {"model": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown"),
-                "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in cpu_flags],
-                "openvino_capabilities": list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))},
-        "test_file": args.test_file, "median_row_tokens": median, "row_lengths": {str(n): c for n, c in sorted(lengths.items())},
-        "gemm": gemm, "peak_gops": peaks(gemm), "stages": stage_rows,
+        "cpu": {
+            "model": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown"),
+            "cores": os.cpu_count(),
+            "flags": [f for f in CPU_FLAGS if f in cpu_flags],
+            "openvino_capabilities": list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        },
+        "test_file": args.test_file,
+        "median_row_tokens": median,
+        "row_lengths": {str(n): c for n, c in sorted(lengths.items())},
+        "gemm": gemm,
+        "peak_gops": peaks(gemm),
+        "stages": stage_rows,
         "bf16": "measured" if with_bf16 else "not measured: this CPU has no bf16 (OpenVINO compiles a bf16 request as f32)",
         "runtime_options": runtime_options(first, lengths, test_inputs),
     }
@@ -279,7 +323,9 @@ def _weight_shapes(directory: str):
     """(k, n) of every MatMul whose second operand is a weight in the stage's graph."""
     model = onnx_graph.from_paddle(export_format.read(directory))
     weights = {t.name: list(t.dims) for t in model.graph.initializer}
-    return [tuple(weights[node.input[1]]) for node in model.graph.node if node.op_type == "MatMul" and len(weights.get(node.input[1], [])) == 2]
+    return [
+        tuple(weights[node.input[1]]) for node in model.graph.node if node.op_type == "MatMul" and len(weights.get(node.input[1], [])) == 2
+    ]
 
 
 if __name__ == "__main__":

@@ -139,7 +139,9 @@ def plot(report: dict, path: str) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", action="append", required=True, help="NAME=RUN_DIR[,RUN_DIR...] (one run per seed; the last = separates)")
+    parser.add_argument(
+        "--recipe", action="append", required=True, help="NAME=RUN_DIR[,RUN_DIR...] (one run per seed; the last = separates)"
+    )
     parser.add_argument("--baseline", required=True, help="the recipe before context (timed)")
     parser.add_argument("--chosen", required=True, help="the recipe chosen on dev (timed, its errors broken down)")
     parser.add_argument("--data_dir", default="data/prepared/nlpcc2018")

@@ -202,10 +202,13 @@ def markdown(report: dict) -> str:
                   f"{pct(sel['dev_at_threshold']['accuracy'])} %); on test it answers {pct(sel['test_at_dev_threshold']['coverage'])} % "
                   f"at {pct(sel['test_at_dev_threshold']['accuracy'])} % (all answered: {pct(sel['test_all_accuracy'])} %)."]
     t = report["timing"]
-    lines += ["", f"Decoding time per utterance (test, {t['utterances']} utterances): Python with numpy {t['python_numpy_decode_us']:.0f} µs"
-              + (f", Python with decoding.cc (ctypes) {t['python_native_decode_us']:.1f} µs" if "python_native_decode_us" in t else "")
-              + (f", C++ {t['cpp_decode_us']:.1f} µs" if "cpp_decode_us" in t else "")
-              + f"; the model itself (Paddle Inference, batch 1) {t['paddle_inference_model_batch1_us']:.0f} µs."]
+    lines += [
+        "",
+        f"Decoding time per utterance (test, {t['utterances']} utterances): Python with numpy {t['python_numpy_decode_us']:.0f} µs"
+        + (f", Python with decoding.cc (ctypes) {t['python_native_decode_us']:.1f} µs" if "python_native_decode_us" in t else "")
+        + (f", C++ {t['cpp_decode_us']:.1f} µs" if "cpp_decode_us" in t else "")
+        + f"; the model itself (Paddle Inference, batch 1) {t['paddle_inference_model_batch1_us']:.0f} µs.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -78,8 +78,22 @@ def add_work(cells, stages, ceiling):
 
 
 def markdown(result) -> str:
-    header = ["stage", "backend", "precision", "threads", "size (MB)", "sentence acc / ref (%)", f"same as {REFERENCE_BACKEND} (%)", "p50 / p90 / p99 (ms)",
-              "tokenize / model / post (ms)", "model GOP/s (% of peak)", "batch-32 (utt/s)", "peak RSS (MB)", "p50 speedup vs fp32", f"p50 speedup vs fp32 {BASELINE_BACKEND}"]
+    header = [
+        "stage",
+        "backend",
+        "precision",
+        "threads",
+        "size (MB)",
+        "sentence acc / ref (%)",
+        f"same as {REFERENCE_BACKEND} (%)",
+        "p50 / p90 / p99 (ms)",
+        "tokenize / model / post (ms)",
+        "model GOP/s (% of peak)",
+        "batch-32 (utt/s)",
+        "peak RSS (MB)",
+        "p50 speedup vs fp32",
+        f"p50 speedup vs fp32 {BASELINE_BACKEND}",
+    ]
     rows = []
     for c in result["cells"]:
         head = [c["stage"], c["backend"], c["precision"], c["threads"], f"{c['size_mb']:.2f}"]
@@ -124,7 +138,10 @@ def plot(result, output_dir: str) -> list:
     width = 0.8 / len(backends)
     for ax, t in zip(axes[0], threads):
         for b_i, backend in enumerate(backends):
-            values = [next((c["latency_ms"]["p50"] for c in cells if (c["stage"], c["backend"], c["threads"]) == (s, backend, t)), 0) for s in stages]
+            values = [
+                next((c["latency_ms"]["p50"] for c in cells if (c["stage"], c["backend"], c["threads"]) == (s, backend, t)), 0)
+                for s in stages
+            ]
             ax.bar(np.arange(len(stages)) + b_i * width, values, width, label=backend)
         ax.set_xticks(np.arange(len(stages)) + 0.4 - width / 2)
         ax.set_xticklabels(stages, rotation=25, ha="right", fontsize=8)
@@ -228,23 +245,53 @@ def main(argv=None):
         for i, (stage, backend, t) in enumerate(plan):
             measured = measure_in_subprocess(stage, backend, t, args.test_file, args.num_utterances, args.warmup, prediction_keys=True)
             runs[stage, backend, t].append(measured)
-            status = measured.get("error") or f"p50 {measured['latency_ms']['p50']:.3f} ms, {measured['throughput_batch32_utt_per_s']:.0f} utt/s"
-            print(f"[round {r + 1}/{args.rounds}, {i + 1}/{len(plan)}, {time.time() - start:.0f}s] {stage_name(stage)} / {backend} / {t} thread(s): {status}", flush=True)
+            status = (
+                measured.get("error") or f"p50 {measured['latency_ms']['p50']:.3f} ms, {measured['throughput_batch32_utt_per_s']:.0f} utt/s"
+            )
+            print(
+                f"[round {r + 1}/{args.rounds}, {i + 1}/{len(plan)}, {time.time() - start:.0f}s] "
+                f"{stage_name(stage)} / {backend} / {t} thread(s): {status}",
+                flush=True,
+            )
     cells = []
     for (stage, backend, t), measured in runs.items():
         ok = [m for m in measured if "error" not in m]
         # the round with the median p50 stands for the cell; every round's p50 is kept
         cell = sorted(ok, key=lambda m: m["latency_ms"]["p50"])[len(ok) // 2] if ok else measured[-1]
-        cells.append({"stage": stage_name(stage), "size_mb": model_size_mb(stage), "precision": precision(backend, export_format.read(stage).config),
-                      **cell, **({"p50_rounds_ms": [m["latency_ms"]["p50"] for m in ok],
-                                  "throughput_rounds_utt_per_s": [m["throughput_batch32_utt_per_s"] for m in ok]} if args.rounds > 1 else {})})
+        cells.append(
+            {
+                "stage": stage_name(stage),
+                "size_mb": model_size_mb(stage),
+                "precision": precision(backend, export_format.read(stage).config),
+                **cell,
+                **(
+                    {
+                        "p50_rounds_ms": [m["latency_ms"]["p50"] for m in ok],
+                        "throughput_rounds_utt_per_s": [m["throughput_batch32_utt_per_s"] for m in ok],
+                    }
+                    if args.rounds > 1
+                    else {}
+                ),
+            }
+        )
     add_speedups(cells)
     add_agreement(cells)
     add_work(cells, stages, ceiling)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown")
-    report({"test_file": args.test_file, "stages_dir": args.stages_dir, "num_utterances": args.num_utterances,
-            "warmup": args.warmup, "rounds": args.rounds, "cpu": f"{cpu}, {os.cpu_count()} cores", "backends": {b: BACKENDS[b].description for b in backends},
-            "ceiling": _peaks(ceiling), "cells": cells}, args.output_dir)
+    report(
+        {
+            "test_file": args.test_file,
+            "stages_dir": args.stages_dir,
+            "num_utterances": args.num_utterances,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "cpu": f"{cpu}, {os.cpu_count()} cores",
+            "backends": {b: BACKENDS[b].description for b in backends},
+            "ceiling": _peaks(ceiling),
+            "cells": cells,
+        },
+        args.output_dir,
+    )
 
 
 def _peaks(ceiling):

@@ -38,7 +38,9 @@ def run(data_dir, out_dir, env, threads, batch, processes, max_steps):
         "--per_device_train_batch_size", str(batch), "--evaluation_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--logging_steps", str(max_steps), "--disable_tqdm", "true",
     ]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     with open(os.path.join(out_dir, "train_results.json")) as f:

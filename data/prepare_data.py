@@ -23,7 +23,9 @@ def main(argv=None):
     parser.add_argument("--corpus_file", help="NLPCC 2018 Task 4 corpus.train.txt (default: search the documented paths)")
     parser.add_argument("--synthetic", action="store_true", help="use the embedded synthetic corpus even if the real one is found")
     parser.add_argument("--synthetic_size", type=int, default=3000, help="utterances in the synthetic corpus")
-    parser.add_argument("--output_dir", default=os.path.join(PROJECT_DIR, "data", "prepared"), help="where train/dev/test.txt and stats.json go")
+    parser.add_argument(
+        "--output_dir", default=os.path.join(PROJECT_DIR, "data", "prepared"), help="where train/dev/test.txt and stats.json go"
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of the session hash that orders the split")
     parser.add_argument("--train_fraction", type=float, default=0.8, help="share of utterances in train")
     parser.add_argument("--dev_fraction", type=float, default=0.1, help="share of utterances in dev (test gets the rest)")

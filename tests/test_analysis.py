@@ -16,7 +16,9 @@ LABELS = task.LabelMaps.from_files()
 
 
 def utt(session, text, intent, *slots, line=0):
-    return Utterance(session, text, intent, tuple(Slot(kind, s, e, text[s:e] if value is None else value) for kind, s, e, value in slots), line)
+    return Utterance(
+        session, text, intent, tuple(Slot(kind, s, e, text[s:e] if value is None else value) for kind, s, e, value in slots), line
+    )
 
 
 def pred(intent, tags, confidence):
@@ -24,14 +26,18 @@ def pred(intent, tags, confidence):
     probs = np.full(len(LABELS.intents), (1 - confidence) / (len(LABELS.intents) - 1))
     probs[LABELS.intent_id[intent]] = confidence
     ids = [LABELS.slot_id[t] for t in tags]
-    return Prediction(LABELS.intent_id[intent], probs, ids, [], [], np.zeros(len(LABELS.intents)), np.zeros((len(tags), len(LABELS.slot_tags))))
+    return Prediction(
+        LABELS.intent_id[intent], probs, ids, [], [], np.zeros(len(LABELS.intents)), np.zeros((len(tags), len(LABELS.slot_tags)))
+    )
 
 
 GOLD = [
     utt("a", "导航去北京", "navigation.navigation", ("destination", 3, 5, None), line=1),  # right
     utt("a", "取消", "navigation.cancel_navigation", line=2),  # intent wrong (-> OTHERS), later turn, short
     utt("b", "播放稻香", "music.play", ("song", 2, 4, None), line=3),  # only the slot wrong (singer)
-    utt("b", "打电话给老王吧我们今天晚上一起去吃饭好吗", "phone_call.make_a_phone_call", ("contact_name", 4, 6, "王先生"), line=4),  # long, correction, right
+    utt(
+        "b", "打电话给老王吧我们今天晚上一起去吃饭好吗", "phone_call.make_a_phone_call", ("contact_name", 4, 6, "王先生"), line=4
+    ),  # long, correction, right
     utt("c", "取消", "navigation.cancel_navigation", line=5),  # intent wrong (-> OTHERS), first turn
 ]
 PREDICTED = [
@@ -74,7 +80,9 @@ def test_analysis_counts_match_a_hand_count(rows):
     assert c["length > 14"] == {"utterances": 1, "sentence_acc": 1.0, "intent_wrong": 0, "only_slots_wrong": 0}
     assert c["first turn"]["utterances"] == 3 and c["first turn"]["intent_wrong"] == 1
     assert c["with ASR correction"] == {"utterances": 1, "sentence_acc": 1.0, "intent_wrong": 0, "only_slots_wrong": 0}
-    assert result["confusions"] == [{"gold": "navigation.cancel_navigation", "predicted": "OTHERS", "count": 2, "examples": ["取消", "取消"]}]
+    assert result["confusions"] == [
+        {"gold": "navigation.cancel_navigation", "predicted": "OTHERS", "count": 2, "examples": ["取消", "取消"]}
+    ]
     assert result["confidence_right"][9] == 2 and result["confidence_right"][8] == 1  # 0.95 and 0.9 (bins include their left edge); 0.85
     assert result["confidence_wrong"][5] == 1 and result["confidence_wrong"][3] == 1  # 0.55, 0.35
 

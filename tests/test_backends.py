@@ -56,7 +56,9 @@ def test_fastdeploy_demo_reads_sessions_and_context(trained, synthetic_splits):
     lines = [json.dumps({"session_id": u.session_id, "text": u.text}, ensure_ascii=False) for u in synthetic_splits["test"][:60]]
     assert run_fastdeploy_demo(model_dir, "fastdeploy-ort", lines + ["{}"], "--sessions") == reference.predict_sessions(lines + ["{}"])
     texts = ["取消", "下一首"]
-    assert run_fastdeploy_demo(model_dir, "fastdeploy-ort", texts, "--context", "播放稻香") == reference.predict(texts, histories=[["播放稻香"]] * 2)
+    assert run_fastdeploy_demo(model_dir, "fastdeploy-ort", texts, "--context", "播放稻香") == reference.predict(
+        texts, histories=[["播放稻香"]] * 2
+    )
 
 
 def test_unknown_backend_and_fastdeploy_beside_paddle_are_refused(trained):
@@ -73,7 +75,9 @@ def test_demo_refuses_a_broken_directory_with_a_message(trained, tmp_path):
     broken = str(tmp_path / "broken")
     shutil.copytree(os.path.join(trained, "infer_model"), broken)
     os.remove(os.path.join(broken, "model.pdiparams"))
-    proc = subprocess.run([sys.executable, FASTDEPLOY_DEMO, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, FASTDEPLOY_DEMO, "--model_dir", broken, "--text", "导航"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 1 and f"infer_demo: {broken}: missing model.pdiparams" in proc.stderr
 
 
@@ -119,8 +123,12 @@ def test_direct_runtime_matches_paddle_inference(backend, trained, synthetic_spl
     model_dir = os.path.join(trained, "infer_model")
     reference, direct = backends.open_predictor(model_dir), backends.open_predictor(model_dir, backend)
     lines = _session_lines(synthetic_splits["test"])
-    assert_same_records(direct.predict_sessions(lines), reference.predict_sessions(lines))  # two runtimes: fp32 rounding may move a 4th decimal
-    ids = utils.pad_batch([reference.task.encode(u.text).windows[0] for u in synthetic_splits["test"][:16]], reference.task.tokenizer.pad_id)
+    assert_same_records(
+        direct.predict_sessions(lines), reference.predict_sessions(lines)
+    )  # two runtimes: fp32 rounding may move a 4th decimal
+    ids = utils.pad_batch(
+        [reference.task.encode(u.text).windows[0] for u in synthetic_splits["test"][:16]], reference.task.tokenizer.pad_id
+    )
     for got, expected in zip(direct.logits_fn(ids), reference.logits_fn(ids)):
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4
 
@@ -139,7 +147,9 @@ def test_attention_blocks_become_one_operator_with_the_same_logits(trained, synt
     assert kinds["Attention"] == 4 and kinds["Softmax"] == kinds["Transpose"] == 0 and kinds["MatMul"] == 4 * 3 + 3
     ids = utils.pad_batch([exported.task.encode(u.text).windows[0] for u in synthetic_splits["test"][:16]], exported.task.tokenizer.pad_id)
     assert len({int((row != exported.task.tokenizer.pad_id).sum()) for row in ids}) > 1  # the mask matters
-    run = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {export_format.INPUT_NAME: ids})
+    run = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {export_format.INPUT_NAME: ids}
+    )
     for got, expected in zip(run(fused), run(converted)):
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
     plain = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Softmax", ["x"], ["y"])], "softmax_only",
@@ -162,7 +172,9 @@ def test_int8_runtime_runs_integer_kernels_and_agrees(trained, synthetic_splits)
     assert kinds["QAttention"] == 4 and kinds["MatMulInteger"] == 4 * 3 + 3 and kinds["MatMul"] == kinds["Attention"] == 0
     weights = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
     integer = [weights[n.input[1]] for n in graph.graph.node if n.op_type in ("MatMulInteger", "QAttention")]
-    assert len(integer) == 19 and all(w.dtype == np.int8 and -64 <= w.min() and w.max() <= 64 and int(w.max()) - int(w.min()) > 100 for w in integer)
+    assert len(integer) == 19 and all(
+        w.dtype == np.int8 and -64 <= w.min() and w.max() <= 64 and int(w.max()) - int(w.min()) > 100 for w in integer
+    )
     fp32, int8 = backends.open_predictor(model_dir, "onnxruntime"), backends.open_predictor(model_dir, "onnxruntime-int8")
     test = synthetic_splits["test"]
     same = [(a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.predictions(test), int8.predictions(test))]
@@ -197,7 +209,10 @@ def test_matmul_ops_count_the_nano_encoder_by_hand(trained):
     for n in (5, 9, 40):
         expected = 2 * (4 * (4 * n * 312 * 312 + 2 * n * 312 * 1248 + 2 * n * n * 312) + 312 * 312 + 312 * intents + n * 312 * tags)
         assert onnx_graph.matmul_ops(graph, n) == expected
-    assert onnx_graph.ops_per_length_of(os.path.join(trained, "infer_model"), [9, 5]) == {5: onnx_graph.matmul_ops(graph, 5), 9: onnx_graph.matmul_ops(graph, 9)}
+    assert onnx_graph.ops_per_length_of(os.path.join(trained, "infer_model"), [9, 5]) == {
+        5: onnx_graph.matmul_ops(graph, 5),
+        9: onnx_graph.matmul_ops(graph, 9),
+    }
     assert onnx_graph.matmul_ops(onnx_graph.quantize_int8(graph), 9) == onnx_graph.matmul_ops(graph, 9)
 
 

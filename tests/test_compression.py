@@ -65,7 +65,9 @@ def test_every_stage_is_exported_scored_and_self_contained(compressed, synthetic
     assert by_name["width_mult_0.75-int8"]["size_mb"] < 0.4 * by_name["width_mult_0.75-model"]["size_mb"]
     assert by_name["width_mult_0.75-quant_emb"]["size_mb"] < by_name["width_mult_0.75-int8"]["size_mb"]
     # QAT stages run on oneDNN's int8 kernels, the others in fp32
-    int8_kernels = {s["stage"]: utils.load_json(os.path.join(s["dir"], export_format.CONFIG_FILE)).get("onednn_int8", False) for s in report["stages"]}
+    int8_kernels = {
+        s["stage"]: utils.load_json(os.path.join(s["dir"], export_format.CONFIG_FILE)).get("onednn_int8", False) for s in report["stages"]
+    }
     assert int8_kernels == {name: name.endswith(("-int8", "-quant_emb")) for name in STAGES}
     # the trained model starts far above chance and compression keeps it useful
     assert by_name["fp32"]["intent_acc"] > 0.9 and by_name["width_mult_0.75-quant_emb"]["intent_acc"] > 0.8
@@ -159,7 +161,9 @@ def test_prunes_a_40k_vocabulary_pretrained_directory(tmp_path, labels):
     ErnieModel(config).save_pretrained(str(tmp_path / "ernie"), safe_serialization=True)
     export_format.write_vocab(str(tmp_path / "ernie"), task.CharTokenizer(vocab))
     model, tokenizer = load_pretrained(str(tmp_path / "ernie"), labels), pretrained_tokenizer(str(tmp_path / "ernie"))
-    pruned, pruned_task = prune_vocabulary(model, task.Task(tokenizer, labels, 16, task.any_slot_types(labels)), ["导航去北京", "播放音乐"], 8000, str(tmp_path / "pruned"))
+    pruned, pruned_task = prune_vocabulary(
+        model, task.Task(tokenizer, labels, 16, task.any_slot_types(labels)), ["导航去北京", "播放音乐"], 8000, str(tmp_path / "pruned")
+    )
     pruned_tok = pruned_task.tokenizer
     assert len(pruned_tok) == len(task.SPECIAL_TOKENS) + len(chars)  # only what the data uses survives
     assert pruned.ernie.embeddings.word_embeddings.weight.shape == [len(pruned_tok), 312]
@@ -190,7 +194,9 @@ def test_dynabert_without_a_saved_width_saves_the_final_weights(tmp_path, labels
 
     os.makedirs(tmp_path / "width_mult_0.5")
     open(tmp_path / "width_mult_0.5" / "model_state.pdparams", "wb").close()  # an evaluation saved this one
-    model = build_from_scratch("ernie-3.0-tiny-nano-v2-zh", task.Task(task.CharTokenizer.build(["导航"]), labels, 16, task.any_slot_types(labels)))
+    model = build_from_scratch(
+        "ernie-3.0-tiny-nano-v2-zh", task.Task(task.CharTokenizer.build(["导航"]), labels, 16, task.any_slot_types(labels))
+    )
     training = compat._always_save_dynabert(lambda trainer, ofa_model, model: "ofa")
     assert training(Trainer(), None, model) == "ofa"
     assert os.path.getsize(tmp_path / "width_mult_0.5" / "model_state.pdparams") == 0  # left alone

@@ -33,13 +33,29 @@ def test_lite_conversion_matches_paddle_inference(trained, synthetic_dir, tmp_pa
     proc = subprocess.run(app, capture_output=True, text=True)
     assert proc.returncode == 1 and f"{out}/model.nb: its content differs from manifest.json" in proc.stderr, proc.stderr
     report = utils.load_json(str(out / "verify.json"))
-    assert report["utterances"] == len(read_corpus(os.path.join(synthetic_dir, "test.txt"))) and report["prediction_agreement"] == 1.0 and report["max_abs_logit_diff"] <= 1e-4
+    assert (
+        report["utterances"] == len(read_corpus(os.path.join(synthetic_dir, "test.txt")))
+        and report["prediction_agreement"] == 1.0
+        and report["max_abs_logit_diff"] <= 1e-4
+    )
     assert report["arm_nb_mb"] > 1
 
 
 def test_missing_tool_venv_is_named(trained, tmp_path):
-    proc = subprocess.run([sys.executable, CONVERT, "--model_dir", os.path.join(trained, "infer_model"), "--output_dir", str(tmp_path / "o"),
-                           "--lite_venv", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            CONVERT,
+            "--model_dir",
+            os.path.join(trained, "infer_model"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--lite_venv",
+            str(tmp_path / "nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "make lite-setup" in proc.stderr
 
 
@@ -53,8 +69,14 @@ def test_lite_conversion_of_the_bilstm_student(trained, synthetic_dir, tmp_path)
 
     teacher = backends.open_predictor(os.path.join(trained, "infer_model"))
     paddle.seed(0)
-    student = BiLSTMJoint(len(teacher.task.tokenizer), len(teacher.task.labels.intents), len(teacher.task.labels.slot_tags), teacher.task.tokenizer.pad_id,
-                          embedding_dim=32, hidden_size=32)
+    student = BiLSTMJoint(
+        len(teacher.task.tokenizer),
+        len(teacher.task.labels.intents),
+        len(teacher.task.labels.slot_tags),
+        teacher.task.tokenizer.pad_id,
+        embedding_dim=32,
+        hidden_size=32,
+    )
     student_dir = export(student, teacher.task, str(tmp_path / "student"), {"architecture": "bilstm-student"}).directory
     out = tmp_path / "android-student"
     proc = subprocess.run([sys.executable, CONVERT, "--model_dir", student_dir, "--output_dir", str(out),

@@ -81,7 +81,9 @@ def damage(directory, change):
     elif change == "infinite temperature":
         text = open(config, encoding="utf-8").read()
         cal = json.loads(text)["calibration"]
-        open(config, "w", encoding="utf-8").write(text.replace(f'"intent_temperature": {cal["intent_temperature"]}', '"intent_temperature": Infinity'))
+        open(config, "w", encoding="utf-8").write(
+            text.replace(f'"intent_temperature": {cal["intent_temperature"]}', '"intent_temperature": Infinity')
+        )
     elif change in ("duplicate intent", "swapped intents"):
         labels = utils.read_lines(intents)
         labels[:2] = [labels[1], labels[1]] if change == "duplicate intent" else [labels[1], labels[0]]
@@ -158,8 +160,22 @@ def test_min_confidence_outside_0_1_is_refused_by_both(demo, trained, value):
     model_dir = os.path.join(trained, "infer_model")
     proc = subprocess.run([demo, "--model_dir", model_dir, "--min_confidence", value, "--text", "导航"], capture_output=True, text=True)
     assert proc.returncode == 2 and f"min_confidence {value}: must lie in [0, 1]" in proc.stderr, proc.stderr
-    proc = subprocess.run([sys.executable, os.path.join(utils.PROJECT_DIR, "run_eval.py"), "--model_dir", model_dir, "--backend", "onnxruntime",
-                           "--min_confidence", value, "--text", "导航"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(utils.PROJECT_DIR, "run_eval.py"),
+            "--model_dir",
+            model_dir,
+            "--backend",
+            "onnxruntime",
+            "--min_confidence",
+            value,
+            "--text",
+            "导航",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and f"min_confidence {value}: must lie in [0, 1]" in proc.stderr, proc.stderr[-2000:]
 
 
@@ -194,7 +210,10 @@ def test_cpp_tokenizer_matches_python(demo, trained, synthetic_splits, tmp_path,
         assert len(got) == len(turns)
         mismatches = [(t, g, e) for t, g, e in zip(turns, got, expected) if g != e]
         assert not mismatches, mismatches[:3]
-        assert sum(len(e["windows"]) > 1 for e in expected) > 0 and sum(len(w) > len(e["offsets"]) + 2 for e in expected for w in e["windows"]) > 0
+        assert (
+            sum(len(e["windows"]) > 1 for e in expected) > 0
+            and sum(len(w) > len(e["offsets"]) + 2 for e in expected for w in e["windows"]) > 0
+        )
 
 
 def test_cpp_decoding_is_identical_on_the_whole_corpus(demo, trained, synthetic_splits, tmp_path, request):
@@ -240,7 +259,9 @@ def test_cpp_demo_matches_the_python_prediction_path(demo, trained, synthetic_sp
     lines = session_lines((u.session_id, u.text) for u in synthetic_splits["test"][:150]) + ["{", '{"session_id": 1, "text": "x"}']
     expected = python.predict_sessions(lines)
     assert_same_records(run(demo, model_dir, lines, "--sessions"), expected)
-    assert expected[-1] == {"line": 152, "error": predictor.NOT_A_TURN} and expected[0]["session_id"] == synthetic_splits["test"][0].session_id
+    assert (
+        expected[-1] == {"line": 152, "error": predictor.NOT_A_TURN} and expected[0]["session_id"] == synthetic_splits["test"][0].session_id
+    )
 
 
 def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):
@@ -275,7 +296,9 @@ def test_cpp_demo_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(demo, 
     model_dir = os.path.join(trained, "infer_model")
     texts = [u.text for u in synthetic_splits["test"]]
     if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        proc = subprocess.run([demo, "--model_dir", model_dir, "--precision", "bf16", "--text", "导航"], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [demo, "--model_dir", model_dir, "--precision", "bf16", "--text", "导航"], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 1 and proc.stdout == ""
         assert "--precision bf16: this CPU cannot run bf16 (OpenVINO's CPU capabilities: " in proc.stderr
         assert "OpenVINO would run f32 instead" in proc.stderr

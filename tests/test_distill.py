@@ -112,7 +112,11 @@ def test_tiny_distillation_run(trained, synthetic_dir, synthetic_splits, tmp_pat
         "--num_train_epochs", "2", "--augment_copies", "1", "--latency_utterances", "30", "--objective", "kd",
     ])
     assert list(report["models"]) == ["teacher (fp32 ERNIE)", "student alone", "distilled student"]
-    assert report["augmented_rows"] > 1000 and report["latency_ratio"]["paddle-inference"] > 1 and report["latency_ratio"]["fastdeploy-ort"] > 1
+    assert (
+        report["augmented_rows"] > 1000
+        and report["latency_ratio"]["paddle-inference"] > 1
+        and report["latency_ratio"]["fastdeploy-ort"] > 1
+    )
     assert os.path.isfile(os.path.join(out, "distill_report.md"))
     for name in ("student_alone", "distilled"):
         student = backends.open_predictor(os.path.join(out, name, "infer_model"))

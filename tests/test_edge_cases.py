@@ -142,7 +142,12 @@ def test_command_line_values_that_are_not_utf8_get_the_invalid_utf8_record(model
     and predicted; now every front end gives the defined record and answers the other values."""
     bad = b"\xff\xfe" + "播放".encode()
     runs = {
-        "run_eval.py": [sys.executable.encode(), os.path.join(utils.PROJECT_DIR, "run_eval.py").encode(), b"--model_dir", model_dir.encode()],
+        "run_eval.py": [
+            sys.executable.encode(),
+            os.path.join(utils.PROJECT_DIR, "run_eval.py").encode(),
+            b"--model_dir",
+            model_dir.encode(),
+        ],
         "fastdeploy-ort": [sys.executable.encode(), FASTDEPLOY_DEMO.encode(), b"--model_dir", model_dir.encode()],
         "slu_demo": [cpp_demo.encode(), b"--model_dir", model_dir.encode()],
     }

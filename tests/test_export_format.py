@@ -63,36 +63,64 @@ def edit_config(**changes):
     return lambda text: json.dumps({**json.loads(text), **changes})
 
 
-@pytest.mark.parametrize("name, edit, problem", [
-    ("vocab.txt", lambda t: t + "导\n", r"vocab.txt: vocabulary has repeated tokens \['导'\]"),
-    ("vocab.txt", lambda t: t + "新\n", r"vocab.txt: \d+ tokens, inference_config.json says \d+"),
-    ("vocab.txt", lambda t: t.replace("[UNK]\n", "[unk]\n"), r"vocab.txt: vocabulary lacks special tokens \['\[UNK\]'\]"),
-    ("intent_label.txt", lambda t: t + "weather.query\n", r"intent_label.txt: 12 intents, inference_config.json says 11"),
-    ("slot_label.txt", lambda t: t.replace("B-song\n", ""), r"slot_label.txt: 31 slot tags, inference_config.json says 32"),
-    ("intent_label.txt", lambda t: t + "OTHERS\n", r"duplicate intent labels \['OTHERS'\]"),
-    ("inference_config.json", edit_config(format_version=3), r"inference_config.json: format_version 3; this code reads format_version 4"),
-    ("inference_config.json", lambda t: "\ufeff" + t, r"inference_config.json: not valid JSON \(Unexpected UTF-8 BOM"),
-    ("inference_config.json", lambda t: t.replace('"intent_temperature": 1.0', '"intent_temperature": Infinity'),
-     r"inference_config.json: not valid JSON \(Infinity is not JSON\)"),
-    ("inference_config.json", lambda t: t.replace('"intent_temperature": 1.0', '"intent_temperature": 1e400'),
-     r"calibration intent_temperature must be a positive number, not inf"),
-    ("inference_config.json", edit_config(max_context_tokens=0), r"inference_config.json: context_turns 2 with max_context_tokens 0"),
-    ("inference_config.json", edit_config(context_turns=-1), r"inference_config.json: context_turns -1 with max_context_tokens 24"),
-    ("inference_config.json", edit_config(context_turns=True), r"context_turns must be an integer, not True"),
-    ("inference_config.json", lambda t: t[:-10], r"inference_config.json: not valid JSON"),
-    ("inference_config.json", edit_config(max_seq_length=2), r"inference_config.json: max_seq_length 2: must hold"),
-    ("inference_config.json", edit_config(intent_slot_types={"OTHERS": []}), r"intent_slot_types must name every intent label once"),
-    ("inference_config.json", edit_config(intent_slot_types={**SLOT_TYPES, "OTHERS": ["weather"]}), r"slot types \['weather'\] that are not in the slot labels"),
-    ("inference_config.json", edit_config(calibration={"intent_temperature": 0, "slot_temperature": 1, "fitted_on": None}),
-     r"calibration intent_temperature must be a positive number, not 0"),
-    ("inference_config.json", edit_config(calibration={"intent_temperature": 1}), r"inference_config.json: calibration .* must hold exactly"),
-    ("inference_config.json", edit_config(calibration=[1, 1]), r"inference_config.json: calibration \[1, 1\] must hold exactly"),
-    ("inference_config.json", edit_config(max_utterance_tokens=0), r"max_utterance_tokens must be a positive integer"),
-    ("inference_config.json", edit_config(max_seq_length=16.5), r"max_seq_length must be an integer, not 16.5"),
-    ("inference_config.json", edit_config(max_seq_length="16"), r"max_seq_length must be an integer, not '16'"),
-    ("inference_config.json", edit_config(num_intents=True), r"num_intents must be an integer, not True"),
-    ("inference_config.json", edit_config(outputs=[{"role": "slot_logits"}, {"role": "intent_logits"}]), r"outputs \['slot_logits', 'intent_logits'\]"),
-])
+@pytest.mark.parametrize(
+    "name, edit, problem",
+    [
+        ("vocab.txt", lambda t: t + "导\n", r"vocab.txt: vocabulary has repeated tokens \['导'\]"),
+        ("vocab.txt", lambda t: t + "新\n", r"vocab.txt: \d+ tokens, inference_config.json says \d+"),
+        ("vocab.txt", lambda t: t.replace("[UNK]\n", "[unk]\n"), r"vocab.txt: vocabulary lacks special tokens \['\[UNK\]'\]"),
+        ("intent_label.txt", lambda t: t + "weather.query\n", r"intent_label.txt: 12 intents, inference_config.json says 11"),
+        ("slot_label.txt", lambda t: t.replace("B-song\n", ""), r"slot_label.txt: 31 slot tags, inference_config.json says 32"),
+        ("intent_label.txt", lambda t: t + "OTHERS\n", r"duplicate intent labels \['OTHERS'\]"),
+        (
+            "inference_config.json",
+            edit_config(format_version=3),
+            r"inference_config.json: format_version 3; this code reads format_version 4",
+        ),
+        ("inference_config.json", lambda t: "\ufeff" + t, r"inference_config.json: not valid JSON \(Unexpected UTF-8 BOM"),
+        (
+            "inference_config.json",
+            lambda t: t.replace('"intent_temperature": 1.0', '"intent_temperature": Infinity'),
+            r"inference_config.json: not valid JSON \(Infinity is not JSON\)",
+        ),
+        (
+            "inference_config.json",
+            lambda t: t.replace('"intent_temperature": 1.0', '"intent_temperature": 1e400'),
+            r"calibration intent_temperature must be a positive number, not inf",
+        ),
+        ("inference_config.json", edit_config(max_context_tokens=0), r"inference_config.json: context_turns 2 with max_context_tokens 0"),
+        ("inference_config.json", edit_config(context_turns=-1), r"inference_config.json: context_turns -1 with max_context_tokens 24"),
+        ("inference_config.json", edit_config(context_turns=True), r"context_turns must be an integer, not True"),
+        ("inference_config.json", lambda t: t[:-10], r"inference_config.json: not valid JSON"),
+        ("inference_config.json", edit_config(max_seq_length=2), r"inference_config.json: max_seq_length 2: must hold"),
+        ("inference_config.json", edit_config(intent_slot_types={"OTHERS": []}), r"intent_slot_types must name every intent label once"),
+        (
+            "inference_config.json",
+            edit_config(intent_slot_types={**SLOT_TYPES, "OTHERS": ["weather"]}),
+            r"slot types \['weather'\] that are not in the slot labels",
+        ),
+        (
+            "inference_config.json",
+            edit_config(calibration={"intent_temperature": 0, "slot_temperature": 1, "fitted_on": None}),
+            r"calibration intent_temperature must be a positive number, not 0",
+        ),
+        (
+            "inference_config.json",
+            edit_config(calibration={"intent_temperature": 1}),
+            r"inference_config.json: calibration .* must hold exactly",
+        ),
+        ("inference_config.json", edit_config(calibration=[1, 1]), r"inference_config.json: calibration \[1, 1\] must hold exactly"),
+        ("inference_config.json", edit_config(max_utterance_tokens=0), r"max_utterance_tokens must be a positive integer"),
+        ("inference_config.json", edit_config(max_seq_length=16.5), r"max_seq_length must be an integer, not 16.5"),
+        ("inference_config.json", edit_config(max_seq_length="16"), r"max_seq_length must be an integer, not '16'"),
+        ("inference_config.json", edit_config(num_intents=True), r"num_intents must be an integer, not True"),
+        (
+            "inference_config.json",
+            edit_config(outputs=[{"role": "slot_logits"}, {"role": "intent_logits"}]),
+            r"outputs \['slot_logits', 'intent_logits'\]",
+        ),
+    ],
+)
 def test_a_directory_that_breaks_the_contract_is_refused(exported, name, edit, problem):
     corrupt(exported, name, edit)
     with pytest.raises(export_format.ExportError, match=problem):

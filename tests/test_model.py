@@ -36,7 +36,11 @@ def small_model(tokenizer, labels, **overrides):
 
 
 def batch(tokenizer, texts=TEXTS):
-    return paddle.to_tensor(utils.pad_batch([task.Task(tokenizer, LABELS, 32, task.any_slot_types(LABELS)).encode(t).windows[0] for t in texts], tokenizer.pad_id))
+    return paddle.to_tensor(
+        utils.pad_batch(
+            [task.Task(tokenizer, LABELS, 32, task.any_slot_types(LABELS)).encode(t).windows[0] for t in texts], tokenizer.pad_id
+        )
+    )
 
 
 def test_from_scratch_has_the_published_nano_architecture(tokenizer, labels):
@@ -144,7 +148,9 @@ def test_a_few_steps_of_training_fit_a_batch(tokenizer, labels):
         ["O", "O"],
     ]
     slot_labels = paddle.to_tensor(utils.pad_batch([[pad] + [sid[t] for t in row] + [pad] for row in tags], pad))
-    intent_label = paddle.to_tensor([labels.intent_id[i] for i in ("navigation.navigation", "music.play", "phone_call.make_a_phone_call", "music.pause")])
+    intent_label = paddle.to_tensor(
+        [labels.intent_id[i] for i in ("navigation.navigation", "music.play", "phone_call.make_a_phone_call", "music.pause")]
+    )
     criterion = JointLoss(pad)
     opt = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters())
     losses = []

@@ -87,7 +87,9 @@ def test_predict_encoded_batches_windows_in_order(labels):
     long_window = task.Task(tok, LABELS, 16, task.any_slot_types(LABELS))
     widths = []
     counted = lambda ids: widths.append(ids.shape[1]) or echo(ids)
-    preds = predictor.run_windows([long_window.encode(t) for t in ["甲乙丙丁戊己庚辛", "乙", "甲乙丙丁戊己庚辛", "丙"]], counted, tok.pad_id, greedy, batch_size=2)
+    preds = predictor.run_windows(
+        [long_window.encode(t) for t in ["甲乙丙丁戊己庚辛", "乙", "甲乙丙丁戊己庚辛", "丙"]], counted, tok.pad_id, greedy, batch_size=2
+    )
     assert widths == [3, 10] and [p.intent_logits[0] for p in preds] == [tok.token_to_id[c] for c in "甲乙甲丙"]
 
 

@@ -116,7 +116,9 @@ def test_earlier_output_survives_a_bad_input(model_dir, tmp_path):
     run_eval.main(["--model_dir", model_dir, "--text", "下一首", "--output_file", str(out)])
     assert json.loads(out.read_text(encoding="utf-8"))["text"] == "下一首"
     # SIGKILLed the moment it starts writing the results: the earlier ones are still there, whole
-    run_killed_at_open("run_eval.py", "*/.results.jsonl.*/new", ["--model_dir", model_dir, "--text", "导航去北京", "--output_file", str(out)])
+    run_killed_at_open(
+        "run_eval.py", "*/.results.jsonl.*/new", ["--model_dir", model_dir, "--text", "导航去北京", "--output_file", str(out)]
+    )
     assert json.loads(out.read_text(encoding="utf-8"))["text"] == "下一首"
 
 

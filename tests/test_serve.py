@@ -94,7 +94,11 @@ def test_metadata_health_and_openapi(server, model_dir):
     status, spec = server.call("GET", "/openapi.json")
     schemas = spec["components"]["schemas"]
     body = spec["paths"]["/v1/parse"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body == {"$ref": "#/components/schemas/Utterance"} and set(schemas["Utterance"]["properties"]) == {"text", "context", "session_id"}
+    assert body == {"$ref": "#/components/schemas/Utterance"} and set(schemas["Utterance"]["properties"]) == {
+        "text",
+        "context",
+        "session_id",
+    }
     batch_items = schemas["BatchRequest"]["properties"]["utterances"]["items"]
     assert batch_items == {"$ref": "#/components/schemas/Utterance"}
     answer = spec["paths"]["/v1/parse"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
@@ -135,7 +139,9 @@ def test_stateless_context_as_run_eval(server, model_dir, tmp_path):
 def test_interleaved_sessions_never_mix(server, model_dir, tmp_path):
     turns = [("a", "导航去北京"), ("b", "播放周杰伦的稻香"), ("a", "取消"), ("b", "取消"), ("a", "打电话给老王"), ("b", "退出")]
     sessions_file = tmp_path / "turns.jsonl"
-    sessions_file.write_text("".join(json.dumps({"session_id": s, "text": t}, ensure_ascii=False) + "\n" for s, t in turns), encoding="utf-8")
+    sessions_file.write_text(
+        "".join(json.dumps({"session_id": s, "text": t}, ensure_ascii=False) + "\n" for s, t in turns), encoding="utf-8"
+    )
     expected = run_eval_records(model_dir, tmp_path, "--sessions_file", str(sessions_file))
     ids = {}
     for name in "ab":
@@ -289,7 +295,9 @@ def test_a_refused_turn_is_no_turn_of_the_session(server, model_dir, tmp_path):
     session turn)."""
     turns = [("a", "导航去北京"), ("a", "   "), ("a", "取消")]
     sessions_file = tmp_path / "turns.jsonl"
-    sessions_file.write_text("".join(json.dumps({"session_id": s, "text": t}, ensure_ascii=False) + "\n" for s, t in turns), encoding="utf-8")
+    sessions_file.write_text(
+        "".join(json.dumps({"session_id": s, "text": t}, ensure_ascii=False) + "\n" for s, t in turns), encoding="utf-8"
+    )
     expected = run_eval_records(model_dir, tmp_path, "--sessions_file", str(sessions_file))
     sid = server.call("POST", "/v1/sessions")[1]["session_id"]
     statuses, got = [], []
@@ -304,7 +312,9 @@ def test_a_refused_turn_is_no_turn_of_the_session(server, model_dir, tmp_path):
 def test_sigterm_finishes_the_request_in_flight(model_dir):
     slow = Server(model_dir, "--max_wait_ms", "3000")  # a lone request waits 3 s in the batcher for company
     answer = {}
-    thread = threading.Thread(target=lambda: answer.update(zip(("status", "record"), slow.call("POST", "/v1/parse", {"text": "导航去北京"}))))
+    thread = threading.Thread(
+        target=lambda: answer.update(zip(("status", "record"), slow.call("POST", "/v1/parse", {"text": "导航去北京"})))
+    )
     thread.start()
     while slow.call("GET", "/v1/stats")[1]["in_flight"] != 1:
         time.sleep(0.05)

@@ -110,7 +110,18 @@ def test_bio_spans_conlleval_rules():
 
 
 def test_invisible_characters_carry_no_token_and_no_tag():
-    assert [task.carries_token(c) for c in "a 导\t\u3000\u200b\u0000\ufeff\u007f😀"] == [True, False, True, False, False, False, False, False, False, True]
+    assert [task.carries_token(c) for c in "a 导\t\u3000\u200b\u0000\ufeff\u007f😀"] == [
+        True,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
     tok = task.CharTokenizer.build(["导航"])
     assert tok.tokenize("\ufeff导\u200b航\u0000") == ([tok.token_to_id["导"], tok.token_to_id["航"]], [1, 3])
     with pytest.raises(ValueError, match=r"repeated tokens \['导'\]"):

@@ -104,11 +104,17 @@ def test_export_has_no_scalar_fill_constant(trained):
     Lite; model.padding_mask avoids it."""
     paddle.enable_static()
     try:
-        program, _, _ = paddle.static.load_inference_model(os.path.join(trained, "infer_model", "model"), paddle.static.Executor(paddle.CPUPlace()))
+        program, _, _ = paddle.static.load_inference_model(
+            os.path.join(trained, "infer_model", "model"), paddle.static.Executor(paddle.CPUPlace())
+        )
     finally:
         paddle.disable_static()
     ops = program.global_block().ops
-    assert not [op for op in ops if op.type == "fill_constant" and list(op.attr("shape")) == [] and not op.input("ShapeTensor") and not op.input("ShapeTensorList")]
+    assert not [
+        op
+        for op in ops
+        if op.type == "fill_constant" and list(op.attr("shape")) == [] and not op.input("ShapeTensor") and not op.input("ShapeTensorList")
+    ]
     assert not [op for op in ops if op.type in ("equal", "not_equal")]
 
 
@@ -147,7 +153,9 @@ def test_static_evaluation_reproduces_training_evaluation(trained, static, synth
 def test_long_utterances_are_scored_whole(static):
     """An utterance longer than the model's window (here a window of 8 on the same graph) is
     predicted in overlapping windows, every character scored."""
-    short_window = predictor.Predictor(dataclasses.replace(static.task, max_seq_length=8), static.logits_fn, calibration=static.decoder.calibration)
+    short_window = predictor.Predictor(
+        dataclasses.replace(static.task, max_seq_length=8), static.logits_fn, calibration=static.decoder.calibration
+    )
     text = "播放林小雨的晚风轻轻吹然后导航去第一人民医院再打电话给老王"  # 29 chars
     assert len(short_window.task.encode(text).windows) == 9  # windows of 6, stride 3
     [result] = short_window.predict([text], histories=[["你好"]])
@@ -208,7 +216,9 @@ def test_a_run_killed_while_saving_resumes_to_the_same_weights(tmp_path, synthet
 
     killed = str(tmp_path / "killed")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    run_killed_at_open("run_train.py", "*/checkpoint-12/optimizer.pdopt", common + ["--output_dir", killed, "--wandb_api_key", "secret-4f9a"], env)
+    run_killed_at_open(
+        "run_train.py", "*/checkpoint-12/optimizer.pdopt", common + ["--output_dir", killed, "--wandb_api_key", "secret-4f9a"], env
+    )
     assert {"config.json", "model_state.pdparams", "model.safetensors", "optimizer.pdopt", "scheduler.pdparams", "vocab.txt",
             "intent_label.txt", "slot_label.txt", training.CHECKPOINT_MANIFEST} <= set(os.listdir(os.path.join(killed, "checkpoint-6")))
     assert "optimizer.pdopt" not in os.listdir(os.path.join(killed, "checkpoint-12"))
@@ -318,11 +328,35 @@ def test_crf_head_trains_exports_and_decodes_with_its_transitions(tmp_path, synt
     import run_train
 
     out = str(tmp_path / "crf")
-    run_train.main([
-        "--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh", "--slot_crf", "--context_turns", "2", "--data_dir", synthetic_dir,
-        "--output_dir", out, "--do_train", "--do_eval", "--do_export", "--max_steps", "40", "--learning_rate", "1e-3",
-        "--evaluation_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true",
-    ])
+    run_train.main(
+        [
+            "--from_scratch",
+            "--model_name_or_path",
+            "ernie-3.0-tiny-nano-v2-zh",
+            "--slot_crf",
+            "--context_turns",
+            "2",
+            "--data_dir",
+            synthetic_dir,
+            "--output_dir",
+            out,
+            "--do_train",
+            "--do_eval",
+            "--do_export",
+            "--max_steps",
+            "40",
+            "--learning_rate",
+            "1e-3",
+            "--evaluation_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     model = JointErnie.from_pretrained(out)
     learned = model.slot_transitions.numpy()
     exported = export_format.read(os.path.join(out, "infer_model"))

@@ -39,8 +39,13 @@ def lite_tool(lite_venv: str, name: str) -> str:
 
 
 def convert(model_dir: str, target: str, out_prefix: str, lite_venv: str) -> str:
-    cmd = [lite_tool(lite_venv, "paddle_lite_opt"), f"--model_file={os.path.join(model_dir, export_format.GRAPH_FILE)}",
-           f"--param_file={os.path.join(model_dir, export_format.PARAMS_FILE)}", f"--optimize_out={out_prefix}", f"--valid_targets={target}"]
+    cmd = [
+        lite_tool(lite_venv, "paddle_lite_opt"),
+        f"--model_file={os.path.join(model_dir, export_format.GRAPH_FILE)}",
+        f"--param_file={os.path.join(model_dir, export_format.PARAMS_FILE)}",
+        f"--optimize_out={out_prefix}",
+        f"--valid_targets={target}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.isfile(out_prefix + ".nb"):
         sys.exit(f"paddle_lite_opt could not convert {model_dir} for {target}:\n{(proc.stdout + proc.stderr)[-2000:]}")

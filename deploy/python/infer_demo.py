@@ -32,7 +32,9 @@ def main(argv=None):
     parser.add_argument("--min_confidence", type=float, default=0.0,
                         help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="windows per inference call")
-    parser.add_argument("--logits_file", help="also save the merged intent and slot logits (.npz) of the predicted utterances, for parity checks")
+    parser.add_argument(
+        "--logits_file", help="also save the merged intent and slot logits (.npz) of the predicted utterances, for parity checks"
+    )
     args = parser.parse_args(argv)
     if args.sessions and args.logits_file:
         parser.error("--logits_file goes with utterances, not --sessions")
