@@ -21,7 +21,6 @@ from backends import open_predictor
 from data.corpus import read_corpus
 from export_format import GRAPH_FILE
 from predictor import describe, merge_windows, score
-from task import session_histories
 from utils import load_json, pad_batch
 
 
@@ -38,7 +37,7 @@ def measure(model_dir: str, backend: str, threads: int, test_file: str, num_utte
     task = predictor.task
     test = read_corpus(test_file, task.labels)
     texts = [u.text for u in test]
-    histories = session_histories(((u.session_id, u.text) for u in test), task.context_turns)  # context of its session
+    histories = task.corpus_histories(test)  # context of its session
 
     row_lengths = collections.Counter()  # tokens per graph row of the timed calls -> rows (the benchmark's work count)
 

@@ -39,7 +39,7 @@ from exporting import export
 from latency import measure_in_subprocess
 from model import BiLSTMJoint, DistillLoss, JointLoss
 from predictor import Predictor
-from task import Task, session_histories
+from task import Task
 from training import (
     configure_cpu,
     dynamic_logits_fn,
@@ -234,7 +234,7 @@ def main(argv=None):
     new_student = lambda: BiLSTMJoint(len(task.tokenizer), len(task.labels.intents), len(task.labels.slot_tags), task.tokenizer.pad_id,
                                       args.embedding_dim, args.hidden_size, args.dropout)
 
-    histories = session_histories(((u.session_id, u.text) for u in train), task.context_turns)
+    histories = task.corpus_histories(train)
     gold = gold_rows(train, histories, task, has_gold=True)
     joint_loss = JointLoss(task.labels.pad_slot_id)
     paddle.seed(args.seed)

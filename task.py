@@ -261,10 +261,14 @@ class Task:
         bounds = window_bounds(len(ids), self.max_seq_length - 2)
         return Encoded(text, offsets, [[tok.cls_id] + ids[s:e] + [tok.sep_id] + context for s, e in bounds], bounds)
 
+    def corpus_histories(self, utterances) -> List[List[str]]:
+        """The context of each corpus utterance: the earlier turns of its session in file order
+        (what a running assistant knows of the conversation; no label is used)."""
+        return session_histories(((u.session_id, u.text) for u in utterances), self.context_turns)
+
     def encode_corpus(self, utterances) -> List[Encoded]:
         """Corpus utterances encoded with their sessions' earlier turns (in file order) as context."""
-        histories = session_histories(((u.session_id, u.text) for u in utterances), self.context_turns)
-        return [self.encode(u.text, h) for u, h in zip(utterances, histories)]
+        return [self.encode(u.text, h) for u, h in zip(utterances, self.corpus_histories(utterances))]
 
     def labelled_rows(self, utt, enc: Encoded) -> List[dict]:
         """Model rows of a corpus utterance with their labels, one per window; the slot labels run

@@ -22,7 +22,6 @@ import export_format
 from backends import onnxruntime_logits, per_row
 from data.corpus import read_corpus
 from predictor import Predictor
-from task import session_histories
 from utils import cpu_threads, markdown_table, save_json, write_text
 
 
@@ -44,7 +43,7 @@ def main(argv=None):
     modes = {"per call": batched, "rows alone": per_row(batched, exported.task.tokenizer.pad_id)}
     test = read_corpus(args.test_file, exported.task.labels)
     texts = [u.text for u in test]
-    histories = session_histories(((u.session_id, u.text) for u in test), exported.task.context_turns)
+    histories = exported.task.corpus_histories(test)
     predictors = {name: Predictor.from_exported(exported, fn) for name, fn in modes.items()}
 
     result = {"model_dir": args.model_dir, "test_file": args.test_file, "utterances": len(texts), "threads": cpu_threads(args.cpu_threads),

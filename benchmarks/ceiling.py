@@ -31,7 +31,6 @@ import onnx_graph
 from backends import openvino_options
 from data.corpus import read_corpus
 from latency import stage_dirs, stage_name
-from task import session_histories
 from utils import markdown_table, pad_batch, save_figure, save_json, write_text
 
 LARGE = (1024, 1024, 1024)
@@ -43,7 +42,7 @@ def test_rows(directory: str, test_file: str):
     turns (what latency.py times), [rows, tokens] each."""
     task = export_format.read(directory).task
     test = read_corpus(test_file, task.labels)
-    histories = session_histories(((u.session_id, u.text) for u in test), task.context_turns)
+    histories = task.corpus_histories(test)
     return [pad_batch(task.encode(u.text, h).windows, task.tokenizer.pad_id) for u, h in zip(test, histories)]
 
 

@@ -28,7 +28,6 @@ import numpy as np
 from backends import BACKENDS, open_predictor
 from data.corpus import read_corpus
 from predictor import without_confidences
-from task import session_histories
 from utils import PROJECT_DIR, markdown_table, save_figure, save_json, write_text
 
 MODES = {"one call per request": ["--max_batch_size", "1"],
@@ -121,7 +120,7 @@ def main():
     # the utterances and their in-process answers, one call per utterance (the HTTP-free baseline)
     predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads)
     test = read_corpus(args.test_file, predictor.task.labels)
-    histories = session_histories(((u.session_id, u.text) for u in test), predictor.task.context_turns)
+    histories = predictor.task.corpus_histories(test)
     turns = [(test[i % len(test)].text, histories[i % len(test)]) for i in range(args.requests)]
     bodies = [json.dumps({"text": t, "context": h}, ensure_ascii=False).encode("utf-8") for t, h in turns]
     in_process, expected = [], []

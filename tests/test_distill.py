@@ -10,7 +10,6 @@ from conftest import run_fastdeploy_demo, strip_confidence
 
 import backends
 import run_distill
-import task
 import utils
 from model import BiLSTMJoint, DistillLoss
 
@@ -68,7 +67,7 @@ def test_student_matches_after_save_load_and_ignores_padding(tmp_path):
 def test_teacher_logits_are_cached_and_reused(trained, synthetic_splits, labels, tmp_path, monkeypatch):
     teacher = backends.open_predictor(os.path.join(trained, "infer_model"))
     dev = synthetic_splits["dev"][:40]
-    histories = task.session_histories(((u.session_id, u.text) for u in dev), teacher.task.context_turns)
+    histories = teacher.task.corpus_histories(dev)
     rows = run_distill.gold_rows(dev, histories, teacher.task, has_gold=True)
     assert sum(len(r["input_ids"]) > len(u.token_tags()) + 2 for r, u in zip(rows, dev)) > 20  # with the previous turn
     # distillation matches slot logits on the utterance's characters only, not on the context
