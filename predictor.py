@@ -163,11 +163,14 @@ class Predictor:
         self.task, self.logits_fn, self.max_utterance_tokens = task, logits_fn, max_utterance_tokens
         self.min_confidence = min_confidence
         self.decoder = Decoder.for_task(task, calibration, decoder, transitions)
+        self.exported: Optional[ExportedModel] = None  # the directory it was opened from, as read and checked
 
     @classmethod
     def from_exported(cls, exported: ExportedModel, logits_fn: LogitsFn, **options) -> "Predictor":
-        return cls(exported.task, logits_fn, exported.config["max_utterance_tokens"], exported.calibration,
-                   transitions=exported.slot_transitions, **options)
+        predictor = cls(exported.task, logits_fn, exported.config["max_utterance_tokens"], exported.calibration,
+                        transitions=exported.slot_transitions, **options)
+        predictor.exported = exported
+        return predictor
 
     def _length_error(self, num_tokens: int) -> Optional[str]:
         """The error of an utterance of `num_tokens` tokens, or None."""

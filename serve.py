@@ -337,25 +337,72 @@ def model_metadata(predictor: Predictor, exported: export_format.ExportedModel, 
     }
 
 
-def create_app(predictor: Predictor, exported: export_format.ExportedModel, options: ServeOptions = ServeOptions(),
-               backend: str = "") -> FastAPI:
-    """The service's FastAPI app around a loaded Predictor (backends.open_predictor)."""
-    sessions = SessionStore(predictor.task.context_turns, options.max_sessions, options.session_ttl_s)
-    batcher = MicroBatcher(lambda texts, histories: predictor.predict(texts, options.max_batch_size, histories),
-                           options.max_batch_size, options.max_wait_ms)
-    metadata = model_metadata(predictor, exported, backend, options)
-    counts = collections.Counter()
-    started = time.time()
+class Service:
+    """What the routes answer with: the predictor, the sessions, the batcher and the counters."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        batcher.start()
-        yield
-        await batcher.stop()
+    def __init__(self, predictor: Predictor, options: ServeOptions):
+        self.predictor, self.options = predictor, options
+        self.sessions = SessionStore(predictor.task.context_turns, options.max_sessions, options.session_ttl_s)
+        self.batcher = MicroBatcher(lambda texts, histories: predictor.predict(texts, options.max_batch_size, histories),
+                                    options.max_batch_size, options.max_wait_ms)
+        self.counts = collections.Counter()
+        self.started = time.time()
 
-    app = FastAPI(title="ERNIE 3.0 Tiny SLU", version=str(exported.config["format_version"]), lifespan=lifespan,
-                  description="Intent and slots of in-car utterances, with session context (serve.py).")
+    def histories(self, items: Sequence[Utterance]) -> List[List[str]]:
+        """Each utterance's context, from the request or its session (with the request's earlier
+        turns of that session), after checking every item; the request's turns then join their
+        sessions, in arrival order, before the model answers. A refused request changes no session."""
+        options, histories, problems = self.options, [], []
+        added = collections.defaultdict(list)  # this request's turns per session
+        for i, item in enumerate(items):
+            if item.context is not None and item.session_id is not None:
+                problems.append({"index": i, "error": "give either context or session_id, not both"})
+            elif item.context is not None and len(item.context) > options.max_context_items:
+                problems.append({"index": i, "error": f"{len(item.context)} context utterances: at most {options.max_context_items}"})
+            elif (error := self.predictor.text_error(item.text)) is not None:
+                problems.append({"index": i, "error": error})
+            if item.session_id is None:
+                histories.append(list(item.context or []))
+                continue
+            try:
+                past = self.sessions.history(item.session_id)
+            except KeyError:
+                raise RequestError(404, f"unknown or expired session_id {item.session_id!r}: start one with POST /v1/sessions") from None
+            histories.append(past + added[item.session_id])
+            added[item.session_id].append(item.text)
+        if problems:
+            message = problems[0]["error"] if len(items) == 1 else f"{len(problems)} of {len(items)} utterances cannot be answered"
+            raise RequestError(422, message, problems)
+        for sid, texts in added.items():
+            for text in texts:
+                self.sessions.append(sid, text)
+        return histories
 
+    async def answer(self, items: Sequence[Utterance]) -> List[dict]:
+        """Result records of a request's utterances, in order."""
+        if len(items) > self.options.max_batch_utterances:
+            raise RequestError(413, f"{len(items)} utterances in one request: at most {self.options.max_batch_utterances}")
+        if not items:
+            return []
+        histories = self.histories(items)
+        self.counts["in_flight"] += 1
+        try:
+            records = await self.batcher.submit([item.text for item in items], histories)
+        finally:
+            self.counts["in_flight"] -= 1
+        self.counts["utterances"] += len(items)
+        return [{"session_id": item.session_id, **r} if item.session_id is not None else r for item, r in zip(items, records)]
+
+    def stats(self) -> dict:
+        counts, batcher = self.counts, self.batcher
+        return {"uptime_s": round(time.time() - self.started, 1), "requests": counts["requests"], "utterances": counts["utterances"],
+                "model_calls": batcher.calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
+                "in_flight": counts["in_flight"], "sessions": len(self.sessions), "client_disconnected": counts["client_disconnected"],
+                "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
+
+
+def install_error_handlers(app: FastAPI, counts: collections.Counter) -> None:
+    """Every refusal a JSON error with its status, counted; a fault of the service a 500."""
     @app.exception_handler(RequestError)
     async def _request_error(request, e: RequestError):
         counts[f"http_{e.status}"] += 1
@@ -382,68 +429,63 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
         counts["http_422"] += 1
         return error_response(422, "invalid request: " + "; ".join(str(err.get("msg")) for err in e.errors()[:5]))
 
-    async def answer(items: Sequence[Utterance]) -> List[dict]:
-        """Result records of a request's utterances, context from the request or the session."""
-        if len(items) > options.max_batch_utterances:
-            raise RequestError(413, f"{len(items)} utterances in one request: at most {options.max_batch_utterances}")
-        if not items:
-            return []
-        histories, problems, added = [], [], collections.defaultdict(list)  # added: this request's turns per session
-        for i, item in enumerate(items):
-            if item.context is not None and item.session_id is not None:
-                problems.append({"index": i, "error": "give either context or session_id, not both"})
-            elif item.context is not None and len(item.context) > options.max_context_items:
-                problems.append({"index": i, "error": f"{len(item.context)} context utterances: at most {options.max_context_items}"})
-            elif (error := predictor.text_error(item.text)) is not None:
-                problems.append({"index": i, "error": error})
-            if item.session_id is None:
-                histories.append(list(item.context or []))
-                continue
-            try:
-                past = sessions.history(item.session_id)
-            except KeyError:
-                raise RequestError(404, f"unknown or expired session_id {item.session_id!r}: start one with POST /v1/sessions") from None
-            histories.append(past + added[item.session_id])
-            added[item.session_id].append(item.text)
-        if problems:
-            message = problems[0]["error"] if len(items) == 1 else f"{len(problems)} of {len(items)} utterances cannot be answered"
-            raise RequestError(422, message, problems)
-        for sid, texts in added.items():  # turns count in arrival order, before the model answers
-            for text in texts:
-                sessions.append(sid, text)
-        counts["in_flight"] += 1
-        try:
-            records = await batcher.submit([item.text for item in items], histories)
-        finally:
-            counts["in_flight"] -= 1
-        counts["utterances"] += len(items)
-        return [{"session_id": item.session_id, **r} if item.session_id is not None else r for item, r in zip(items, records)]
 
-    body_schema = lambda model: {"requestBody": {"required": True, "content": {"application/json": {  # noqa: E731
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+def openapi_schema(app: FastAPI) -> dict:
+    """FastAPI's schema with the request bodies that read_json + validate parse by hand."""
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (Utterance, BatchRequest):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
+    return schema
+
+
+def body_schema(model) -> dict:
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(predictor: Predictor, exported: export_format.ExportedModel, options: ServeOptions = ServeOptions(),
+               backend: str = "") -> FastAPI:
+    """The service's FastAPI app around a loaded Predictor (backends.open_predictor)."""
+    service = Service(predictor, options)
+    metadata = model_metadata(predictor, exported, backend, options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.batcher.start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(title="ERNIE 3.0 Tiny SLU", version=str(exported.config["format_version"]), lifespan=lifespan,
+                  description="Intent and slots of in-car utterances, with session context (serve.py).")
+    install_error_handlers(app, service.counts)
     errors = {status: {"model": Error} for status in (400, 404, 413, 422)}
 
     @app.post("/v1/parse", response_model=Record, response_model_exclude_none=True, responses=errors,
               openapi_extra=body_schema(Utterance), summary="intent and slots of one utterance")
     async def parse(request: Request):
-        counts["requests"] += 1
+        service.counts["requests"] += 1
         item = validate(Utterance, await read_json(request, options.max_request_bytes))
-        return JSONResponse((await answer([item]))[0])
+        return JSONResponse((await service.answer([item]))[0])
 
     @app.post("/v1/parse/batch", response_model=BatchAnswer, response_model_exclude_none=True, responses=errors,
               openapi_extra=body_schema(BatchRequest), summary="intent and slots of several utterances, in order")
     async def parse_batch(request: Request):
-        counts["requests"] += 1
+        service.counts["requests"] += 1
         batch = validate(BatchRequest, await read_json(request, options.max_request_bytes))
-        return JSONResponse({"results": await answer(batch.utterances)})
+        return JSONResponse({"results": await service.answer(batch.utterances)})
 
     @app.post("/v1/sessions", status_code=201, summary="start a session the service keeps")
     async def create_session():
-        return {"session_id": sessions.create(), "ttl_s": options.session_ttl_s, "context_turns": predictor.task.context_turns}
+        return {"session_id": service.sessions.create(), "ttl_s": options.session_ttl_s, "context_turns": predictor.task.context_turns}
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, responses={404: {"model": Error}}, summary="end a session")
     async def delete_session(session_id: str):
-        if not sessions.delete(session_id):
+        if not service.sessions.delete(session_id):
             raise RequestError(404, f"unknown or expired session_id {shown(session_id)}")
         return Response(status_code=204)
 
@@ -457,28 +499,17 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
 
     @app.get("/v1/ready", responses={503: {"model": Error}}, summary="readiness: the model is loaded and its worker runs")
     async def ready():
-        if not batcher.running:
+        if not service.batcher.running:
             return error_response(503, "the model worker is not running")
         return {"ready": True}
 
     @app.get("/v1/stats", summary="counters since start")
     async def stats():
-        return {"uptime_s": round(time.time() - started, 1), "requests": counts["requests"], "utterances": counts["utterances"],
-                "model_calls": batcher.calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
-                "in_flight": counts["in_flight"], "sessions": len(sessions), "client_disconnected": counts["client_disconnected"],
-                "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
+        return service.stats()
 
     def openapi():
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (Utterance, BatchRequest):  # the bodies read by read_json + validate
-                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(model_schema.pop("$defs", {}))
-                components[model.__name__] = model_schema
-            app.openapi_schema = schema
+            app.openapi_schema = openapi_schema(app)
         return app.openapi_schema
 
     app.openapi = openapi
@@ -508,7 +539,7 @@ def main(argv=None):
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
-    app = create_app(predictor, export_format.read(args.model_dir), options, args.backend)
+    app = create_app(predictor, predictor.exported, options, args.backend)  # the directory as open_predictor read it
     logger.info("serving %s on %s (context turns %d) at http://%s:%d", args.model_dir, args.backend,
                 predictor.task.context_turns, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None)
