@@ -61,6 +61,110 @@ def from_paddle(exported: export_format.ExportedModel):
     return model
 
 
+class _GraphIndex:
+    """Who makes and who reads each tensor of a graph, and the pattern steps fuse_attention walks;
+    a step that does not match raises LookupError."""
+
+    def __init__(self, graph, nodes):
+        from onnx import numpy_helper
+
+        self.to_array = numpy_helper.to_array
+        self.producer = {out: node for node in nodes for out in node.output}
+        self.consumers = collections.defaultdict(list)
+        for node in nodes:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.weights = {t.name: t for t in graph.initializer}
+
+    def value(self, name):  # an initializer's array, else None
+        return self.to_array(self.weights[name]) if name in self.weights else None
+
+    def made_by(self, name, op_type):
+        node = self.producer.get(name)
+        if node is None or node.op_type != op_type:
+            raise LookupError
+        return node
+
+    def only_user(self, name, op_type):
+        users = self.consumers[name]
+        if len(users) != 1 or users[0].op_type != op_type:
+            raise LookupError
+        return users[0]
+
+    def constant(self, name, expected):
+        v = self.value(name)
+        if v is None or v.size != 1 or v.item() != expected:
+            raise LookupError
+
+    def projection(self, name, transpose):  # Transpose(Reshape(X @ W + b, [0, 0, H, D])) -> (X, W, b, H, D)
+        t = self.made_by(name, "Transpose")
+        reshape = self.made_by(t.input[0], "Reshape")
+        shape, add = self.value(reshape.input[1]), self.made_by(reshape.input[0], "Add")
+        (product, bias), = [(self.producer.get(a), b) for a, b in (add.input, add.input[::-1])
+                            if a in self.producer and self.producer[a].op_type == "MatMul" and self.value(b) is not None]
+        weight = self.value(product.input[1])
+        if _perm(t) != transpose or shape is None or list(shape[:2]) != [0, 0] or weight is None:
+            raise LookupError
+        return product.input[0], weight, self.value(bias), int(shape[2]), int(shape[3])
+
+
+def _perm(node):
+    return [list(a.ints) for a in node.attribute if a.name == "perm"][0]
+
+
+def _match_attention(g: _GraphIndex, softmax):
+    """The attention block around `softmax` as (X, [Wq, Wk, Wv], [bq, bk, bv], heads, scale,
+    padding mask, output node), or None when it is not fuse_attention's pattern."""
+    try:
+        add = g.made_by(softmax.input[0], "Add")
+        scores, mask_term = add.input if g.producer.get(add.input[0]) and g.producer[add.input[0]].op_type == "MatMul" else add.input[::-1]
+        scores = g.made_by(scores, "MatMul")
+        scaled = g.made_by(scores.input[0], "Mul")
+        scale = g.value(scaled.input[1])
+        x, wq, bq, heads, _ = g.projection(scaled.input[0], [0, 2, 1, 3])
+        xk, wk, bk, _, _ = g.projection(scores.input[1], [0, 2, 3, 1])
+        context = g.only_user(softmax.output[0], "MatMul")
+        xv, wv, bv, _, _ = g.projection(context.input[1], [0, 2, 1, 3])
+        merge = g.only_user(context.output[0], "Transpose")
+        out = g.only_user(merge.output[0], "Reshape")
+        times_big = g.made_by(mask_term, "Mul")
+        g.constant(times_big.input[1], -10000.0)
+        one_minus = g.made_by(times_big.input[0], "Add")
+        g.constant(one_minus.input[1], 1.0)
+        negated = g.made_by(one_minus.input[0], "Mul")
+        g.constant(negated.input[1], -1.0)
+        padding = g.made_by(g.made_by(negated.input[0], "Cast").input[0], "Unsqueeze").input[0]
+        if scale is None or scale.size != 1 or not x == xk == xv or _perm(merge) != [0, 2, 1, 3]:
+            return None
+    except (LookupError, ValueError):
+        return None
+    return x, (wq, wk, wv), (bq, bk, bv), heads, scale.item(), padding, out
+
+
+def _live_nodes_in_order(graph, nodes) -> list:
+    """The nodes the graph's outputs still need, each after the nodes its inputs come from (in
+    waves of the nodes whose inputs are ready, so a fused node goes where its input is)."""
+    by_output = {out: node for node in nodes for out in node.output}
+    needed, stack = set(), [o.name for o in graph.output]
+    while stack:
+        node = by_output.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(node.input)
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, pending = [], [n for n in nodes if id(n) in needed]
+    while pending:
+        runnable = [n for n in pending if all(i in ready for i in n.input)]
+        if not runnable:
+            raise RuntimeError(f"fuse_attention: {pending[0].name} has an input nothing computes")
+        for node in runnable:
+            ready.update(node.output)
+        ordered.extend(runnable)
+        done = {id(n) for n in runnable}
+        pending = [n for n in pending if id(n) not in done]
+    return ordered
+
+
 def fuse_attention(model):
     """Each self-attention block of paddle2onnx's pattern as one com.microsoft Attention node; the
     model is edited and returned. The block (per layer, X the layer's input, M the [batch, seq]
@@ -76,103 +180,26 @@ def fuse_attention(model):
 
     graph = model.graph
     nodes = list(graph.node)  # one Python object per node: identities are compared below
-    producer = {out: node for node in nodes for out in node.output}
-    consumers = collections.defaultdict(list)
-    for node in nodes:
-        for name in node.input:
-            consumers[name].append(node)
-    weights = {t.name: t for t in graph.initializer}
-
-    def value(name):  # an initializer's array, else None
-        return numpy_helper.to_array(weights[name]) if name in weights else None
-
-    def made_by(name, op_type):
-        node = producer.get(name)
-        if node is None or node.op_type != op_type:
-            raise LookupError
-        return node
-
-    def only_user(name, op_type):
-        users = consumers[name]
-        if len(users) != 1 or users[0].op_type != op_type:
-            raise LookupError
-        return users[0]
-
-    def perm(node):
-        return [list(a.ints) for a in node.attribute if a.name == "perm"][0]
-
-    def constant(name, expected):
-        v = value(name)
-        if v is None or v.size != 1 or v.item() != expected:
-            raise LookupError
-
-    def projection(name, transpose):  # Transpose(Reshape(X @ W + b, [0, 0, H, D])) -> (X, W, b, H, D)
-        t = made_by(name, "Transpose")
-        reshape = made_by(t.input[0], "Reshape")
-        shape, add = value(reshape.input[1]), made_by(reshape.input[0], "Add")
-        (product, bias), = [(producer.get(a), b) for a, b in (add.input, add.input[::-1])
-                            if a in producer and producer[a].op_type == "MatMul" and value(b) is not None]
-        weight = value(product.input[1])
-        if perm(t) != transpose or shape is None or list(shape[:2]) != [0, 0] or weight is None:
-            raise LookupError
-        return product.input[0], weight, value(bias), int(shape[2]), int(shape[3])
-
+    index = _GraphIndex(graph, nodes)
     fused, replaced, mask = [], set(), None
     for softmax in [n for n in nodes if n.op_type == "Softmax"]:
-        try:
-            add = made_by(softmax.input[0], "Add")
-            scores, mask_term = add.input if producer.get(add.input[0]) and producer[add.input[0]].op_type == "MatMul" else add.input[::-1]
-            scores = made_by(scores, "MatMul")
-            scaled = made_by(scores.input[0], "Mul")
-            scale = value(scaled.input[1])
-            x, wq, bq, heads, _ = projection(scaled.input[0], [0, 2, 1, 3])
-            xk, wk, bk, _, _ = projection(scores.input[1], [0, 2, 3, 1])
-            context = only_user(softmax.output[0], "MatMul")
-            xv, wv, bv, _, _ = projection(context.input[1], [0, 2, 1, 3])
-            merge = only_user(context.output[0], "Transpose")
-            out = only_user(merge.output[0], "Reshape")
-            times_big = made_by(mask_term, "Mul")
-            constant(times_big.input[1], -10000.0)
-            one_minus = made_by(times_big.input[0], "Add")
-            constant(one_minus.input[1], 1.0)
-            negated = made_by(one_minus.input[0], "Mul")
-            constant(negated.input[1], -1.0)
-            padding = made_by(made_by(negated.input[0], "Cast").input[0], "Unsqueeze").input[0]
-            if scale is None or scale.size != 1 or not x == xk == xv or perm(merge) != [0, 2, 1, 3]:
-                raise LookupError
-        except (LookupError, ValueError):
+        match = _match_attention(index, softmax)
+        if match is None:
             continue
+        x, weights, biases, heads, scale, padding, out = match
         if mask is None:
             mask = padding + ".int32"
             fused.append(helper.make_node("Cast", [padding], [mask], to=TensorProto.INT32, name=mask))
         name = f"Attention_{len(replaced)}"
-        graph.initializer.extend([numpy_helper.from_array(np.concatenate([wq, wk, wv], 1), name + ".qkv_weight"),
-                                  numpy_helper.from_array(np.concatenate([bq, bk, bv]), name + ".qkv_bias")])
+        graph.initializer.extend([numpy_helper.from_array(np.concatenate(weights, 1), name + ".qkv_weight"),
+                                  numpy_helper.from_array(np.concatenate(biases), name + ".qkv_bias")])
         fused.append(helper.make_node("Attention", [x, name + ".qkv_weight", name + ".qkv_bias", mask], list(out.output), name=name,
-                                      domain="com.microsoft", num_heads=heads, scale=scale.item(), mask_filter_value=-10000.0))
+                                      domain="com.microsoft", num_heads=heads, scale=scale, mask_filter_value=-10000.0))
         replaced.add(id(out))
     if not replaced:
         return model
-    # the replaced blocks' nodes are now dead: keep what the outputs still need, in the old order
-    nodes = [n for n in nodes if id(n) not in replaced] + fused
-    by_output = {out: node for node in nodes for out in node.output}
-    needed, stack = set(), [o.name for o in graph.output]
-    while stack:
-        node = by_output.get(stack.pop())
-        if node is not None and id(node) not in needed:
-            needed.add(id(node))
-            stack.extend(node.input)
-    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    ordered, pending = [], [n for n in nodes if id(n) in needed]
-    while pending:  # in waves of the nodes whose inputs are ready: each Attention goes where its input is
-        runnable = [n for n in pending if all(i in ready for i in n.input)]
-        if not runnable:
-            raise RuntimeError(f"fuse_attention: {pending[0].name} has an input nothing computes")
-        for node in runnable:
-            ready.update(node.output)
-        ordered.extend(runnable)
-        done = {id(n) for n in runnable}
-        pending = [n for n in pending if id(n) not in done]
+    # the replaced blocks' nodes are now dead: keep what the outputs still need
+    ordered = _live_nodes_in_order(graph, [n for n in nodes if id(n) not in replaced] + fused)
     used = {i for n in ordered for i in n.input}
     tensors = [t for t in graph.initializer if t.name in used]
     del graph.node[:], graph.initializer[:]
