@@ -152,6 +152,72 @@ def main(argv=None):
         run(argv)
 
 
+def build_task_and_model(model_args: ModelArguments, train, labels: LabelMaps, seed: int):
+    """The task (tokenizer, labels, window, context) and the model, from scratch or pretrained;
+    the context settings of a saved model are kept unless the flags set them."""
+    slot_types = intent_slot_types(train, labels.intents)
+    saved = {} if model_args.from_scratch else saved_context(model_args.model_name_or_path)
+    context_turns = first_set(model_args.context_turns, saved.get("context_turns"), 0)
+    context = {"context_turns": context_turns,
+               "max_context_tokens": first_set(model_args.max_context_tokens, saved.get("max_context_tokens"), 32) if context_turns else 0}
+    max_seq_length = model_args.max_seq_length or max(len(u.token_tags()) for u in train) + 2
+    set_seed(seed)  # before the model: --seed fixes a from-scratch initialisation too
+    if model_args.from_scratch:
+        task = Task(CharTokenizer.build(u.text for u in train), labels, max_seq_length, slot_types, **context)
+        model = build_from_scratch(model_args.model_name_or_path, task, slot_crf=model_args.slot_crf, **context)
+        logger.info(f"from scratch: {model_args.model_name_or_path} architecture, vocabulary of {len(task.tokenizer)} from train")
+    else:
+        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, max_seq_length, slot_types, **context)
+        # a saved JointErnie keeps its own head; --slot_crf puts a CRF on one that has none
+        model = load_pretrained(model_args.model_name_or_path, labels, model_args.trust_pickled_weights,
+                                sep_token_id=task.tokenizer.sep_id, **context, **({"slot_crf": True} if model_args.slot_crf else {}))
+    logger.info(f"parameters: {sum(p.size for p in model.parameters()):,}")
+    if task.max_row_length > model.config.max_position_embeddings:
+        raise ValueError(f"max_seq_length {max_seq_length} + max_context_tokens {task.max_context_tokens}: must fit the "
+                         f"model's {model.config.max_position_embeddings} positions")
+    return task, model, {"architecture": model_args.model_name_or_path, "from_scratch": model_args.from_scratch, **context}
+
+
+def check_resume(checkpoint: str, task: Task) -> None:
+    """A checkpoint to resume from: finished, unchanged, arrays only (check_checkpoint), and of
+    this run's vocabulary."""
+    check_checkpoint(checkpoint)
+    saved_vocab = os.path.join(checkpoint, export_format.VOCAB_FILE)
+    if os.path.isfile(saved_vocab) and CharTokenizer.from_file(saved_vocab).vocab != task.tokenizer.vocab:
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: its {export_format.VOCAB_FILE} differs from this run's "
+                         "vocabulary (other training data or model?): resume with the data and flags it was trained with")
+
+
+def train(trainer, model, task: Task, args, threads: int) -> None:
+    """trainer.train (resuming a checkpoint of this output directory: step count, optimizer,
+    scheduler, RNG states), then the weights as safetensors, the task files, metrics and state."""
+    global_batch = args.train_batch_size * args.dataset_world_size * args.gradient_accumulation_steps
+    logger.info(f"processes: {args.world_size} (rank {args.process_index}); global batch {global_batch} = "
+                f"{args.train_batch_size} per process x {args.dataset_world_size} x "
+                f"{args.gradient_accumulation_steps} accumulation steps")
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    logger.info(f"rank {args.process_index}: weights sha256 {weights_digest(model)}")  # the same on every rank
+    if args.should_save:  # the best checkpoint's weights when --load_best_model_at_end, as safetensors
+        save_safe(model, args.output_dir)
+        export_format.write_task_files(args.output_dir, task)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", {**result.metrics, "wall_time_s": time.time() - start, "cpu_threads": threads})
+    trainer.save_state()  # trainer_state.json: every logged loss and dev evaluation (the training curve), JSON
+
+
+def evaluate_splits(model, task: Task, splits: dict, batch_size: int, output_dir: str) -> None:
+    """Metrics of the dynamic model on each split (whole utterances, with their sessions'
+    context), logged and saved as eval_results.json."""
+    results = {}
+    for name, utts in splits.items():
+        predictor = Predictor(task, dynamic_logits_fn(model), transitions=slot_transitions(model))
+        results[name] = predictor.evaluate(utts, batch_size)
+        scalars = {k: v for k, v in results[name].items() if k != "per_intent"}
+        logger.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
+    save_json(os.path.join(output_dir, "eval_results.json"), results)
+
+
 def run(argv=None):
     parser = PdArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -166,68 +232,21 @@ def run(argv=None):
                 f"device: {paddle.get_device()}")
 
     labels = LabelMaps.from_files(data_args.intent_label_file, data_args.slot_label_file)
-    train, dev, test = (read_split(data_args.data_dir, name, labels) for name in ("train", "dev", "test"))
-    slot_types = intent_slot_types(train, labels.intents)
-    logger.info(f"data {data_args.data_dir}: train {len(train)}, dev {len(dev)}, test {len(test)} utterances; "
-                f"slot types per intent in train: {slot_types}")
+    train_split, dev, test = (read_split(data_args.data_dir, name, labels) for name in ("train", "dev", "test"))
+    logger.info(f"data {data_args.data_dir}: train {len(train_split)}, dev {len(dev)}, test {len(test)} utterances; "
+                f"slot types per intent in train: {intent_slot_types(train_split, labels.intents)}")
+    task, model, model_info = build_task_and_model(model_args, train_split, labels, training_args.seed)
+    if training_args.do_train and training_args.resume_from_checkpoint:
+        check_resume(training_args.resume_from_checkpoint, task)
 
-    saved = {} if model_args.from_scratch else saved_context(model_args.model_name_or_path)
-    context_turns = first_set(model_args.context_turns, saved.get("context_turns"), 0)
-    context = {"context_turns": context_turns,
-               "max_context_tokens": first_set(model_args.max_context_tokens, saved.get("max_context_tokens"), 32) if context_turns else 0}
-    max_seq_length = model_args.max_seq_length or max(len(u.token_tags()) for u in train) + 2
-    set_seed(training_args.seed)  # before the model: --seed fixes a from-scratch initialisation too
-    if model_args.from_scratch:
-        task = Task(CharTokenizer.build(u.text for u in train), labels, max_seq_length, slot_types, **context)
-        model = build_from_scratch(model_args.model_name_or_path, task, slot_crf=model_args.slot_crf, **context)
-        logger.info(f"from scratch: {model_args.model_name_or_path} architecture, vocabulary of {len(task.tokenizer)} from train")
-    else:
-        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, max_seq_length, slot_types, **context)
-        # a saved JointErnie keeps its own head; --slot_crf puts a CRF on one that has none
-        model = load_pretrained(model_args.model_name_or_path, labels, model_args.trust_pickled_weights,
-                                sep_token_id=task.tokenizer.sep_id, **context, **({"slot_crf": True} if model_args.slot_crf else {}))
-    checkpoint = training_args.resume_from_checkpoint
-    if training_args.do_train and checkpoint:
-        check_checkpoint(checkpoint)
-        saved_vocab = os.path.join(checkpoint, export_format.VOCAB_FILE)
-        if os.path.isfile(saved_vocab) and CharTokenizer.from_file(saved_vocab).vocab != task.tokenizer.vocab:
-            raise ValueError(f"--resume_from_checkpoint {checkpoint}: its {export_format.VOCAB_FILE} differs from this run's "
-                             "vocabulary (other training data or model?): resume with the data and flags it was trained with")
-    logger.info(f"parameters: {sum(p.size for p in model.parameters()):,}")
-    if task.max_row_length > model.config.max_position_embeddings:
-        raise ValueError(f"max_seq_length {max_seq_length} + max_context_tokens {task.max_context_tokens}: must fit the "
-                         f"model's {model.config.max_position_embeddings} positions")
-    model_info = {"architecture": model_args.model_name_or_path, "from_scratch": model_args.from_scratch, **context}
-
-    trainer = build_trainer(model, task, train, dev, training_args, model_args.slot_loss_weight)
+    trainer = build_trainer(model, task, train_split, dev, training_args, model_args.slot_loss_weight)
     if training_args.do_train:
-        args = training_args
-        global_batch = args.train_batch_size * args.dataset_world_size * args.gradient_accumulation_steps
-        logger.info(f"processes: {args.world_size} (rank {args.process_index}); global batch {global_batch} = "
-                    f"{args.train_batch_size} per process x {args.dataset_world_size} x "
-                    f"{args.gradient_accumulation_steps} accumulation steps")
-        start = time.time()
-        # a checkpoint of this output directory continues its run: step count, optimizer, scheduler, RNG states
-        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-        logger.info(f"rank {args.process_index}: weights sha256 {weights_digest(model)}")  # the same on every rank
-        if args.should_save:  # the best checkpoint's weights when --load_best_model_at_end, as safetensors
-            save_safe(model, args.output_dir)
-            export_format.write_task_files(args.output_dir, task)
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", {**result.metrics, "wall_time_s": time.time() - start, "cpu_threads": threads})
-        trainer.save_state()  # trainer_state.json: every logged loss and dev evaluation (the training curve), JSON
+        train(trainer, model, task, training_args, threads)
 
     # Under `python -m paddle.distributed.launch` only the first process evaluates and writes files.
     # PaddleNLP turns do_eval on with any evaluation_strategy; compression alone scores its fp32 stage itself.
-    evaluate = training_args.do_eval and (training_args.do_train or not training_args.do_compress)
-    if evaluate and trainer.is_world_process_zero():
-        results = {}
-        for name, utts in (("dev", dev), ("test", test)):
-            predictor = Predictor(task, dynamic_logits_fn(model), transitions=slot_transitions(model))
-            results[name] = predictor.evaluate(utts, training_args.per_device_eval_batch_size)
-            scalars = {k: v for k, v in results[name].items() if k != "per_intent"}
-            logger.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
-        save_json(os.path.join(training_args.output_dir, "eval_results.json"), results)
+    if training_args.do_eval and (training_args.do_train or not training_args.do_compress) and trainer.is_world_process_zero():
+        evaluate_splits(model, task, {"dev": dev, "test": test}, training_args.per_device_eval_batch_size, training_args.output_dir)
 
     if training_args.do_export and trainer.is_world_process_zero():
         exported = export(model, task, os.path.join(training_args.output_dir, "infer_model"), model_info, dev, threads)
@@ -236,7 +255,7 @@ def run(argv=None):
             logger.info(json.dumps(record, ensure_ascii=False))
 
     if training_args.do_compress:
-        compress(model, task, train, dev, test, training_args, model_args.max_vocab_size, model_info, threads)
+        compress(model, task, train_split, dev, test, training_args, model_args.max_vocab_size, model_info, threads)
 
 
 if __name__ == "__main__":
