@@ -50,7 +50,7 @@ def _paddle_inference(exported: export_format.ExportedModel, threads: int) -> Lo
     config.enable_mkldnn()
     if exported.config["onednn_int8"]:
         # QAT stages: without this Paddle Inference runs their quantize/dequantize pairs in fp32
-        # plus extra operators, 3-4x slower than the fp32 graph (docs/performance.md).
+        # plus extra operators, slower than the fp32 graph itself (docs/performance.md).
         config.enable_mkldnn_int8()
     config.disable_glog_info()
     predictor = inference.create_predictor(config)

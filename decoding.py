@@ -1,8 +1,8 @@
 """From logits to a trustworthy answer: constrained slot decoding, calibrated confidences and the
 numbers that say how well they are calibrated. numpy, and no paddle (FastDeploy front ends use it);
 deploy/cpp/decoding.cc is the C++ twin of its Viterbi and forward-backward (tested identical), which
-the Decoder runs through ctypes when `make setup` has built it: numpy's per-call overhead made
-decoding a fifth of the width-0.5 QAT stage's batch-1 time (docs/performance.md, "Targets").
+the Decoder runs through ctypes when `make setup` has built it, because numpy's per-call overhead
+on arrays this small is comparable to the smallest model's own time (docs/performance.md, "Targets").
 
 Decoding. Slot tags are decoded jointly per utterance (Viterbi) under two constraints:
   * BIO: an I-x tag only continues a B-x or I-x; PAD is never output;
