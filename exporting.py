@@ -51,7 +51,7 @@ def calibrator(directory: str, dev: Sequence[Utterance], threads: int = 0) -> Op
 
 def fit_calibration(written: str, directory: str, dev: List[Utterance], threads: int = 0) -> Calibration:
     predictor = open_predictor(written, "paddle-inference", threads)
-    calibration = predictor.decoder.fit(predictor.predictions(dev), dev, f"dev ({len(dev)} utterances)")
+    calibration = predictor.decoder.fit(predictor.corpus_predictions(dev), dev, f"dev ({len(dev)} utterances)")
     logger.info(f"{directory}: calibrated on dev, intent temperature {calibration.intent_temperature:.3f}, "
                 f"slot temperature {calibration.slot_temperature:.3f}")
     bounds = (TEMPERATURE_GRID[0], TEMPERATURE_GRID[-1])

@@ -65,7 +65,7 @@ def measure(model_dir: str, backend: str, threads: int, test_file: str, num_utte
     predictor.predict(texts, batch_size=32, histories=histories)
     throughput = len(texts) / (time.perf_counter() - start)
 
-    predictions = predictor.predictions(test, batch_size=32)
+    predictions = predictor.corpus_predictions(test, batch_size=32)
     metrics = score(test, predictions, task)
     keys = [zlib.crc32(np.array([p.intent_id, *p.tag_ids], np.int32).tobytes()) for p in predictions] if prediction_keys else None
     return {

@@ -185,9 +185,9 @@ class Predictor:
         no windows, no context)."""
         return self._length_error(sum(token_text(c) is not None for c in text))  # counted, not built: a 30 MB line stays ~30 MB
 
-    def predict_with_logits(self, texts: Sequence[Optional[str]], batch_size: int = 64,
-                            on_windows: Optional[Callable[[int, int, int], None]] = None,
-                            histories: Optional[Sequence[Sequence[str]]] = None) -> Tuple[List[dict], List[Optional[Prediction]]]:
+    def records_and_predictions(self, texts: Sequence[Optional[str]], batch_size: int = 64,
+                                on_windows: Optional[Callable[[int, int, int], None]] = None,
+                                histories: Optional[Sequence[Sequence[str]]] = None) -> Tuple[List[dict], List[Optional[Prediction]]]:
         """Result records in input order, and the merged logits behind each (None for errors); a
         None text is an input line that was not UTF-8 (decode_lines). `histories[i]`: the earlier
         utterances of text i's session, oldest first (a model without context ignores them).
@@ -218,7 +218,8 @@ class Predictor:
         return [record(i) for i in range(len(texts))], preds
 
     def predict(self, texts: Sequence[str], batch_size: int = 64, histories: Optional[Sequence[Sequence[str]]] = None) -> List[dict]:
-        return self.predict_with_logits(texts, batch_size, histories=histories)[0]
+        """Result records of `texts` in order (records_and_predictions without the predictions)."""
+        return self.records_and_predictions(texts, batch_size, histories=histories)[0]
 
     def predict_sessions(self, lines: Sequence[Optional[str]], batch_size: int = 64) -> List[dict]:
         """Records of session input lines (the module docstring), in input order."""
@@ -230,11 +231,11 @@ class Predictor:
         by_line = {i: {"session_id": turns[i][0], **record} for i, record in zip(valid, records)}
         return [by_line.get(i) or {"line": i + 1, "error": turns[i][2]} for i in range(len(lines))]
 
-    def predictions(self, utterances, batch_size: int = 64) -> List[Prediction]:
+    def corpus_predictions(self, utterances, batch_size: int = 64) -> List[Prediction]:
         """Predictions for corpus utterances, every one scored whole (no request checks), with the
         earlier turns of its session in the file as context."""
         encoded = self.task.encode_corpus(utterances)
         return run_windows(encoded, self.logits_fn, self.task.tokenizer.pad_id, self.decoder, batch_size)
 
     def evaluate(self, utterances, batch_size: int = 64) -> dict:
-        return score(utterances, self.predictions(utterances, batch_size), self.task)
+        return score(utterances, self.corpus_predictions(utterances, batch_size), self.task)

@@ -86,7 +86,7 @@ def write_analysis(args, predictor, utterances, predictions) -> None:
         second = open_predictor(args.compare_model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
         if second.task.labels != labels:
             raise ValueError(f"{args.compare_model_dir}: other labels than {args.model_dir}; the analyses cannot be compared")
-        other_rows = analysis.utterance_rows(utterances, second.predictions(utterances, args.batch_size), labels)
+        other_rows = analysis.utterance_rows(utterances, second.corpus_predictions(utterances, args.batch_size), labels)
         other = analysis.analyze(other_rows, labels.intents, labels.slot_types)
     title = f"Error analysis of {args.model_dir} on {args.eval_file}" + (f" (other: {args.compare_model_dir})" if other else "")
     analysis.write_report(args.analysis_dir, rows, result, title, other_rows, other)
@@ -107,13 +107,13 @@ def main(argv=None):
     out = []
     if args.eval_file:
         utterances = read_corpus(args.eval_file, predictor.task.labels)
-        predictions = predictor.predictions(utterances, args.batch_size)
+        predictions = predictor.corpus_predictions(utterances, args.batch_size)
         out.append(json.dumps(score(utterances, predictions, predictor.task), ensure_ascii=False, indent=2))
         if args.analysis_dir:
             write_analysis(args, predictor, utterances, predictions)
     texts = read_utterances(args)
     histories = [args.context if i < len(args.text) else [] for i in range(len(texts))]
-    records, _ = predictor.predict_with_logits(texts, args.batch_size, lambda i, t, w: report_windows(i, t, w, window), histories)
+    records, _ = predictor.records_and_predictions(texts, args.batch_size, lambda i, t, w: report_windows(i, t, w, window), histories)
     if args.sessions_file:
         data = sys.stdin.buffer.read() if args.sessions_file == "-" else open(args.sessions_file, "rb").read()
         records += predictor.predict_sessions(decode_lines(data), args.batch_size)

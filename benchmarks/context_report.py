@@ -51,7 +51,7 @@ def first_turns(utterances):
 def evaluate(model_dir: str, utterances, threads: int):
     """Metrics of one export on one split, and its (intent, tags) per utterance."""
     predictor = open_predictor(model_dir, "paddle-inference", threads)
-    predictions = predictor.predictions(utterances)
+    predictions = predictor.corpus_predictions(utterances)
     labels = predictor.task.labels
     predicted = [(labels.intents[p.intent_id], [labels.slot_tags[t] for t in p.tag_ids]) for p in predictions]
     metrics = {k: v for k, v in score(utterances, predictions, predictor.task).items() if k != "per_intent"}

@@ -226,10 +226,10 @@ def main(argv=None):
     predictor = open_predictor(args.model_dir, "paddle-inference", args.cpu_threads)
     labels, calibration = predictor.task.labels, predictor.decoder.calibration
     splits = {name: read_corpus(os.path.join(args.data_dir, f"{name}.txt"), labels) for name in ("dev", "test")}
-    predictions = {name: predictor.predictions(utts) for name, utts in splits.items()}
+    predictions = {name: predictor.corpus_predictions(utts) for name, utts in splits.items()}
     decoders = {GREEDY: Decoder.for_task(predictor.task, calibration, GREEDY), CONSTRAINED: predictor.decoder}
     crf = open_predictor(args.crf_model_dir, "paddle-inference", args.cpu_threads) if args.crf_model_dir else None
-    crf_predictions = {name: crf.predictions(utts) for name, utts in splits.items()} if crf else {}
+    crf_predictions = {name: crf.corpus_predictions(utts) for name, utts in splits.items()} if crf else {}
 
     report = {"model_dir": args.model_dir, "crf_model_dir": args.crf_model_dir, "decoders": []}
     for name, utts in splits.items():
@@ -245,7 +245,7 @@ def main(argv=None):
     with open(os.path.join(PROJECT_DIR, "tests", "edge_cases.json"), encoding="utf-8") as f:
         garbage = [c["text"] for c in json.load(f)] + GARBAGE
     garbage = [t for t in garbage if predictor.text_error(t) is None]
-    garbage_preds = predictor.predict_with_logits(garbage)[1]
+    garbage_preds = predictor.records_and_predictions(garbage)[1]
     by_decoder = {}
     for d, decoder in decoders.items():
         preds = redecode(garbage_preds, decoder)

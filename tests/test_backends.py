@@ -177,7 +177,9 @@ def test_int8_runtime_runs_integer_kernels_and_agrees(trained, synthetic_splits)
     )
     fp32, int8 = backends.open_predictor(model_dir, "onnxruntime"), backends.open_predictor(model_dir, "onnxruntime-int8")
     test = synthetic_splits["test"]
-    same = [(a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.predictions(test), int8.predictions(test))]
+    same = [
+        (a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.corpus_predictions(test), int8.corpus_predictions(test))
+    ]
     assert len(same) == len(test) and np.mean(same) >= 0.995
     assert abs(int8.evaluate(test)["sentence_acc"] - fp32.evaluate(test)["sentence_acc"]) <= 0.01
 
@@ -194,7 +196,9 @@ def test_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(trained, synthe
         return
     fp32, bf16 = backends.open_predictor(model_dir, "openvino-f32"), backends.open_predictor(model_dir, "openvino-bf16")
     test = synthetic_splits["test"]
-    same = [(a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.predictions(test), bf16.predictions(test))]
+    same = [
+        (a.intent_id, a.tag_ids) == (b.intent_id, b.tag_ids) for a, b in zip(fp32.corpus_predictions(test), bf16.corpus_predictions(test))
+    ]
     assert np.mean(same) >= 0.995
 
 

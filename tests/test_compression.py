@@ -86,9 +86,9 @@ def test_qat_stage_on_the_direct_runtimes(compressed, synthetic_splits):
     stages = os.path.join(compressed, "stages")
     qat = os.path.join(stages, "width_mult_0.75-int8")
     test = synthetic_splits["test"]
-    reference = [(p.intent_id, p.tag_ids) for p in backends.open_predictor(qat, "onnxruntime").predictions(test)]
+    reference = [(p.intent_id, p.tag_ids) for p in backends.open_predictor(qat, "onnxruntime").corpus_predictions(test)]
     for backend in ("onnxruntime-int8", "openvino-f32"):
-        got = [(p.intent_id, p.tag_ids) for p in backends.open_predictor(qat, backend).predictions(test)]
+        got = [(p.intent_id, p.tag_ids) for p in backends.open_predictor(qat, backend).corpus_predictions(test)]
         assert np.mean([a == b for a, b in zip(got, reference)]) >= 0.995, backend
     quant_emb = os.path.join(stages, "width_mult_0.75-quant_emb")
     with pytest.raises(RuntimeError, match="paddle2onnx 1.2.11 cannot convert dequantize_log to ONNX"):

@@ -66,7 +66,7 @@ def test_slot_scores_agree_with_seqeval_on_model_predictions(trained, synthetic_
     test = synthetic_splits["test"]
     model = backends.open_predictor(os.path.join(trained, "infer_model"))
     labels = model.task.labels
-    predicted = [[labels.slot_tags[t] for t in p.tag_ids] for p in model.predictions(test)]
+    predicted = [[labels.slot_tags[t] for t in p.tag_ids] for p in model.corpus_predictions(test)]
     predicted = [["O" if t == "PAD" else t for t in tags] for tags in predicted]
     m = metrics.slu_metrics(test, [(u.intent, tags) for u, tags in zip(test, predicted)], [])
     expected = seqeval_scores([u.token_tags() for u in test], predicted)

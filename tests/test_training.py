@@ -167,9 +167,9 @@ def test_long_utterances_are_scored_whole(static):
 
 def test_the_context_model_reads_the_previous_turn(static):
     """Same utterance, different previous turn: different logits (the graph reads the context)."""
-    _, after_music = static.predict_with_logits(["取消"], histories=[["播放周杰伦的稻香"]])
-    _, after_navigation = static.predict_with_logits(["取消"], histories=[["导航去人民公园"]])
-    _, alone = static.predict_with_logits(["取消"])
+    _, after_music = static.records_and_predictions(["取消"], histories=[["播放周杰伦的稻香"]])
+    _, after_navigation = static.records_and_predictions(["取消"], histories=[["导航去人民公园"]])
+    _, alone = static.records_and_predictions(["取消"])
     assert np.abs(after_music[0].intent_logits - after_navigation[0].intent_logits).max() > 1e-3
     assert np.abs(after_music[0].intent_logits - alone[0].intent_logits).max() > 1e-3
 

@@ -50,7 +50,7 @@ def main(argv=None):
     if args.sessions:
         records, predictions = predictor.predict_sessions(texts, args.batch_size), []
     else:
-        records, predictions = predictor.predict_with_logits(texts, args.batch_size, histories=[args.context] * len(texts))
+        records, predictions = predictor.records_and_predictions(texts, args.batch_size, histories=[args.context] * len(texts))
     elapsed = time.perf_counter() - start
     if args.logits_file:
         predicted = [p for p in predictions if p is not None]
