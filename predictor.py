@@ -183,7 +183,8 @@ class Predictor:
     def text_error(self, text: str) -> Optional[str]:
         """Why `text` would get an error record instead of a prediction, or None (its tokens only:
         no windows, no context)."""
-        return self._length_error(sum(token_text(c) is not None for c in text))  # counted, not built: a 30 MB line stays ~30 MB
+        # counted, not built: an over-long line costs no more memory than itself
+        return self._length_error(sum(token_text(c) is not None for c in text))
 
     def records_and_predictions(self, texts: Sequence[Optional[str]], batch_size: int = 64,
                                 on_windows: Optional[Callable[[int, int, int], None]] = None,
