@@ -229,16 +229,18 @@ def check_backend(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
-def open_predictor(model_dir: str, backend: str = "paddle-inference", threads: int = 0, **options) -> Predictor:
+def open_predictor(model_dir: str, backend: str = "paddle-inference", threads: int = 0, warn_uncalibrated: bool = True,
+                   **options) -> Predictor:
     """The Predictor of an exported directory on a backend; `threads` 0 = one per core; `options`
-    go to Predictor (min_confidence, decoder)."""
+    go to Predictor (min_confidence, decoder). Says on stderr when the confidences were not
+    calibrated (`warn_uncalibrated`: not while the export itself is being calibrated)."""
     check_backend(backend)
     exported = export_format.read(model_dir)
     logits_fn = BACKENDS[backend].load(exported, cpu_threads(threads))
     if BACKENDS[backend].rows_alone:
         logits_fn = per_row(logits_fn, exported.task.tokenizer.pad_id)
     export_format.check_graph_outputs(exported, logits_fn, backend)
-    if exported.calibration.fitted_on is None:  # exported without a dev split: say so where the confidences are used
+    if warn_uncalibrated and exported.calibration.fitted_on is None:  # exported without a dev split: say so where they are used
         print(f"warning: {model_dir}: confidences not calibrated (exported without a dev split; temperatures 1.0)", file=sys.stderr)
     return Predictor.from_exported(exported, logits_fn, **options)
 

@@ -50,7 +50,7 @@ def calibrator(directory: str, dev: Sequence[Utterance], threads: int = 0) -> Op
 
 
 def fit_calibration(written: str, directory: str, dev: List[Utterance], threads: int = 0) -> Calibration:
-    predictor = open_predictor(written, "paddle-inference", threads)
+    predictor = open_predictor(written, "paddle-inference", threads, warn_uncalibrated=False)
     calibration = predictor.decoder.fit(predictor.corpus_predictions(dev), dev, f"dev ({len(dev)} utterances)")
     logger.info(f"{directory}: calibrated on dev, intent temperature {calibration.intent_temperature:.3f}, "
                 f"slot temperature {calibration.slot_temperature:.3f}")
