@@ -82,24 +82,9 @@ SPECIAL_TOKENS = {"pad": PAD_TOKEN, "cls": CLS_TOKEN, "sep": SEP_TOKEN, "unk": U
 INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
 MAX_UTTERANCE_TOKENS = 512
-REQUIRED_KEYS = [
-    "format_version",
-    "max_seq_length",
-    "context_turns",
-    "max_context_tokens",
-    "max_utterance_tokens",
-    "vocab_size",
-    "special_tokens",
-    "num_intents",
-    "num_slot_tags",
-    "intent_slot_types",
-    "slot_transitions",
-    "calibration",
-    "inputs",
-    "outputs",
-    "onednn_int8",
-    "model",
-]
+REQUIRED_KEYS = ["format_version", "max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size",
+                 "special_tokens", "num_intents", "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs",
+                 "outputs", "onednn_int8", "model"]
 
 # (input names, output names) of a graph written at a path prefix
 GraphWriter = Callable[[str], Tuple[List[str], List[str]]]
@@ -185,7 +170,7 @@ def write(directory: str, task: Task, write_graph: GraphWriter, model_info: dict
             "model": model_info,
         }
         save_json(os.path.join(tmp, CONFIG_FILE), config)
-        write_manifest(tmp)
+        write_manifest(tmp)  # calibration opens the directory through this contract, manifest included
         if calibrate is not None:  # through a runtime, on the directory as it will go live
             save_json(os.path.join(tmp, CONFIG_FILE), {**config, "calibration": calibrate(tmp).as_dict()})
             write_manifest(tmp)
