@@ -298,8 +298,7 @@ std::vector<int64_t> TensorDims(const std::string& tensor_desc) {
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> LookupTables(const std::string& graph_path) {
-  std::ifstream in = OpenOrThrow(graph_path);
-  const std::string program((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string program = ReadFile(graph_path);
   try {
     std::unordered_map<std::string, std::vector<int64_t>> shapes;
     std::vector<std::pair<std::string, std::string>> lookups;  // (ids, table)
