@@ -1,7 +1,7 @@
 """Fine-tune (or train from scratch) the joint ERNIE 3.0 Tiny intent + slot model, evaluate it on
 whole utterances, and export a self-contained static graph for Paddle Inference / FastDeploy.
 
-    python data/prepare_data.py --output_dir data/prepared
+    python data/prepare_data.py --output_dir data/prepared    # splits and their label files
     python run_train.py --data_dir data/prepared --output_dir output/nano \
         --model_name_or_path ernie-3.0-tiny-nano-v2-zh --do_train --do_eval --do_export
 
@@ -12,7 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 import paddle
 from paddlenlp.trainer import CompressionArguments, PdArgumentParser
@@ -23,17 +23,12 @@ import export_format
 from backends import open_predictor
 from compression import compress
 from data.corpus import read_split
+from data.labels import derive_labels, read_data_labels
 from data.split import intent_slot_types
 from exporting import export
 from model import build_from_scratch, load_pretrained, save_safe, slot_transitions
 from predictor import Predictor
-from task import (
-    DEFAULT_INTENT_LABEL_FILE,
-    DEFAULT_SLOT_LABEL_FILE,
-    CharTokenizer,
-    LabelMaps,
-    Task,
-)
+from task import CharTokenizer, LabelMaps, Task
 from training import (
     build_trainer,
     check_checkpoint,
@@ -104,8 +99,10 @@ class DataArguments:
         default=os.path.join(PROJECT_DIR, "data", "prepared"),
         metadata={"help": "Directory with train.txt, dev.txt, test.txt written by data/prepare_data.py."},
     )
-    intent_label_file: str = field(default=DEFAULT_INTENT_LABEL_FILE, metadata={"help": "One intent per line."})
-    slot_label_file: str = field(default=DEFAULT_SLOT_LABEL_FILE, metadata={"help": "PAD, O and B-/I- tags, one per line."})
+    intent_label_file: Optional[str] = field(
+        default=None, metadata={"help": "One intent per line (default: intent_label.txt of --data_dir, else derived from train)."})
+    slot_label_file: Optional[str] = field(
+        default=None, metadata={"help": "PAD, O and B-/I- tags, one per line (default: slot_label.txt of --data_dir, else derived)."})
 
 
 @dataclass
@@ -150,6 +147,20 @@ def main(argv=None):
     # optimizer state is keyed by those names, so --resume_from_checkpoint finds its own in any process.
     with paddle.utils.unique_name.guard():
         run(argv)
+
+
+def data_labels(data_args: DataArguments) -> Tuple[LabelMaps, str]:
+    """The label set and where it comes from: the label files given, else those prepare_data.py
+    wrote beside the splits, else derived from the training split (splits made by hand)."""
+    if bool(data_args.intent_label_file) != bool(data_args.slot_label_file):
+        raise ValueError("--intent_label_file and --slot_label_file go together (or neither: the labels of --data_dir)")
+    if data_args.intent_label_file:
+        return LabelMaps.from_files(data_args.intent_label_file, data_args.slot_label_file), \
+            f"{data_args.intent_label_file} and {data_args.slot_label_file}"
+    labels = read_data_labels(data_args.data_dir)
+    if labels is not None:
+        return labels, f"the label files of {data_args.data_dir}"
+    return derive_labels(read_split(data_args.data_dir, "train")), f"derived from {data_args.data_dir}/train.txt"
 
 
 def build_task_and_model(model_args: ModelArguments, train, labels: LabelMaps, seed: int):
@@ -231,8 +242,10 @@ def run(argv=None):
     logger.info(f"CPU math threads: {threads} (MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}), "
                 f"device: {paddle.get_device()}")
 
-    labels = LabelMaps.from_files(data_args.intent_label_file, data_args.slot_label_file)
-    train_split, dev, test = (read_split(data_args.data_dir, name, labels) for name in ("train", "dev", "test"))
+    labels, where = data_labels(data_args)
+    train_split, dev, test = (read_split(data_args.data_dir, name, labels, where) for name in ("train", "dev", "test"))
+    logger.info(f"labels ({where}): {len(labels.intents)} intents {labels.intents}, "
+                f"{len(labels.slot_types)} slot types {labels.slot_types}")
     logger.info(f"data {data_args.data_dir}: train {len(train_split)}, dev {len(dev)}, test {len(test)} utterances; "
                 f"slot types per intent in train: {intent_slot_types(train_split, labels.intents)}")
     task, model, model_info = build_task_and_model(model_args, train_split, labels, training_args.seed)

@@ -4,14 +4,10 @@ training, compression, distillation, export and prediction. Plain Python + numpy
 import collections
 import dataclasses
 import functools
-import os
 import unicodedata
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from utils import PROJECT_DIR, read_lines
-
-DEFAULT_INTENT_LABEL_FILE = os.path.join(PROJECT_DIR, "data", "intent_label.txt")
-DEFAULT_SLOT_LABEL_FILE = os.path.join(PROJECT_DIR, "data", "slot_label.txt")
+from utils import read_lines
 
 PAD_LABEL, OUTSIDE_LABEL = "PAD", "O"
 PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, MASK_TOKEN = "[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"
@@ -35,7 +31,7 @@ class LabelMaps:
             raise ValueError(f"slot tags must include {PAD_LABEL} and {OUTSIDE_LABEL}")
 
     @classmethod
-    def from_files(cls, intent_file: str = DEFAULT_INTENT_LABEL_FILE, slot_file: str = DEFAULT_SLOT_LABEL_FILE) -> "LabelMaps":
+    def from_files(cls, intent_file: str, slot_file: str) -> "LabelMaps":
         intents, slot_tags = read_lines(intent_file), read_lines(slot_file)
         try:
             return cls(intents, slot_tags)

@@ -73,9 +73,11 @@ class Utterance:
 
 
 _TAG = re.compile(r"<(/?)([^<>]*)>")
+SLOT_TYPE_NAME = re.compile(r"[^\s<>/|]+")  # what a <tag> can name
+INTENT_NAME = re.compile(r"\S+")
 
 
-def parse_annotation(query: str, annotated: str, slot_types: Sequence[str]) -> Tuple[Slot, ...]:
+def parse_annotation(query: str, annotated: str) -> Tuple[Slot, ...]:
     """Slots of one annotated query; raises ValueError describing the first problem."""
     parts = _TAG.split(annotated)  # text, "/"?, name, text, "/"?, name, ..., text
     chunks, tags = parts[0::3], list(zip(parts[1::3], parts[2::3]))
@@ -94,8 +96,8 @@ def parse_annotation(query: str, annotated: str, slot_types: Sequence[str]) -> T
         if i == len(tags):
             break
         slash, name = tags[i]
-        if name not in slot_types:
-            raise ValueError(f"unknown slot tag <{slash}{name}>")
+        if not SLOT_TYPE_NAME.fullmatch(name):
+            raise ValueError(f"bad slot tag <{slash}{name}>: a slot type is a name without spaces, '/', '|', '<' or '>'")
         if (slash == "/") != (open_tag is not None) or (slash and name != open_tag):
             raise ValueError(f"unbalanced tag <{slash}{name}> (open: {open_tag})")
         open_tag = None if slash else name
@@ -106,11 +108,10 @@ def parse_annotation(query: str, annotated: str, slot_types: Sequence[str]) -> T
     return tuple(slots)
 
 
-def read_corpus(path: str, labels: Optional[LabelMaps] = None) -> List[Utterance]:
+def read_corpus(path: str, labels: Optional[LabelMaps] = None, where: str = "the model's label files") -> List[Utterance]:
     """Every utterance of a corpus-format file (CRLF or LF); any malformed line raises
-    CorpusError naming the file, the line number and the problem."""
-    labels = labels or LabelMaps.from_files()
-    intents, slot_types = set(labels.intents), set(labels.slot_types)
+    CorpusError naming the file, the line number and the problem. With `labels`, an intent or
+    slot type outside them is such a problem too (`where` names the label set)."""
     with open(path, "rb") as f:
         raw = f.read()
     utterances = []
@@ -133,14 +134,28 @@ def read_corpus(path: str, labels: Optional[LabelMaps] = None) -> List[Utterance
             raise CorpusError(path, line_no, "empty session id")
         if not query.strip():
             raise CorpusError(path, line_no, "empty query")
-        if intent not in intents:
-            raise CorpusError(path, line_no, f"unknown intent {intent!r} (not in intent_label.txt)")
+        if not INTENT_NAME.fullmatch(intent):
+            raise CorpusError(path, line_no, f"bad intent {intent!r}: empty or with spaces")
         try:
-            slots = parse_annotation(query, annotated, slot_types)
+            slots = parse_annotation(query, annotated)
         except ValueError as e:
             raise CorpusError(path, line_no, str(e)) from None
         utterances.append(Utterance(session_id, query, intent, slots, line_no))
+    if labels is not None:
+        check_labels(path, utterances, labels, where)
     return utterances
+
+
+def check_labels(path: str, utterances: Sequence[Utterance], labels: LabelMaps, where: str) -> None:
+    """Raise CorpusError at the first utterance of `path` whose intent or slot type is not in
+    `labels` (`where` names the label set in the message)."""
+    intents, slot_types = set(labels.intents), set(labels.slot_types)
+    for u in utterances:
+        if u.intent not in intents:
+            raise CorpusError(path, u.line_no, f"intent {u.intent!r} is not in {where}")
+        for slot in u.slots:
+            if slot.type not in slot_types:
+                raise CorpusError(path, u.line_no, f"slot type {slot.type!r} is not in {where}")
 
 
 def write_corpus(path: str, utterances: Sequence[Utterance]) -> None:
@@ -169,16 +184,23 @@ def find_corpus(corpus_file: Optional[str] = None) -> str:
     return found
 
 
-def read_split(data_dir: str, name: str, labels: LabelMaps) -> List[Utterance]:
-    """train/dev/test.txt of data/prepare_data.py, checked against the sha256 its stats.json
-    records: a split from another run (a prepare_data killed between its files) is refused.
-    A directory without stats.json (splits made by hand) is read as it is."""
-    path = os.path.join(data_dir, f"{name}.txt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py --output_dir {data_dir}` first")
+def check_prepared(data_dir: str, file_name: str) -> str:
+    """The path of `file_name` in a data directory of data/prepare_data.py, checked against the
+    sha256 its stats.json records: a file from another run (a prepare_data killed between its
+    files) is refused. A directory without stats.json (made by hand) is taken as it is."""
+    path = os.path.join(data_dir, file_name)
     stats_path = os.path.join(data_dir, STATS_FILE)
-    expected = load_json(stats_path).get("files", {}).get(f"{name}.txt") if os.path.isfile(stats_path) else None
+    expected = load_json(stats_path).get("files", {}).get(file_name) if os.path.isfile(stats_path) else None
     if expected and file_sha256(path) != expected["sha256"]:
         raise ValueError(f"{path} is not the file {stats_path} describes (another prepare_data run, or one cut short): "
                          f"run `python data/prepare_data.py --output_dir {data_dir}` again")
-    return read_corpus(path, labels)
+    return path
+
+
+def read_split(data_dir: str, name: str, labels: Optional[LabelMaps] = None, where: str = "the label files") -> List[Utterance]:
+    """train/dev/test.txt of data/prepare_data.py (check_prepared), with every intent and slot
+    type in `labels` when given."""
+    path = os.path.join(data_dir, f"{name}.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py --output_dir {data_dir}` first")
+    return read_corpus(check_prepared(data_dir, f"{name}.txt"), labels, where)

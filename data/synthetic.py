@@ -1,15 +1,28 @@
-"""A small seeded generator of in-car voice utterances in the NLPCC 2018 Task 4 format.
+"""A small seeded generator of in-car voice utterances in the corpus format, for two domains.
 
-It is the project's embedded offline default: templates and lexicons written for this project
-(no text taken from the NLPCC corpus) covering all 11 intents and 15 slot types, with ASR
-corrections (`text||value`), Latin words with spaces, digits and full-width characters, so every
-code path of the real corpus is exercised. It is not a substitute for the real corpus.
+`nlpcc` is the project's embedded offline default: templates and lexicons written for this project
+(no text taken from the NLPCC corpus) with the NLPCC 2018 Task 4 label set (11 intents, 15 slot
+types), ASR corrections (`text||value`), Latin words with spaces, digits and full-width
+characters, so every code path of the real corpus is exercised. It is not a substitute for the
+real corpus. `vehicle` is a second, different label set (vehicle controls: climate, windows,
+seats, lights, volume; slot-less intents, slot types shared by several intents, no catch-all
+intent): what a team training on its own domain has (docs/data.md#your-own-data).
 """
+import dataclasses
 import random
 import re
-from typing import List
+from typing import Dict, List, Sequence, Tuple
 
 from data.corpus import Slot, Utterance
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    lexicon: Dict[str, Sequence[str]]  # slot type -> values
+    corrections: Dict[str, Sequence[Tuple[str, str]]]  # slot type -> (misheard form, value)
+    templates: Dict[str, Sequence[str]]  # intent -> templates with {slot_type} fields
+    intent_weights: Dict[str, float]
+
 
 LEXICON = {
     "song": ["晚风轻轻吹", "回家的路", "星光下的约定", "一路向北方", "雨后彩虹", "山间小溪", "月亮船",
@@ -75,33 +88,71 @@ INTENT_WEIGHTS = {
     "navigation.start_navigation": 1, "phone_call.cancel": 1, "music.prev": 1,
 }
 
+NLPCC = Domain(LEXICON, CORRECTIONS, TEMPLATES, INTENT_WEIGHTS)
+
+VEHICLE = Domain(
+    lexicon={
+        "temperature": ["二十二度", "24度", "二十五点五度", "26℃", "十八度", "最低", "最高"],
+        "zone": ["主驾", "副驾", "后排", "全车", "左后"],
+        "level": ["一档", "二档", "三档", "最大", "最小", "5档"],
+        "window": ["左前", "右前", "左后", "右后", "全部", "主驾", "副驾"],
+        "degree": ["一半", "一点", "三分之一", "百分之五十", "20%"],
+        "seat": ["主驾", "副驾", "后排左侧", "后排右侧", "驾驶"],
+        "light": ["阅读灯", "氛围灯", "雾灯", "近光灯", "远光灯", "车内灯"],
+    },
+    corrections={"zone": [("主价", "主驾"), ("副价", "副驾")], "light": [("物灯", "雾灯")]},
+    templates={
+        "climate.set_temperature": ["空调调到{temperature}", "把{zone}温度调到{temperature}", "温度设为{temperature}",
+                                    "{zone}空调{temperature}", "调到{temperature}", "{temperature}"],
+        "climate.ac_on": ["打开空调", "开空调", "空调打开", "有点热开下空调", "开冷气"],
+        "climate.ac_off": ["关闭空调", "关空调", "空调关掉", "别吹了"],
+        "climate.fan_speed": ["风量调到{level}", "风速{level}", "把{zone}风量开到{level}", "风开{level}"],
+        "window.open": ["打开{window}车窗", "把{window}窗户打开{degree}", "开{window}窗", "车窗开{degree}",
+                        "{window}车窗降下来"],
+        "window.close": ["关上{window}车窗", "关窗", "把{window}窗户关上", "车窗都关了"],
+        "seat.heat": ["打开{seat}座椅加热", "{seat}座椅加热调到{level}", "座椅加热{level}", "{seat}座椅好冷"],
+        "media.volume_up": ["声音大一点", "音量调高", "大声点", "听不清"],
+        "media.volume_set": ["音量调到{level}", "音量{level}", "把声音调到{level}"],
+        "lights.on": ["打开{light}", "开一下{light}", "{light}打开"],
+        "lights.off": ["关闭{light}", "关掉{light}", "把{light}关了"],
+    },
+    intent_weights={
+        "climate.set_temperature": 14, "climate.ac_on": 8, "climate.ac_off": 6, "climate.fan_speed": 8, "window.open": 12,
+        "window.close": 8, "seat.heat": 10, "media.volume_up": 5, "media.volume_set": 7, "lights.on": 8, "lights.off": 6,
+    },
+)
+
+DOMAINS = {"nlpcc": NLPCC, "vehicle": VEHICLE}
+
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
-def make_utterance(rng: random.Random, session_id: str, intent: str) -> Utterance:
-    template = rng.choice(TEMPLATES[intent])
+def make_utterance(rng: random.Random, session_id: str, intent: str, domain: Domain = NLPCC) -> Utterance:
+    template = rng.choice(domain.templates[intent])
     text, slots, cursor = "", [], 0
     for m in _FIELD.finditer(template):
         text += template[cursor : m.start()]
         kind = m.group(1)
-        if kind in CORRECTIONS and rng.random() < 0.1:
-            span, value = rng.choice(CORRECTIONS[kind])
+        if kind in domain.corrections and rng.random() < 0.1:
+            span, value = rng.choice(domain.corrections[kind])
         else:
-            span = value = rng.choice(LEXICON[kind])
+            span = value = rng.choice(domain.lexicon[kind])
         slots.append(Slot(kind, len(text), len(text) + len(span), value))
         text += span
         cursor = m.end()
     return Utterance(session_id, text + template[cursor:], intent, tuple(slots))
 
 
-def generate(num_utterances: int = 3000, seed: int = 7) -> List[Utterance]:
-    """`num_utterances` utterances in sessions of 1-6, every intent and slot type present."""
+def generate(num_utterances: int = 3000, seed: int = 7, domain: str = "nlpcc") -> List[Utterance]:
+    """`num_utterances` utterances of `domain` (DOMAINS) in sessions of 1-6."""
+    spec = DOMAINS[domain]
     rng = random.Random(seed)
-    intents, weights = zip(*INTENT_WEIGHTS.items())
+    intents, weights = zip(*spec.intent_weights.items())
+    prefix = "synthetic" if domain == "nlpcc" else f"synthetic-{domain}"
     utterances, session = [], 0
     while len(utterances) < num_utterances:
         session += 1
-        session_id = f"synthetic-{seed}-{session:05d}"
+        session_id = f"{prefix}-{seed}-{session:05d}"
         for _ in range(min(rng.randint(1, 6), num_utterances - len(utterances))):
-            utterances.append(make_utterance(rng, session_id, rng.choices(intents, weights)[0]))
+            utterances.append(make_utterance(rng, session_id, rng.choices(intents, weights)[0], spec))
     return utterances

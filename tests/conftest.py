@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 
 import predictor
-import task
 import utils
 from export_format import INPUT_NAME
 from data import prepare_data
 from data.corpus import read_corpus
+from data.labels import derive_labels
+from data.synthetic import generate
 
 SHARED_CORPUS = os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")
 EDGE_CASES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "edge_cases.json")
 FASTDEPLOY_DEMO = os.path.join(utils.PROJECT_DIR, "deploy", "python", "infer_demo.py")
+# The label set of the embedded synthetic corpus (NLPCC 2018's intents and slot types), as derived from it.
+SYNTHETIC_LABELS = derive_labels(generate())
 
 
 def confidences(record):
@@ -127,7 +130,7 @@ def edge_cases():
 
 @pytest.fixture(scope="session")
 def labels():
-    return task.LabelMaps.from_files()
+    return SYNTHETIC_LABELS
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,11 @@ import pytest
 
 import analysis
 import run_eval
-import task
+from conftest import SYNTHETIC_LABELS
 from data.corpus import Slot, Utterance, read_corpus
 from decoding import Prediction
 
-LABELS = task.LabelMaps.from_files()
+LABELS = SYNTHETIC_LABELS
 
 
 def utt(session, text, intent, *slots, line=0):

@@ -14,11 +14,12 @@ import export_format
 import onnx_graph
 import run_train
 import task
+from conftest import SYNTHETIC_LABELS
 import utils
 from compression import check_strategy, prune_vocabulary
 from model import build_from_scratch
 
-LABELS = task.LabelMaps.from_files()
+LABELS = SYNTHETIC_LABELS
 
 STAGES = ["fp32", "pruned_vocab", "width_mult_0.75-model", "width_mult_0.75-int8", "width_mult_0.75-quant_emb"]
 

@@ -62,10 +62,10 @@ def test_prepare_data_writes_identical_files_and_stats(tmp_path, labels):
         out = str(tmp_path / name)
         prepare_data.main(["--synthetic", "--synthetic_size", "500", "--output_dir", out])
         outs.append(out)
-    for fname in ("train.txt", "dev.txt", "test.txt", "stats.json"):
+    for fname in ("train.txt", "dev.txt", "test.txt", "intent_label.txt", "slot_label.txt", "stats.json"):
         assert open(os.path.join(outs[0], fname), "rb").read() == open(os.path.join(outs[1], fname), "rb").read()
     stats = utils.load_json(os.path.join(outs[0], "stats.json"))
-    assert stats["utterances"] == 500 and stats["source"] == {"synthetic": True, "utterances": 500}
+    assert stats["utterances"] == 500 and stats["source"] == {"synthetic": True, "domain": "nlpcc", "utterances": 500}
     splits = {n: read_corpus(os.path.join(outs[0], f"{n}.txt"), labels) for n in ("train", "dev", "test")}
     assert {n: len(v) for n, v in splits.items()} == {n: s["utterances"] for n, s in stats["splits"].items()}
     assert stats["corrections"] == sum(u.has_correction for v in splits.values() for u in v) > 0
@@ -78,7 +78,7 @@ def test_a_split_from_another_prepare_data_run_is_refused(tmp_path, labels):
     out = str(tmp_path / "prep")
     prepare_data.main(["--synthetic", "--synthetic_size", "300", "--output_dir", out])
     stats = utils.load_json(os.path.join(out, "stats.json"))
-    assert set(stats["files"]) == {"train.txt", "dev.txt", "test.txt"}
+    assert set(stats["files"]) == {"train.txt", "dev.txt", "test.txt", "intent_label.txt", "slot_label.txt"}
     assert len(corpus.read_split(out, "train", labels)) == stats["files"]["train.txt"]["utterances"]
     old_test = open(os.path.join(out, "test.txt"), "rb").read()
     run_killed_at_open("data/prepare_data.py", "*/.test.txt.*/new", ["--synthetic", "--synthetic_size", "400", "--output_dir", out])

@@ -8,6 +8,7 @@ import pytest
 
 import decoding
 import task
+from conftest import SYNTHETIC_LABELS
 from data.corpus import Slot, Utterance
 
 LABELS = task.LabelMaps(["nav", "music", "other"], ["PAD", "O", "B-dest", "I-dest", "B-song", "I-song", "B-singer", "I-singer"])
@@ -113,7 +114,7 @@ def test_native_decoding_gives_the_numpy_paths_and_confidences(crf):
     every intent: the same tags (ties broken alike), spans and confidences as numpy, at the
     calibrated temperature and at the ones the span fit tries. (Near 0 they may differ by 1e-31:
     numpy takes the continuation out of a sum by subtraction, C++ leaves it out of the sum.)"""
-    labels = task.LabelMaps.from_files()
+    labels = SYNTHETIC_LABELS
     rng = np.random.default_rng(7)
     types = {intent: sorted({tag[2:] for tag in labels.slot_tags if tag[:2] == "B-"})[k % 5::3] for k, intent in enumerate(labels.intents)}
     transitions = rng.normal(size=(len(labels.slot_tags),) * 2) if crf else None

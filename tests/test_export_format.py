@@ -6,14 +6,14 @@ import os
 
 import numpy as np
 import pytest
-from conftest import embedding_program, weights_file
+from conftest import SYNTHETIC_LABELS, embedding_program, weights_file
 
 import export_format
 import paddle_format
 import decoding
 import task
 
-LABELS = task.LabelMaps.from_files()
+LABELS = SYNTHETIC_LABELS
 SLOT_TYPES = {**task.any_slot_types(LABELS), "OTHERS": [], "music.pause": [], "navigation.navigation": ["destination", "origin"]}
 TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, SLOT_TYPES, context_turns=2, max_context_tokens=24)
 

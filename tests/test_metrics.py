@@ -3,10 +3,9 @@ import os
 import random
 
 import pytest
-from conftest import SHARED_CORPUS
+from conftest import SHARED_CORPUS, SYNTHETIC_LABELS
 
 import metrics
-import task
 from data.corpus import Slot, Utterance
 
 
@@ -80,7 +79,7 @@ def test_slot_scores_agree_with_seqeval_on_broken_tag_sequences(synthetic_splits
     if os.path.isfile(SHARED_CORPUS):
         gold += request.getfixturevalue("corpus")
     rng = random.Random(7)
-    tag_set = task.LabelMaps.from_files().slot_tags[1:]  # without PAD
+    tag_set = SYNTHETIC_LABELS.slot_tags[1:]  # without PAD
     predicted = []
     for utt in gold:
         tags = utt.token_tags()

@@ -8,6 +8,7 @@ import pytest
 
 import export_format
 import task
+from conftest import SYNTHETIC_LABELS
 import utils
 from model import (
     JointErnie,
@@ -20,7 +21,7 @@ from model import (
 )
 from training import pretrained_tokenizer
 
-LABELS = task.LabelMaps.from_files()
+LABELS = SYNTHETIC_LABELS
 
 TEXTS = ["导航去北京", "播放周杰伦的稻香", "打电话给13812345678", "暂停"]
 

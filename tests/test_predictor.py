@@ -6,9 +6,10 @@ import pytest
 import decoding
 import predictor
 import task
+from conftest import SYNTHETIC_LABELS
 import utils
 
-LABELS = task.LabelMaps.from_files()
+LABELS = SYNTHETIC_LABELS
 
 def window_logits(encoded, utterance_tags, num_tags, noise_tag):
     """[rows, width, T] slot logits with each utterance's tags one-hot on the tokens a window keeps

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import assert_same_records
+from conftest import SYNTHETIC_LABELS, assert_same_records
 
 import predictor
 import run_eval
@@ -378,7 +378,7 @@ def test_batcher_groups_requests_in_order_and_survives_a_failing_call():
 
 def test_metadata_says_when_context_is_ignored():
     """A model trained without context: sessions and context are accepted and ignored, and /v1/model says so."""
-    labels = task.LabelMaps.from_files()
+    labels = SYNTHETIC_LABELS
     no_context = task.Task(task.CharTokenizer.build(["导航去北京"]), labels, 16, task.any_slot_types(labels))
     exported = serve.export_format.ExportedModel("model_dir", {"format_version": serve.export_format.FORMAT_VERSION}, no_context)
     meta = serve.model_metadata(predictor.Predictor(no_context, logits_fn=None), exported, "fastdeploy-ort", serve.ServeOptions())

@@ -2,10 +2,11 @@
 import pytest
 
 import task
+from conftest import SYNTHETIC_LABELS
 import utils
 from data.corpus import Utterance
 
-LABELS = task.LabelMaps.from_files()
+LABELS = SYNTHETIC_LABELS
 
 
 def check_alignment(utterances, tokenizer, labels, max_seq_length=16):
