@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 import safetensors.numpy
 from paddlenlp.transformers import ErnieConfig, ErnieModel, ErniePretrainedModel
 
+import export_format
 from task import LabelMaps, Task
 
 logger = logging.getLogger("ernie_tiny_slu")  # the project's log (training.setup_logging)
@@ -133,9 +134,12 @@ SAFE_WEIGHTS, PICKLED_WEIGHTS = "model.safetensors", "model_state.pdparams"  # P
 
 def load_pretrained(name_or_dir: str, labels: LabelMaps, trust_pickled_weights: bool = False, **config_overrides) -> JointErnie:
     """ERNIE 3.0 Tiny weights by hub name or local directory; the two heads start fresh unless the
-    directory already holds a JointErnie. A local directory is read from model.safetensors; one
+    directory already holds a JointErnie. A JointErnie trained on other labels (its label files
+    differ from `labels`) keeps its encoder and gets heads for `labels` with the rows of the labels
+    both share carried over (relabel_heads). A local directory is read from model.safetensors; one
     with only pickled weights (model_state.pdparams: unpickling can run any code) is refused unless
     `trust_pickled_weights`. Hub names download PaddleNLP's published (pickled) weights."""
+    saved_labels = None
     if os.path.isdir(name_or_dir):
         safe = os.path.isfile(os.path.join(name_or_dir, SAFE_WEIGHTS))
         if not safe and os.path.isfile(os.path.join(name_or_dir, PICKLED_WEIGHTS)):
@@ -144,14 +148,53 @@ def load_pretrained(name_or_dir: str, labels: LabelMaps, trust_pickled_weights: 
                                  "pickle runs whatever code it carries. If you made this file, pass --trust_pickled_weights "
                                  "(the run then writes its own weights as safetensors)")
             logger.warning(f"{name_or_dir}: loading pickled weights ({PICKLED_WEIGHTS}) as --trust_pickled_weights asks")
+        label_files = [os.path.join(name_or_dir, f) for f in (export_format.INTENT_LABEL_FILE, export_format.SLOT_LABEL_FILE)]
+        if all(os.path.isfile(f) for f in label_files):
+            saved_labels = LabelMaps.from_files(*label_files)
     try:
         # The config is loaded first: from_pretrained would hand keys that a plain ERNIE config.json
         # lacks (num_intents, num_slot_tags) to __init__ instead of the config.
         config = ErnieConfig.from_pretrained(name_or_dir, **config_overrides)
-        config.num_intents, config.num_slot_tags = len(labels.intents), len(labels.slot_tags)
-        return JointErnie.from_pretrained(name_or_dir, config=config)
+        heads = saved_labels if saved_labels is not None and getattr(config, "num_intents", None) else labels
+        config.num_intents, config.num_slot_tags = len(heads.intents), len(heads.slot_tags)
+        model = JointErnie.from_pretrained(name_or_dir, config=config)
     except OSError as e:
         raise OSError(offline_hint(name_or_dir)) from e
+    if heads != labels:
+        relabel_heads(model, heads, labels)
+    return model
+
+
+def relabel_heads(model: JointErnie, old: LabelMaps, new: LabelMaps) -> dict:
+    """Give `model` (trained on `old` labels) heads for `new`: fresh classifier columns, then the
+    columns of every label both share copied over, and the CRF transitions between shared slot
+    tags. The encoder is untouched. Logs and returns the labels added and removed."""
+    change = {}
+    for kind, before, after, layer_name in (("intents", old.intents, new.intents, "intent_classifier"),
+                                            ("slot tags", old.slot_tags, new.slot_tags, "slot_classifier")):
+        layer = getattr(model, layer_name)
+        # initialised as a new JointErnie's heads are (normal, the config's initializer_range; bias 0)
+        fresh = nn.Linear(layer.weight.shape[0], len(after), weight_attr=nn.initializer.Normal(std=model.config.initializer_range))
+        weight, bias = fresh.weight.numpy(), fresh.bias.numpy()
+        shared = [(before.index(label), j) for j, label in enumerate(after) if label in before]
+        for i, j in shared:
+            weight[:, j], bias[j] = layer.weight.numpy()[:, i], layer.bias.numpy()[i]
+        fresh.weight.set_value(weight)
+        fresh.bias.set_value(bias)
+        setattr(model, layer_name, fresh)
+        change[kind] = {"kept": len(shared), "added": [x for x in after if x not in before],
+                        "removed": [x for x in before if x not in after]}
+    if hasattr(model, "slot_transitions"):
+        old_t, new_t = model.slot_transitions.numpy(), np.zeros([len(new.slot_tags)] * 2, dtype="float32")
+        index = {tag: old.slot_tags.index(tag) for tag in new.slot_tags if tag in old.slot_tags}
+        for a, i in index.items():
+            for b, k in index.items():
+                new_t[new.slot_tags.index(a), new.slot_tags.index(b)] = old_t[i, k]
+        model.slot_transitions = model.create_parameter(list(new_t.shape), default_initializer=nn.initializer.Assign(new_t))
+    model.config.num_intents, model.config.num_slot_tags = len(new.intents), len(new.slot_tags)
+    logger.info("label set changed from the loaded model's: " + "; ".join(
+        f"{kind}: {c['kept']} kept, added {c['added']}, removed {c['removed']}" for kind, c in change.items()))
+    return change
 
 
 def unwrap(model):

@@ -211,3 +211,37 @@ def test_crf_nll_equals_the_enumerated_log_likelihood():
     for b, n in enumerate(lengths):
         log_z = np.log(sum(np.exp(path_score(b, p)) for p in itertools.product(range(T), repeat=n)))
         assert got[b] == pytest.approx(log_z - path_score(b, list(tags[b, 1 : n + 1])), abs=1e-4)
+
+
+def test_a_saved_model_loaded_with_other_labels_keeps_its_encoder_and_shared_rows(tmp_path, tokenizer, labels, caplog):
+    """Fine-tuning onto a changed label set: the encoder as saved, each shared label's classifier
+    column and CRF transitions carried over to its new position, new labels fresh, and the
+    change logged."""
+    model = small_model(tokenizer, labels, slot_crf=True)
+    paddle.seed(1)
+    model.slot_transitions.set_value(paddle.randn(model.slot_transitions.shape))
+    model.eval()
+    save_safe(model, str(tmp_path))
+    export_format.write_task_files(str(tmp_path), task.Task(tokenizer, labels, 16, task.any_slot_types(labels)))
+    dropped_intent, dropped_type = labels.intents[1], labels.slot_types[0]
+    new = task.LabelMaps(["climate.ac_on"] + [i for i in reversed(labels.intents) if i != dropped_intent],
+                         ["PAD", "O", "B-seat", "I-seat"] + [t for t in labels.slot_tags[2:] if t[2:] != dropped_type])
+    with caplog.at_level("INFO", logger="ernie_tiny_slu"):
+        loaded = load_pretrained(str(tmp_path), new)
+    loaded.eval()
+    assert f"added ['climate.ac_on'], removed [{dropped_intent!r}]" in caplog.text
+    assert f"added ['B-seat', 'I-seat'], removed ['B-{dropped_type}', 'I-{dropped_type}']" in caplog.text
+    for name, value in loaded.ernie.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), model.ernie.state_dict()[name].numpy())
+    assert (loaded.config.num_intents, loaded.config.num_slot_tags) == (len(new.intents), len(new.slot_tags))
+    old_intent, new_intent = model(batch(tokenizer))[0].numpy(), loaded(batch(tokenizer))[0].numpy()
+    for j, intent in enumerate(new.intents):
+        if intent in labels.intents:  # same encoder, same column: the same logit
+            np.testing.assert_allclose(new_intent[:, j], old_intent[:, labels.intents.index(intent)], rtol=1e-5, atol=1e-5)
+    old_t, new_t = model.slot_transitions.numpy(), loaded.slot_transitions.numpy()
+    assert new_t.shape == (len(new.slot_tags),) * 2 and not new_t[2].any() and not new_t[:, 3].any()  # B-seat, I-seat fresh
+    for a, b in [("O", "B-song"), ("I-singer", "O"), ("B-destination", "I-destination")]:
+        if all(t in new.slot_tags for t in (a, b)):
+            assert new_t[new.slot_tags.index(a), new.slot_tags.index(b)] == old_t[labels.slot_tags.index(a), labels.slot_tags.index(b)]
+    save_safe(loaded, str(tmp_path / "again"))  # the relabelled model saves and loads as any other
+    np.testing.assert_array_equal(load_pretrained(str(tmp_path / "again"), new).slot_transitions.numpy(), new_t)
