@@ -1,7 +1,7 @@
 """JSON lines, the second corpus format (docs/data.md#json-lines): one utterance per line,
 
-    {"text": "导航去北京", "intent": "navigation", "slots": [{"slot": "destination", "start": 3, "end": 5}],
-     "session_id": "s1"}
+    {"text": "把副驾车窗打开一半", "intent": "window.open", "session_id": "car-003",
+     "slots": [{"slot": "window", "start": 1, "end": 3}, {"slot": "degree", "start": 7, "end": 9}]}
 
 slots as character spans of `text` (end exclusive) with an optional canonical "value" (what an
 ASR correction `heard||value` writes in the native format); "session_id" optional (consecutive
