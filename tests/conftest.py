@@ -1,11 +1,14 @@
 """Shared fixtures: the synthetic splits, the real corpus when present, one small model trained,
 evaluated and exported once per session through run_train.py itself, the edge-case utterances
 every front end is run on, and how their results are compared."""
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -119,6 +122,44 @@ def run_killed_at_open(script, pattern, argv, env=None):
                           cwd=utils.PROJECT_DIR, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == -signal.SIGKILL, f"not killed at {pattern} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_dir, *flags):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, os.path.join(utils.PROJECT_DIR, "serve.py"), "--model_dir", model_dir,
+                                      "--port", str(self.port), "--cpu_threads", "1", "--log_level", "warning", *flags],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 180
+        while self.call("GET", "/v1/ready")[0] != 200:
+            assert self.proc.poll() is None, self.proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "serve.py not ready in 180 s"
+            time.sleep(0.3)
+
+    def call(self, method, path, body=None, headers=None):
+        """(status, parsed JSON or None); status 0 when nothing answers on the port."""
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except (ConnectionRefusedError, ConnectionResetError):
+            return 0, None
+        finally:
+            conn.close()
+        return response.status, json.loads(data) if data else None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")

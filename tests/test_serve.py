@@ -9,60 +9,19 @@ import os
 import random
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import SYNTHETIC_LABELS, assert_same_records
+from conftest import SYNTHETIC_LABELS, Server, assert_same_records
 
 import predictor
 import run_eval
 import serve
 import task
-import utils
 
 TEXTS = ["导航去北京", "取消", "打电话给老王", "播放周杰伦的稻香", "退出"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model_dir, *flags):
-        self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, os.path.join(utils.PROJECT_DIR, "serve.py"), "--model_dir", model_dir,
-                                      "--port", str(self.port), "--cpu_threads", "1", "--log_level", "warning", *flags],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 180
-        while self.call("GET", "/v1/ready")[0] != 200:
-            assert self.proc.poll() is None, self.proc.stderr.read()[-3000:]
-            assert time.time() < deadline, "serve.py not ready in 180 s"
-            time.sleep(0.3)
-
-    def call(self, method, path, body=None, headers=None):
-        """(status, parsed JSON or None); status 0 when nothing answers on the port."""
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            data = response.read()
-        except (ConnectionRefusedError, ConnectionResetError):
-            return 0, None
-        finally:
-            conn.close()
-        return response.status, json.loads(data) if data else None
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
