@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc batch-independence-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -191,6 +191,26 @@ serve-load-nlpcc: setup
 batch-independence-nlpcc: setup
 	$(PY) benchmarks/batch_independence.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
+
+# Your own data (docs/data.md#your-own-data): test accuracy by training-set size, from scratch, on the
+# synthetic vehicle-control domain (offline) and on NLPCC 2018 subsets.
+training-size: setup
+	$(PY) data/prepare_data.py --synthetic --synthetic_domain vehicle --output_dir data/prepared/vehicle
+	$(PY) benchmarks/training_size.py --data_dir data/prepared/vehicle --name vehicle --sizes 100 300 1000
+
+training-size-nlpcc: CORPUS = auto
+training-size-nlpcc: DATA_DIR = data/prepared/nlpcc2018
+training-size-nlpcc: data
+	$(PY) benchmarks/training_size.py --data_dir data/prepared/nlpcc2018 --name nlpcc2018 --sizes 100 300 1000 3000
+
+# Adding an intent to a trained model: hold one out, train from scratch, add it back by fine-tuning;
+# compared with the from-scratch run of train-nlpcc on all labels.
+HOLD_OUT ?= phone_call.make_a_phone_call
+label-change-nlpcc: CORPUS = auto
+label-change-nlpcc: DATA_DIR = data/prepared/nlpcc2018
+label-change-nlpcc: data
+	$(PY) benchmarks/label_change.py --data_dir data/prepared/nlpcc2018 --hold_out $(HOLD_OUT) \
+		--baseline_dir output/nlpcc2018-nano-scratch --work_dir output/label-change --output_dir benchmarks/results
 
 # The notebook executed top to bottom and saved with its outputs (commit it after a change).
 notebook: setup
