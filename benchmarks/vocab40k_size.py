@@ -10,7 +10,8 @@ import tempfile
 
 from backends import model_size_mb
 from model import build_from_scratch
-from task import SPECIAL_TOKENS, CharTokenizer, LabelMaps, Task, any_slot_types
+from data.labels import read_data_labels
+from task import SPECIAL_TOKENS, CharTokenizer, Task, any_slot_types
 from exporting import save_static_graph
 from utils import PROJECT_DIR as ROOT
 from utils import load_json, save_json
@@ -20,12 +21,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architecture", default="ernie-3.0-tiny-nano-v2-zh")
     parser.add_argument("--vocab_size", type=int, default=40000)
+    parser.add_argument("--data_dir", default=os.path.join(ROOT, "data", "prepared", "nlpcc2018"),
+                        help="prepared splits whose label files size the heads")
     parser.add_argument("--compress_report", help="a compress_report.json whose final stage to compare")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "benchmarks", "vocab40k_size.json"))
     args = parser.parse_args()
 
     vocab = SPECIAL_TOKENS + [f"[unused{i}]" for i in range(args.vocab_size - len(SPECIAL_TOKENS))]
-    labels = LabelMaps.from_files()
+    labels = read_data_labels(args.data_dir)
     model = build_from_scratch(args.architecture, Task(CharTokenizer(vocab), labels, 16, any_slot_types(labels)))
     with tempfile.TemporaryDirectory() as tmp:
         save_static_graph(model, os.path.join(tmp, "model"))
