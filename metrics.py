@@ -1,10 +1,12 @@
 """Intent accuracy, span-level slot precision / recall / F1 (conlleval rules, as seqeval's default
-mode), strict and reference-compatible sentence accuracy, per-intent counts."""
+mode), strict and reference-compatible sentence accuracy, per-intent counts, and NLPCC 2018 Task
+4's official scores: the frame accuracy of its subtask 4 and the intent macro-F1 of its subtask 2
+(docs/evaluation.md#the-official-nlpcc-scores)."""
 import collections
-from typing import Iterable, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from data.corpus import Utterance
-from task import OUTSIDE_LABEL, PAD_LABEL, bio_spans
+from task import OUTSIDE_LABEL, PAD_LABEL, bio_spans, carries_token
 
 
 def sentence_correct(utt: Utterance, intent: str, tags: Sequence[str]) -> bool:
@@ -12,14 +14,58 @@ def sentence_correct(utt: Utterance, intent: str, tags: Sequence[str]) -> bool:
     return intent == utt.intent and [OUTSIDE_LABEL if t == PAD_LABEL else t for t in tags] == utt.token_tags()
 
 
+def frame(intent: str, slots: Iterable[Tuple[str, str]], intent_slot_types: Dict[str, Sequence[str]]) -> str:
+    """The subtask-4 frame `intent@type=value,...`: the (type, value) pairs of the slot types the
+    intent carries (intent_slot_types), de-duplicated and sorted; other slots are dropped."""
+    allowed = set(intent_slot_types.get(intent, ()))
+    return intent + "@" + ",".join(sorted({f"{kind}={value}" for kind, value in slots if kind in allowed}))
+
+
+def predicted_slot_texts(text: str, tags: Sequence[str]) -> List[Tuple[str, str]]:
+    """(type, text as heard) of each span of per-token `tags` over `text` (spaces inside a span kept)."""
+    positions = [i for i, ch in enumerate(text) if carries_token(ch)]
+    return [(kind, text[positions[start] : positions[end - 1] + 1]) for kind, start, end in bio_spans(tags)]
+
+
+def intent_macro_f1(gold: Sequence[str], predicted: Sequence[str], intents: Sequence[str]) -> float:
+    """The mean over `intents` of each intent's F1 (0 for an intent neither gold nor predicted)."""
+    scores = []
+    for intent in intents:
+        tp = sum(g == p == intent for g, p in zip(gold, predicted))
+        n_gold, n_pred = sum(g == intent for g in gold), sum(p == intent for p in predicted)
+        scores.append(2 * tp / (n_gold + n_pred) if n_gold + n_pred else 0.0)
+    return sum(scores) / max(len(scores), 1)
+
+
+def official_scores(gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Sequence[str]]],
+                    intent_slot_types: Dict[str, Sequence[str]], catch_all_intents: Iterable[str] = ()) -> dict:
+    """NLPCC 2018 Task 4's scores. `frame_acc` (subtask 4): the share of utterances whose predicted
+    frame (intent, slot texts as predicted) equals the gold frame (intent, canonical values: the
+    `||value` of a correction). `intent_macro_f1` (subtask 2): the macro-F1 over every intent label
+    but the catch-all ones, as defined (an intent the split lacks scores 0); `intent_macro_f1_present`
+    over those the split holds. The labels are intent_slot_types' keys."""
+    catch_all = set(catch_all_intents)
+    gold_frames = [frame(u.intent, [(s.type, s.value) for s in u.slots], intent_slot_types) for u in gold]
+    pred_frames = [frame(i, predicted_slot_texts(u.text, tags), intent_slot_types) for u, (i, tags) in zip(gold, predicted)]
+    gold_intents, pred_intents = [u.intent for u in gold], [i for i, _ in predicted]
+    scored = [i for i in intent_slot_types if i not in catch_all]
+    return {
+        "frame_acc": sum(g == p for g, p in zip(gold_frames, pred_frames)) / max(len(gold), 1),
+        "intent_macro_f1": intent_macro_f1(gold_intents, pred_intents, scored),
+        "intent_macro_f1_present": intent_macro_f1(gold_intents, pred_intents, [i for i in scored if i in set(gold_intents)]),
+    }
+
+
 def slu_metrics(
-    gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Sequence[str]]], slotless_intents: Iterable[str]
+    gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Sequence[str]]], slotless_intents: Iterable[str],
+    intent_slot_types: Optional[Dict[str, Sequence[str]]] = None, catch_all_intents: Iterable[str] = (),
 ) -> dict:
     """Intent accuracy, span-level slot P/R/F1, sentence accuracy and per-intent counts.
 
     `predicted` holds (intent, token tags) per utterance. Sentence accuracy is strict (intent
     right and every token tag right); `sentence_acc_ref` is the reference's lenient variant,
-    where for an intent in `slotless_intents` a right intent alone makes a right sentence."""
+    where for an intent in `slotless_intents` a right intent alone makes a right sentence. With
+    `intent_slot_types` (every intent label: its slot types) the official scores are added."""
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold utterances but {len(predicted)} predictions")
     slotless = set(slotless_intents)
@@ -50,6 +96,7 @@ def slu_metrics(
         "slot_f1": 2 * precision * recall / max(precision + recall, 1e-12),
         "sentence_acc": sentence_right / n,
         "sentence_acc_ref": sentence_ref_right / n,
+        **(official_scores(gold, predicted, intent_slot_types, catch_all_intents) if intent_slot_types is not None else {}),
         "num_utterances": len(gold),
         "per_intent": {k: per_intent[k] for k in sorted(per_intent)},
     }

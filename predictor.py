@@ -143,10 +143,12 @@ def without_confidences(value):
     return [without_confidences(v) for v in value] if isinstance(value, list) else value
 
 
-def score(utterances, predictions: Sequence[Prediction], task: Task) -> dict:
+def score(utterances, predictions: Sequence[Prediction], task: Task, catch_all_intents: Sequence[str] = ()) -> dict:
+    """metrics.slu_metrics of the predictions, the official scores included (`catch_all_intents`:
+    left out of the intent macro-F1, as NLPCC 2018 leaves out its catch-all intent)."""
     labels = task.labels
     predicted = [(labels.intents[p.intent_id], [labels.slot_tags[t] for t in p.tag_ids]) for p in predictions]
-    return slu_metrics(utterances, predicted, task.slotless_intents)
+    return slu_metrics(utterances, predicted, task.slotless_intents, task.intent_slot_types, catch_all_intents)
 
 
 class Predictor:

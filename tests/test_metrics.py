@@ -88,3 +88,34 @@ def test_slot_scores_agree_with_seqeval_on_broken_tag_sequences(synthetic_splits
     expected = seqeval_scores([u.token_tags() for u in gold], predicted)
     assert 0.2 < m["slot_f1"] < 0.95
     assert [m["slot_precision"], m["slot_recall"], m["slot_f1"]] == pytest.approx(expected, abs=1e-12)
+
+
+def test_official_nlpcc_scores_by_hand():
+    """Subtask 4: the frame intent@type=value over the intent's slot types, canonical gold values,
+    de-duplicated and sorted; subtask 2: intent macro-F1 without the catch-all intent."""
+    schema = {"music.play": ["singer", "song"], "navigation.navigation": ["destination"], "music.pause": [], "OTHERS": [],
+              "music.prev": []}
+    corrected = Utterance("s", "播放奇隆的歌", "music.play", (Slot("singer", 2, 4, "祁隆"),))
+    gold = [
+        corrected,  # heard 奇隆, canonical 祁隆: the text as heard is a wrong value
+        utt("导航去北京", "navigation.navigation", ("destination", 3, 5)),
+        utt("去 北 京", "navigation.navigation", ("destination", 2, 5)),  # a span with a space inside
+        utt("暂停", "music.pause"),
+        utt("你好", "OTHERS"),
+    ]
+    assert metrics.frame("music.play", [("song", "晴天"), ("singer", "周杰伦"), ("song", "晴天"), ("destination", "x")], schema) \
+        == "music.play@singer=周杰伦,song=晴天"
+    predicted = [
+        ("music.play", ["O", "O", "B-singer", "I-singer", "O", "O"]),
+        ("navigation.navigation", ["O", "O", "O", "B-destination", "I-destination"]),
+        ("navigation.navigation", ["O", "B-destination", "I-destination"]),  # one token per character but the spaces
+        ("music.pause", ["B-destination", "I-destination"]),  # a slot outside music.pause's schema: dropped from the frame
+        ("music.pause", ["O", "O"]),  # OTHERS predicted as music.pause
+    ]
+    assert metrics.predicted_slot_texts("去 北 京", ["O", "B-destination", "I-destination"]) == [("destination", "北 京")]
+    m = metrics.slu_metrics(gold, predicted, [], schema, catch_all_intents=["OTHERS"])
+    assert m["frame_acc"] == pytest.approx(3 / 5)  # the correction and the OTHERS utterance are wrong
+    # music.play 1/1 -> F1 1; navigation 2/2 -> 1; music.pause: tp 1, gold 1, predicted 2 -> 2/3; music.prev: none -> 0
+    assert m["intent_macro_f1"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
+    assert m["intent_macro_f1_present"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    assert "frame_acc" not in metrics.slu_metrics(gold, predicted, [])  # without a schema: not computed
