@@ -8,7 +8,7 @@ program read as deploy/cpp reads it) share a process with paddle. `precision` sa
 backend's matrix products run in: docs/performance.md's deployment advice comes from benchmarks/inference.py."""
 import os
 import sys
-from typing import Callable, Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple, Sequence
 
 import numpy as np
 
@@ -16,6 +16,7 @@ import export_format
 import onnx_graph
 from predictor import LogitsFn, Predictor
 from utils import cpu_threads, prefer_avx2_mkl
+from values import read_catalogue
 
 
 class Backend(NamedTuple):
@@ -235,12 +236,15 @@ def check_backend(name: str) -> None:
 
 
 def open_predictor(model_dir: str, backend: str = "paddle-inference", threads: int = 0, warn_uncalibrated: bool = True,
-                   **options) -> Predictor:
+                   catalogue_files: Sequence[str] = (), **options) -> Predictor:
     """The Predictor of an exported directory on a backend; `threads` 0 = one per core; `options`
-    go to Predictor (min_confidence, decoder). Says on stderr when the confidences were not
-    calibrated (`warn_uncalibrated`: not while the export itself is being calibrated)."""
+    go to Predictor (min_confidence, decoder); `catalogue_files` (values.py) add to the export's
+    catalogue. Says on stderr when the confidences were not calibrated (`warn_uncalibrated`: not
+    while the export itself is being calibrated)."""
     check_backend(backend)
     exported = export_format.read(model_dir)
+    for path in catalogue_files:  # a CatalogueError (a ValueError) names the file and line
+        exported.task.catalogue.update(read_catalogue(path, exported.task.labels.slot_types))
     logits_fn = BACKENDS[backend].load(exported, cpu_threads(threads))
     if BACKENDS[backend].rows_alone:
         logits_fn = per_row(logits_fn, exported.task.tokenizer.pad_id)

@@ -3,12 +3,15 @@ validated by `read`. Every front end (run_eval.py, the FastDeploy demo, the benc
 demo and the Android app through deploy/cpp/slu.cc) reads directories through this contract;
 slu.cc checks the same keys and `tests/test_deploy_cpp.py` holds the two sides together.
 
-A directory (format_version 4):
+A directory (format_version 5):
 
     model.pdmodel, model.pdiparams   the static graph and its weights (Paddle 2.x program); every
                                      floating-point weight finite
     vocab.txt                        one token per line, the line number is the id
     intent_label.txt, slot_label.txt one label per line, the line number is the class id
+    catalogue.jsonl                  slot values (values.py): per slot type, canonical values with
+                                     their synonyms and the rules, one JSON object per line;
+                                     derived from the training split (and the user's catalogue)
     inference_config.json            the keys below (strict JSON: no NaN or Infinity, no BOM)
     manifest.json                    {"format_version", "files": {name: {"bytes", "sha256"}}} of
                                      every other file, written last: which labels, vocabulary,
@@ -18,9 +21,9 @@ A directory (format_version 4):
 
 inference_config.json:
 
-    format_version        4; a reader refuses a version it does not know (1 had no
+    format_version        5; a reader refuses a version it does not know (1 had no
                           intent_slot_types and no calibration, 2 no context and no overlapping
-                          windows, 3 no manifest)
+                          windows, 3 no manifest, 4 no catalogue)
     max_seq_length        tokens per model window of the utterance, [CLS] and [SEP] included (>= 3);
                           longer utterances are cut into windows overlapping by half (task.window_bounds)
     context_turns         earlier utterances of the session the model reads (0: none)
@@ -71,13 +74,15 @@ from task import (
     Task,
 )
 from utils import atomic_path, file_sha256, load_json, save_json, write_lines
+from values import Catalogue, CatalogueError, read_catalogue, write_catalogue
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 GRAPH_PREFIX = "model"  # the path prefix Paddle saves a static graph at
 GRAPH_FILE, PARAMS_FILE = GRAPH_PREFIX + ".pdmodel", GRAPH_PREFIX + ".pdiparams"
 VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE = "vocab.txt", "intent_label.txt", "slot_label.txt"
+CATALOGUE_FILE = "catalogue.jsonl"
 CONFIG_FILE, MANIFEST_FILE = "inference_config.json", "manifest.json"
-FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CONFIG_FILE, MANIFEST_FILE]
+FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CATALOGUE_FILE, CONFIG_FILE, MANIFEST_FILE]
 SPECIAL_TOKENS = {"pad": PAD_TOKEN, "cls": CLS_TOKEN, "sep": SEP_TOKEN, "unk": UNK_TOKEN}
 INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
@@ -118,13 +123,14 @@ def write_vocab(directory: str, tokenizer: CharTokenizer) -> None:
 
 
 def write_task_files(directory: str, task: Task) -> None:
-    """vocab.txt and the label files (also beside training checkpoints, so an output directory
-    can be exported or compressed later)."""
+    """vocab.txt, the label files and the catalogue (also beside training checkpoints, so an
+    output directory can be exported or compressed later)."""
     tokenizer, labels = task.tokenizer, task.labels
     os.makedirs(directory, exist_ok=True)
     write_vocab(directory, tokenizer)
     write_lines(os.path.join(directory, INTENT_LABEL_FILE), labels.intents)
     write_lines(os.path.join(directory, SLOT_LABEL_FILE), labels.slot_tags)
+    write_catalogue(os.path.join(directory, CATALOGUE_FILE), task.catalogue or Catalogue())
 
 
 def is_export(directory: str) -> bool:
@@ -274,8 +280,12 @@ def read(directory: str) -> ExportedModel:
     check(isinstance(config["calibration"], dict) and sorted(config["calibration"]) == keys, CONFIG_FILE,
           f"calibration {config['calibration']!r} must hold exactly {keys}")
     try:
+        catalogue = read_catalogue(os.path.join(directory, CATALOGUE_FILE), labels.slot_types)
+    except CatalogueError as e:
+        raise ExportError(str(e)) from None
+    try:
         task = Task(tokenizer, labels, config["max_seq_length"], config["intent_slot_types"], config["context_turns"],
-                    config["max_context_tokens"])
+                    config["max_context_tokens"], catalogue)
         calibration = Calibration(**config["calibration"])
     except (ValueError, TypeError) as e:
         raise ExportError(f"{config_path}: {e}") from None

@@ -3,7 +3,7 @@ mode), strict and reference-compatible sentence accuracy, per-intent counts, and
 4's official scores: the frame accuracy of its subtask 4 and the intent macro-F1 of its subtask 2
 (docs/evaluation.md#the-official-nlpcc-scores)."""
 import collections
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from data.corpus import Utterance
 from task import OUTSIDE_LABEL, PAD_LABEL, bio_spans, carries_token
@@ -38,19 +38,27 @@ def intent_macro_f1(gold: Sequence[str], predicted: Sequence[str], intents: Sequ
 
 
 def official_scores(gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Sequence[str]]],
-                    intent_slot_types: Dict[str, Sequence[str]], catch_all_intents: Iterable[str] = ()) -> dict:
+                    intent_slot_types: Dict[str, Sequence[str]], catch_all_intents: Iterable[str] = (),
+                    resolve: Optional[Callable[[str, str], Tuple[str, str]]] = None) -> dict:
     """NLPCC 2018 Task 4's scores. `frame_acc` (subtask 4): the share of utterances whose predicted
     frame (intent, slot texts as predicted) equals the gold frame (intent, canonical values: the
     `||value` of a correction). `intent_macro_f1` (subtask 2): the macro-F1 over every intent label
     but the catch-all ones, as defined (an intent the split lacks scores 0); `intent_macro_f1_present`
-    over those the split holds. The labels are intent_slot_types' keys."""
+    over those the split holds. The labels are intent_slot_types' keys. With `resolve` (slot type,
+    text -> value, how: values.Catalogue.resolve) `frame_acc_resolved` scores the resolved values."""
     catch_all = set(catch_all_intents)
     gold_frames = [frame(u.intent, [(s.type, s.value) for s in u.slots], intent_slot_types) for u in gold]
     pred_frames = [frame(i, predicted_slot_texts(u.text, tags), intent_slot_types) for u, (i, tags) in zip(gold, predicted)]
     gold_intents, pred_intents = [u.intent for u in gold], [i for i, _ in predicted]
     scored = [i for i in intent_slot_types if i not in catch_all]
+    resolved = {}
+    if resolve is not None:
+        frames = [frame(i, [(kind, resolve(kind, text)[0]) for kind, text in predicted_slot_texts(u.text, tags)], intent_slot_types)
+                  for u, (i, tags) in zip(gold, predicted)]
+        resolved["frame_acc_resolved"] = sum(g == p for g, p in zip(gold_frames, frames)) / max(len(gold), 1)
     return {
         "frame_acc": sum(g == p for g, p in zip(gold_frames, pred_frames)) / max(len(gold), 1),
+        **resolved,
         "intent_macro_f1": intent_macro_f1(gold_intents, pred_intents, scored),
         "intent_macro_f1_present": intent_macro_f1(gold_intents, pred_intents, [i for i in scored if i in set(gold_intents)]),
     }
@@ -59,6 +67,7 @@ def official_scores(gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Se
 def slu_metrics(
     gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Sequence[str]]], slotless_intents: Iterable[str],
     intent_slot_types: Optional[Dict[str, Sequence[str]]] = None, catch_all_intents: Iterable[str] = (),
+    resolve: Optional[Callable[[str, str], Tuple[str, str]]] = None,
 ) -> dict:
     """Intent accuracy, span-level slot P/R/F1, sentence accuracy and per-intent counts.
 
@@ -96,7 +105,7 @@ def slu_metrics(
         "slot_f1": 2 * precision * recall / max(precision + recall, 1e-12),
         "sentence_acc": sentence_right / n,
         "sentence_acc_ref": sentence_ref_right / n,
-        **(official_scores(gold, predicted, intent_slot_types, catch_all_intents) if intent_slot_types is not None else {}),
+        **(official_scores(gold, predicted, intent_slot_types, catch_all_intents, resolve) if intent_slot_types is not None else {}),
         "num_utterances": len(gold),
         "per_intent": {k: per_intent[k] for k in sorted(per_intent)},
     }

@@ -5,7 +5,7 @@ predict through `Predictor`; deploy/cpp/slu.cc is its C++ twin (tested identical
 A result record (one JSON object per utterance):
 
     {"text": ..., "intent": ..., "confidence": p, "intent_ranking": [{"intent", "confidence"}] (top 3),
-     "slots": [{"slot", "entity", "pos": [first, last], "confidence": p}], "fallback": false}
+     "slots": [{"slot", "entity", "pos": [first, last], "confidence": p, "value", "resolution"}], "fallback": false}
     {"text": ..., "error": "empty utterance"}                      no visible character
     {"text": ..., "error": "utterance too long: N tokens (at most M)"}
     {"line": N, "error": "invalid UTF-8"}                          input line N (1-based) is not UTF-8
@@ -15,7 +15,9 @@ Session input (`Predictor.predict_sessions`): one JSON object per line, {"sessio
 context, and its record starts with "session_id". A line that is not such an object gives
 {"line": N, "error": "expected a JSON object with string \"session_id\" and \"text\""}.
 
-`pos` holds inclusive character offsets into the text as given (as the PaddleNLP demo).
+`pos` holds inclusive character offsets into the text as given (as the PaddleNLP demo); `entity`
+is the text as heard, `value` the canonical value to act on and `resolution` how it was found
+(values.py: exact, catalogue, rule, or none when the value is the text as heard).
 Confidences are calibrated probabilities (4 decimals; decoding.py says how): the intent's, and
 each slot span's. `fallback` is true when the weakest of them is below `min_confidence`: the
 assistant should ask again rather than act (the intent stays in the ranking).
@@ -30,6 +32,7 @@ from export_format import MAX_UTTERANCE_TOKENS, ExportedModel
 from metrics import slu_metrics
 from task import Encoded, LabelMaps, Task, session_histories, token_text
 from utils import pad_batch, strict_json_loads
+from values import Catalogue
 
 # padded input ids [batch, seq] -> (intent logits [batch, I], slot logits [batch, seq, T]);
 # every runtime (dynamic graph, Paddle Inference, FastDeploy, Paddle Lite replay) provides one
@@ -118,12 +121,19 @@ def run_windows(encoded: Sequence[Encoded], logits_fn: LogitsFn, pad_id: int, de
     return merge_windows(intent_rows, slot_rows, encoded, decoder)
 
 
-def describe(pred: Prediction, enc: Encoded, labels: LabelMaps, min_confidence: float = 0.0) -> dict:
-    """The result record of one utterance."""
+EMPTY_CATALOGUE = Catalogue()
+
+
+def describe(pred: Prediction, enc: Encoded, labels: LabelMaps, min_confidence: float = 0.0,
+             catalogue: Optional[Catalogue] = None) -> dict:
+    """The result record of one utterance; each slot's value resolved against `catalogue` (values.py)."""
     slots = []
     for (kind, s, e), confidence in zip(pred.spans, pred.span_confidences):
         first, last = enc.offsets[s], enc.offsets[e - 1]
-        slots.append({"slot": kind, "entity": enc.text[first : last + 1], "pos": [first, last], "confidence": round(confidence, 4)})
+        entity = enc.text[first : last + 1]
+        value, resolution = (catalogue or EMPTY_CATALOGUE).resolve(kind, entity)
+        slots.append({"slot": kind, "entity": entity, "pos": [first, last], "confidence": round(confidence, 4), "value": value,
+                      "resolution": resolution})
     ranking = np.argsort(-pred.intent_probs, kind="stable")[:RANKING_SIZE]
     return {
         "text": enc.text,
@@ -148,7 +158,8 @@ def score(utterances, predictions: Sequence[Prediction], task: Task, catch_all_i
     left out of the intent macro-F1, as NLPCC 2018 leaves out its catch-all intent)."""
     labels = task.labels
     predicted = [(labels.intents[p.intent_id], [labels.slot_tags[t] for t in p.tag_ids]) for p in predictions]
-    return slu_metrics(utterances, predicted, task.slotless_intents, task.intent_slot_types, catch_all_intents)
+    resolve = task.catalogue.resolve if task.catalogue else None
+    return slu_metrics(utterances, predicted, task.slotless_intents, task.intent_slot_types, catch_all_intents, resolve)
 
 
 class Predictor:
@@ -216,7 +227,7 @@ class Predictor:
                 return {"line": i + 1, "error": errors[i]}
             if errors[i]:
                 return {"text": texts[i], "error": errors[i]}
-            return describe(preds[i], encoded[i], self.task.labels, self.min_confidence)
+            return describe(preds[i], encoded[i], self.task.labels, self.min_confidence, self.task.catalogue)
 
         return [record(i) for i in range(len(texts))], preds
 

@@ -58,6 +58,9 @@ def parse_args(argv=None):
                         "compared (per-category deltas, the utterances that flipped)")
     parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS),
                         help="runtime (backends.py); the fastdeploy-* ones need a process without paddle, which this script keeps")
+    parser.add_argument("--catalogue_file", action="append", default=[],
+                        help="your slot values (JSON lines: slot, value, synonyms; docs/decoding.md#slot-values), added to the "
+                        "export's catalogue; repeatable")
     parser.add_argument("--min_confidence", type=float, default=0.0,
                         help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="windows per inference call")
@@ -103,7 +106,8 @@ def main(argv=None):
     if (args.analysis_dir and not args.eval_file) or (args.compare_model_dir and not args.analysis_dir):
         sys.exit("--analysis_dir needs --eval_file, and --compare_model_dir needs --analysis_dir")
     try:
-        predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
+        predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, catalogue_files=args.catalogue_file,
+                                   min_confidence=args.min_confidence)
     except (ValueError, RuntimeError) as e:  # a broken directory (ExportError), a bad option, a runtime that cannot run it
         sys.exit(f"run_eval: {e}")
     unknown = sorted(set(args.catch_all_intent) - set(predictor.task.labels.intents))

@@ -41,6 +41,7 @@ from training import (
     weights_digest,
 )
 from utils import PROJECT_DIR, load_json, save_json
+from values import Catalogue, derive_catalogue, read_catalogue
 
 
 @dataclass
@@ -103,6 +104,9 @@ class DataArguments:
         default=None, metadata={"help": "One intent per line (default: intent_label.txt of --data_dir, else derived from train)."})
     slot_label_file: Optional[str] = field(
         default=None, metadata={"help": "PAD, O and B-/I- tags, one per line (default: slot_label.txt of --data_dir, else derived)."})
+    catalogue_file: Optional[str] = field(
+        default=None, metadata={"help": "Your slot values (JSON lines: slot, value, synonyms; docs/decoding.md#slot-values), added to "
+                                "the catalogue derived from train; the export carries both."})
 
 
 @dataclass
@@ -163,7 +167,7 @@ def data_labels(data_args: DataArguments) -> Tuple[LabelMaps, str]:
     return derive_labels(read_split(data_args.data_dir, "train")), f"derived from {data_args.data_dir}/train.txt"
 
 
-def build_task_and_model(model_args: ModelArguments, train, labels: LabelMaps, seed: int):
+def build_task_and_model(model_args: ModelArguments, train, labels: LabelMaps, seed: int, catalogue: Catalogue):
     """The task (tokenizer, labels, window, context) and the model, from scratch or pretrained;
     the context settings of a saved model are kept unless the flags set them."""
     slot_types = intent_slot_types(train, labels.intents)
@@ -174,11 +178,12 @@ def build_task_and_model(model_args: ModelArguments, train, labels: LabelMaps, s
     max_seq_length = model_args.max_seq_length or max(len(u.token_tags()) for u in train) + 2
     set_seed(seed)  # before the model: --seed fixes a from-scratch initialisation too
     if model_args.from_scratch:
-        task = Task(CharTokenizer.build(u.text for u in train), labels, max_seq_length, slot_types, **context)
+        task = Task(CharTokenizer.build(u.text for u in train), labels, max_seq_length, slot_types, **context, catalogue=catalogue)
         model = build_from_scratch(model_args.model_name_or_path, task, slot_crf=model_args.slot_crf, **context)
         logger.info(f"from scratch: {model_args.model_name_or_path} architecture, vocabulary of {len(task.tokenizer)} from train")
     else:
-        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, max_seq_length, slot_types, **context)
+        task = Task(pretrained_tokenizer(model_args.model_name_or_path), labels, max_seq_length, slot_types, **context,
+                    catalogue=catalogue)
         # a saved JointErnie keeps its own head; --slot_crf puts a CRF on one that has none
         model = load_pretrained(model_args.model_name_or_path, labels, model_args.trust_pickled_weights,
                                 sep_token_id=task.tokenizer.sep_id, **context, **({"slot_crf": True} if model_args.slot_crf else {}))
@@ -248,7 +253,11 @@ def run(argv=None):
                 f"{len(labels.slot_types)} slot types {labels.slot_types}")
     logger.info(f"data {data_args.data_dir}: train {len(train_split)}, dev {len(dev)}, test {len(test)} utterances; "
                 f"slot types per intent in train: {intent_slot_types(train_split, labels.intents)}")
-    task, model, model_info = build_task_and_model(model_args, train_split, labels, training_args.seed)
+    catalogue = derive_catalogue(train_split)
+    if data_args.catalogue_file:
+        catalogue.update(read_catalogue(data_args.catalogue_file, labels.slot_types))
+    logger.info(f"catalogue: {len(catalogue):,} values of {len(catalogue.values)} slot types, rules {catalogue.rules}")
+    task, model, model_info = build_task_and_model(model_args, train_split, labels, training_args.seed, catalogue)
     if training_args.do_train and training_args.resume_from_checkpoint:
         check_resume(training_args.resume_from_checkpoint, task)
 

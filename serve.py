@@ -529,6 +529,9 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads of the model; 0 = one per core")
+    parser.add_argument("--catalogue_file", action="append", default=[],
+                        help="your slot values (JSON lines: slot, value, synonyms; docs/decoding.md#slot-values), added to the "
+                        "export's catalogue; repeatable")
     parser.add_argument("--min_confidence", type=float, default=0.0,
                         help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
     parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -538,7 +541,8 @@ def main(argv=None):
     options = ServeOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)})
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
+    predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, catalogue_files=args.catalogue_file,
+                               min_confidence=args.min_confidence)
     app = create_app(predictor, predictor.exported, options, args.backend)  # the directory as open_predictor read it
     logger.info("serving %s on %s (context turns %d) at http://%s:%d", args.model_dir, args.backend,
                 predictor.task.context_turns, args.host, args.port)

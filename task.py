@@ -5,9 +5,12 @@ import collections
 import dataclasses
 import functools
 import unicodedata
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from utils import read_lines
+
+if TYPE_CHECKING:  # values.py builds on this module
+    from values import Catalogue
 
 PAD_LABEL, OUTSIDE_LABEL = "PAD", "O"
 PAD_TOKEN, CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, MASK_TOKEN = "[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"
@@ -213,6 +216,7 @@ class Task:
     intent_slot_types: Dict[str, List[str]]
     context_turns: int = 0  # previous utterances of the session the model reads (0: none)
     max_context_tokens: int = 0  # tokens of the context segment, its [SEP]s included
+    catalogue: Optional["Catalogue"] = None  # slot values (values.py), derived from train; None: none
 
 
     def __post_init__(self):

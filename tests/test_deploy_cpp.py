@@ -237,7 +237,8 @@ def test_cpp_decoding_is_identical_on_the_whole_corpus(demo, trained, synthetic_
         encoded = [exported.task.encode(t) for t in texts]
         logits = [(rng.normal(scale=3.0, size=len(exported.task.labels.intents)).astype("float32"),
                    rng.normal(scale=3.0, size=(len(e.offsets), num_tags)).astype("float32")) for e in encoded]
-        expected = [predictor.describe(reference(i, s), e, exported.task.labels, 0.5) for (i, s), e in zip(logits, encoded)]
+        expected = [predictor.describe(reference(i, s), e, exported.task.labels, 0.5, exported.task.catalogue)
+                    for (i, s), e in zip(logits, encoded)]
         logits_file = str(tmp_path / "logits.f32")
         with open(logits_file, "wb") as f:
             for i, s in logits:

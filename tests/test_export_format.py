@@ -12,10 +12,15 @@ import export_format
 import paddle_format
 import decoding
 import task
+import values
 
 LABELS = SYNTHETIC_LABELS
 SLOT_TYPES = {**task.any_slot_types(LABELS), "OTHERS": [], "music.pause": [], "navigation.navigation": ["destination", "origin"]}
-TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, SLOT_TYPES, context_turns=2, max_context_tokens=24)
+CATALOGUE = values.Catalogue()
+CATALOGUE.add("singer", "祁隆", ["奇隆"])
+CATALOGUE.rules["phone_num"] = values.DIGITS
+TASK = task.Task(task.CharTokenizer.build(["导航去北京", "播放音乐"]), LABELS, 16, SLOT_TYPES, context_turns=2, max_context_tokens=24,
+                 catalogue=CATALOGUE)
 
 
 def fake_graph_for(task_):
@@ -44,6 +49,7 @@ def test_write_then_read_round_trips(exported):
     assert model.task.max_seq_length == 16 and model.task.slotless_intents == ["OTHERS", "music.pause"]
     assert (model.task.context_turns, model.task.max_context_tokens) == (2, 24)
     assert model.task.intent_slot_types == SLOT_TYPES and model.calibration == decoding.Calibration()
+    assert model.task.catalogue == CATALOGUE and model.task.catalogue.resolve("singer", "奇隆") == ("祁隆", values.CATALOGUE)
     config = model.config
     assert config["format_version"] == export_format.FORMAT_VERSION and set(config) == set(export_format.REQUIRED_KEYS)
     assert config["vocab_size"] == len(TASK.tokenizer) and config["num_intents"] == 11 and config["num_slot_tags"] == 32
@@ -67,6 +73,10 @@ def edit_config(**changes):
     "name, edit, problem",
     [
         ("vocab.txt", lambda t: t + "导\n", r"vocab.txt: vocabulary has repeated tokens \['导'\]"),
+        ("catalogue.jsonl", lambda t: t + '{"slot": "weather", "value": "晴"}\n', r"catalogue.jsonl:3: slot type 'weather' is not one "),
+        ("catalogue.jsonl", lambda t: t + '{"slot": "song"}\n', r"catalogue.jsonl:3: a value entry is"),
+        ("catalogue.jsonl", lambda t: t + '{"slot": "song", "rule": "pinyin"}\n', r"catalogue.jsonl:3: a rule entry is"),
+        ("catalogue.jsonl", lambda t: t.replace("祁隆", "邓超"), r"catalogue.jsonl: its content differs from manifest.json"),
         ("vocab.txt", lambda t: t + "新\n", r"vocab.txt: \d+ tokens, inference_config.json says \d+"),
         ("vocab.txt", lambda t: t.replace("[UNK]\n", "[unk]\n"), r"vocab.txt: vocabulary lacks special tokens \['\[UNK\]'\]"),
         ("intent_label.txt", lambda t: t + "weather.query\n", r"intent_label.txt: 12 intents, inference_config.json says 11"),
@@ -74,8 +84,8 @@ def edit_config(**changes):
         ("intent_label.txt", lambda t: t + "OTHERS\n", r"duplicate intent labels \['OTHERS'\]"),
         (
             "inference_config.json",
-            edit_config(format_version=3),
-            r"inference_config.json: format_version 3; this code reads format_version 4",
+            edit_config(format_version=4),
+            r"inference_config.json: format_version 4; this code reads format_version 5",
         ),
         ("inference_config.json", lambda t: "\ufeff" + t, r"inference_config.json: not valid JSON \(Unexpected UTF-8 BOM"),
         (

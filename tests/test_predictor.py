@@ -6,6 +6,7 @@ import pytest
 import decoding
 import predictor
 import task
+import values
 from conftest import SYNTHETIC_LABELS
 import utils
 
@@ -52,14 +53,20 @@ def test_merge_windows_and_describe(labels):
     # span confidences (decoding.span_confidences, checked by enumeration in test_decoding.py), rounded
     conf = [round(c, 4) for c in preds[0].span_confidences]
     assert first["slots"] == [
-        {"slot": "destination", "entity": "北京", "pos": [3, 4], "confidence": conf[0]},
-        {"slot": "singer", "entity": "la la", "pos": [6, 10], "confidence": conf[1]},
+        {"slot": "destination", "entity": "北京", "pos": [3, 4], "confidence": conf[0], "value": "北京", "resolution": "none"},
+        {"slot": "singer", "entity": "la la", "pos": [6, 10], "confidence": conf[1], "value": "la la", "resolution": "none"},
     ]
+    # with a catalogue: la la is heard for 娜娜 (a synonym), 北京 is a value as it is
+    catalogue = values.Catalogue()
+    catalogue.add("singer", "娜娜", ["LA LA"])
+    catalogue.add("destination", "北京")
+    resolved = predictor.describe(preds[0], encoded[0], labels, catalogue=catalogue)["slots"]
+    assert [(s["entity"], s["value"], s["resolution"]) for s in resolved] == [("北京", "北京", "exact"), ("la la", "娜娜", "catalogue")]
     assert all(0.9 < c < 1 for c in conf)
     second = predictor.describe(preds[1], encoded[1], labels)
     assert second["intent"] == "OTHERS"
     assert second["slots"] == [{"slot": "custom_destination", "entity": "家", "pos": [1, 1],
-                                "confidence": round(preds[1].span_confidences[0], 4)}]
+                                "confidence": round(preds[1].span_confidences[0], 4), "value": "家", "resolution": "none"}]
     # OTHERS at e / (e + 10) = 0.2138: the weakest part of the result decides
     assert [predictor.describe(preds[1], encoded[1], labels, min_confidence=m)["fallback"] for m in (0.21, 0.22)] == [False, True]
     assert preds[0].slot_logits.shape == (9, len(labels.slot_tags))

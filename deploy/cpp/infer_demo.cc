@@ -21,7 +21,7 @@ namespace {
 
 struct Args {
   std::string model_dir, precision = "f32", logits_file, weights_file = slu::kParamsFile;
-  std::vector<std::string> texts, context;
+  std::vector<std::string> texts, context, catalogue_files;
   int cpu_threads = 0;
   double min_confidence = 0.0;
   bool tokenize_only = false, print_contract = false, sessions = false;
@@ -29,13 +29,15 @@ struct Args {
 
 const char* kUsage =
     "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--context EARLIER]... [--sessions] [--cpu_threads N]\n"
-    "                [--precision f32|bf16] [--min_confidence P] [--tokenize_only | --logits_file FILE] [--weights_file NAME]\n"
+    "                [--precision f32|bf16] [--min_confidence P] [--catalogue_file FILE]... [--tokenize_only | --logits_file FILE]\n"
+    "                [--weights_file NAME]\n"
     "       slu_demo --print_contract\n"
     "  without --text, one utterance per stdin line; --context: an earlier utterance of the --text utterances' session\n"
     "  (repeat, oldest first; read by models trained with context); --sessions: stdin lines are JSON objects\n"
     "  {\"session_id\", \"text\"} in conversation order, each read with its session's earlier lines as context (run_eval.py\n"
     "  --sessions_file); --min_confidence: results whose intent or any slot confidence\n"
-    "  is below P say \"fallback\": true; --tokenize_only prints token ids and offsets (tests); --logits_file decodes\n"
+    "  is below P say \"fallback\": true; --catalogue_file: your slot values (JSON lines; docs/decoding.md#slot-values)\n"
+    "  added to the export's; --tokenize_only prints token ids and offsets (tests); --logits_file decodes\n"
     "  logits given in FILE instead of running the model (float32: per utterance without an error record, its\n"
     "  intent logits, then its tokens' slot logits; tests and the decoding benchmark) and times the decoding;\n"
     "  --weights_file model.nb reads an Android app directory (deploy/android/convert.py) as the app does, with\n"
@@ -58,6 +60,7 @@ Args ParseArgs(int argc, char** argv) {
     else if (flag == "--precision") args.precision = value();
     else if (flag == "--min_confidence") args.min_confidence = std::stod(value());
     else if (flag == "--logits_file") args.logits_file = value();
+    else if (flag == "--catalogue_file") args.catalogue_files.push_back(value());
     else if (flag == "--tokenize_only") args.tokenize_only = true;
     else if (flag == "--print_contract") args.print_contract = true;
     else if (flag == "--weights_file") args.weights_file = value();
@@ -100,6 +103,7 @@ int main(int argc, char** argv) {
 
   try {
     slu::Model model(args.model_dir, args.weights_file);
+    for (const std::string& path : args.catalogue_files) model.AddCatalogue(path);
     if (!model.calibrated())  // as backends.open_predictor says it
       std::cerr << "warning: " << args.model_dir << ": confidences not calibrated (exported without a dev split; temperatures 1.0)\n";
     ov::CompiledModel compiled;

@@ -14,7 +14,8 @@
 
 namespace slu {
 
-const std::vector<std::string> kFiles = {kGraphFile, kParamsFile, kVocabFile, kIntentLabelFile, kSlotLabelFile, kConfigFile, kManifestFile};
+const std::vector<std::string> kFiles = {kGraphFile,     kParamsFile, kVocabFile,    kIntentLabelFile,
+                                         kSlotLabelFile, kCatalogueFile, kConfigFile, kManifestFile};
 const std::vector<std::string> kRequiredKeys = {
     "format_version", "max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size",
     "special_tokens", "num_intents", "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"};
@@ -452,6 +453,113 @@ void Model::CheckGraphTables() const {
                              " has " + std::to_string(positions) + " positions");
 }
 
+std::string ValueKey(const std::u32string& text) {
+  std::string key;
+  for (char32_t c : text)
+    if (CarriesToken(c)) key += FoldChar(c);
+  return key;
+}
+
+std::string Digits(const std::u32string& text) {
+  static const std::map<std::string, char> kDigitWords = {
+      {"零", '0'}, {"〇", '0'}, {"一", '1'}, {"幺", '1'}, {"二", '2'}, {"两", '2'}, {"三", '3'},
+      {"四", '4'}, {"五", '5'}, {"六", '6'}, {"七", '7'}, {"八", '8'}, {"九", '9'}};
+  static const std::u32string kSeparators = U"-\u2013\u2014\u00b7.()+/";  // values.DIGIT_SEPARATORS
+  std::string out;
+  for (char32_t c : text) {
+    if (!CarriesToken(c)) continue;
+    for (char32_t f : DecodeUtf8(FoldChar(c))) {
+      const std::string ch = EncodeUtf8(std::u32string(1, f));
+      if (f >= U'0' && f <= U'9') {
+        out += static_cast<char>(f);
+      } else if (kDigitWords.count(ch)) {
+        out += kDigitWords.at(ch);
+      } else if (kSeparators.find(f) == std::u32string::npos) {
+        return "";
+      }
+    }
+  }
+  return out;
+}
+
+void Catalogue::Add(const std::string& slot_type, const std::string& value, const std::vector<std::string>& synonyms) {
+  const std::string key = ValueKey(DecodeUtf8(value));
+  auto add = [](std::vector<std::string>* values, const std::string& v) {
+    if (std::find(values->begin(), values->end(), v) == values->end()) values->push_back(v);
+  };
+  add(&values_[slot_type][key], value);
+  for (const std::string& synonym : synonyms) {
+    const std::string synonym_key = ValueKey(DecodeUtf8(synonym));
+    if (synonym_key != key) add(&synonyms_[slot_type][synonym_key], value);
+  }
+}
+
+void Catalogue::Read(const std::string& path, const std::vector<std::string>& slot_types) {
+  std::ifstream in = OpenOrThrow(path);
+  size_t line_no = 0;
+  auto visible = [](const Json& v) {
+    if (!v.is_string()) return false;
+    try {
+      return !ValueKey(DecodeUtf8(v.get<std::string>())).empty();
+    } catch (const std::invalid_argument&) {
+      return false;
+    }
+  };
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    auto fail = [&](const std::string& problem) { throw std::runtime_error(path + ":" + std::to_string(line_no) + ": " + problem); };
+    line = StripEol(line);
+    if (line_no == 1 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line = line.substr(3);
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Json entry = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (entry.is_discarded()) fail("not JSON");
+    if (!entry.is_object() || !entry.contains("slot") || !entry["slot"].is_string() || entry["slot"].get<std::string>().empty())
+      fail("an entry is an object with \"slot\" and either \"value\" (and optional \"synonyms\") or \"rule\"");
+    const std::string slot = entry["slot"].get<std::string>();
+    if (std::find(slot_types.begin(), slot_types.end(), slot) == slot_types.end()) {
+      std::string names;
+      for (const std::string& t : slot_types) names += (names.empty() ? "" : ", ") + t;
+      fail("slot type '" + slot + "' is not one of the model's (" + names + ")");
+    }
+    if (entry.contains("rule")) {
+      if (entry.size() != 2 || entry["rule"] != "digits") fail("a rule entry is {\"slot\", \"rule\"} with a rule of ['digits']");
+      rules_[slot] = "digits";
+      continue;
+    }
+    bool extra = false;
+    for (const auto& item : entry.items()) extra |= item.key() != "slot" && item.key() != "value" && item.key() != "synonyms";
+    if (extra || !entry.contains("value") || !visible(entry["value"]))
+      fail("a value entry is {\"slot\", \"value\", \"synonyms\"} with a value of visible characters");
+    std::vector<std::string> synonyms;
+    if (entry.contains("synonyms")) {
+      if (!entry["synonyms"].is_array()) fail("synonyms must be a list of strings of visible characters");
+      for (const Json& synonym : entry["synonyms"]) {
+        if (!visible(synonym)) fail("synonyms must be a list of strings of visible characters");
+        synonyms.push_back(synonym.get<std::string>());
+      }
+    }
+    Add(slot, entry["value"].get<std::string>(), synonyms);
+  }
+}
+
+std::pair<std::string, std::string> Catalogue::Resolve(const std::string& slot_type, const std::u32string& heard) const {
+  const std::string key = ValueKey(heard), text = EncodeUtf8(heard);
+  for (const auto& [table, how] : {std::make_pair(&values_, "exact"), std::make_pair(&synonyms_, "catalogue")}) {
+    auto by_type = table->find(slot_type);
+    if (by_type == table->end()) continue;
+    auto found = by_type->second.find(key);
+    if (found == by_type->second.end() || found->second.empty()) continue;
+    if (found->second.size() == 1) return {found->second.front(), how};
+    return {text, "none"};  // one key, several values: ambiguous
+  }
+  auto rule = rules_.find(slot_type);
+  if (rule != rules_.end() && rule->second == "digits") {
+    const std::string digits = Digits(heard);
+    if (!digits.empty()) return {digits, "rule"};
+  }
+  return {text, "none"};
+}
+
 Model::Model(const std::string& model_dir, const std::string& weights_file) {
   // the app ships model.nb in place of model.pdiparams (deploy/android/convert.py)
   std::vector<std::string> files;
@@ -511,6 +619,8 @@ Model::Model(const std::string& model_dir, const std::string& weights_file) {
     if (slot_tags_.size() != config["num_slot_tags"].get<size_t>())
       fail(kSlotLabelFile, std::to_string(slot_tags_.size()) + " slot tags, " + kConfigFile + " says " + config["num_slot_tags"].dump());
     decoding_ = ReadDecoding(config, intents_, slot_tags_, fail);
+    for (const std::string& tag : slot_tags_)
+      if (tag.compare(0, 2, "B-") == 0) slot_types_.push_back(tag.substr(2));
     calibrated_ = !config["calibration"]["fitted_on"].is_null();
   } catch (const Json::exception& e) {
     fail(kConfigFile, std::string("unexpected content (") + e.what() + ")");
@@ -520,6 +630,7 @@ Model::Model(const std::string& model_dir, const std::string& weights_file) {
     fail(kConfigFile, "context_turns " + std::to_string(context_turns_) + " with max_context_tokens " + std::to_string(max_context_tokens_) +
                           ": a context model needs room for one token and its [SEP] (>= 2), a model without context 0");
   if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
+  catalogue_.Read(model_dir + "/" + kCatalogueFile, slot_types_);
   CheckGraphTables();
   if (weights_file == kParamsFile) {
     try {
@@ -721,8 +832,10 @@ std::string Model::Describe(const Encoded& enc, const float* intent_logits, cons
     const double confidence = span_confidences[k];
     weakest = std::min(weakest, confidence);
     int first = enc.offsets[span.start], last = enc.offsets[span.end - 1];
-    slots.push_back({{"slot", span.type}, {"entity", EncodeUtf8(enc.text.substr(first, last - first + 1))}, {"pos", {first, last}},
-                     {"confidence", Round4(confidence)}});
+    const std::u32string entity = enc.text.substr(first, last - first + 1);
+    const auto [value, resolution] = catalogue_.Resolve(span.type, entity);
+    slots.push_back({{"slot", span.type}, {"entity", EncodeUtf8(entity)}, {"pos", {first, last}}, {"confidence", Round4(confidence)},
+                     {"value", value}, {"resolution", resolution}});
   }
   Json record = {{"text", EncodeUtf8(enc.text)}, {"intent", intents_[intent]}, {"confidence", Round4(intent_probs[intent])},
                  {"intent_ranking", ranked}, {"slots", slots}, {"fallback", !(weakest >= min_confidence)}};  // NaN falls back

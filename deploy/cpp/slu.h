@@ -13,12 +13,13 @@
 namespace slu {
 
 // The export contract, as export_format.py states it (tests/test_deploy_cpp.py compares the two).
-constexpr int kFormatVersion = 4;
+constexpr int kFormatVersion = 5;
 constexpr const char* kGraphFile = "model.pdmodel";
 constexpr const char* kParamsFile = "model.pdiparams";
 constexpr const char* kVocabFile = "vocab.txt";
 constexpr const char* kIntentLabelFile = "intent_label.txt";
 constexpr const char* kSlotLabelFile = "slot_label.txt";
+constexpr const char* kCatalogueFile = "catalogue.jsonl";
 constexpr const char* kConfigFile = "inference_config.json";
 constexpr const char* kManifestFile = "manifest.json";
 extern const std::vector<std::string> kFiles;          // every file of an exported directory
@@ -58,6 +59,25 @@ class History {
  private:
   size_t turns_;
   std::vector<std::string> texts_;
+};
+
+// values.py: the key values are compared by (the folded token-carrying characters), the digits
+// rule ("" when the text is not a spoken or written digit string), and the catalogue of slot values.
+std::string ValueKey(const std::u32string& text);
+std::string Digits(const std::u32string& text);
+class Catalogue {
+ public:
+  // Add the entries of a catalogue JSON lines file; throws std::runtime_error "path:line: problem"
+  // (values.read_catalogue's words) for a bad line or a slot type outside `slot_types`.
+  void Read(const std::string& path, const std::vector<std::string>& slot_types);
+  // (value, resolution) of a slot's text as heard: exact, catalogue, rule or none (values.Catalogue.resolve).
+  std::pair<std::string, std::string> Resolve(const std::string& slot_type, const std::u32string& heard) const;
+
+ private:
+  void Add(const std::string& slot_type, const std::string& value, const std::vector<std::string>& synonyms);
+  using ByKey = std::unordered_map<std::string, std::unordered_map<std::string, std::vector<std::string>>>;
+  ByKey values_, synonyms_;  // slot type -> key -> distinct canonical values
+  std::unordered_map<std::string, std::string> rules_;
 };
 
 // What decoding needs of inference_config.json (decoding.py: Calibration, SlotConstraints, CRF).
@@ -102,6 +122,8 @@ class Model {
   Encoded Encode(const std::string& utf8_text, const std::vector<std::string>& history = {}) const;
   std::vector<int64_t> ContextIds(const std::vector<std::string>& history) const;  // task.Task.context_ids
   History NewHistory() const { return History(context_turns_); }
+  // Add a user's catalogue (values.py's JSON lines) to the export's catalogue.jsonl.
+  void AddCatalogue(const std::string& path) { catalogue_.Read(path, slot_types_); }
 
   // The windows as one row-major [windows x seq_len] id block, padded to the longest with
   // [PAD] (utils.pad_batch): the model input of one utterance.
@@ -137,7 +159,8 @@ class Model {
 
  private:
   std::unordered_map<std::string, int> token_to_id_;
-  std::vector<std::string> intents_, slot_tags_;
+  std::vector<std::string> intents_, slot_tags_, slot_types_;
+  Catalogue catalogue_;
   int pad_id_ = 0, cls_id_ = 0, sep_id_ = 0, unk_id_ = 0, max_seq_length_ = 0, context_turns_ = 0, max_context_tokens_ = 0;
   Decoding decoding_;
   size_t max_utterance_tokens_ = 0;

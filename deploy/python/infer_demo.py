@@ -29,6 +29,8 @@ def main(argv=None):
                         help="an earlier utterance of the --text utterances' session; repeat, oldest first (context models)")
     parser.add_argument("--sessions", action="store_true",
                         help="stdin lines are JSON objects {\"session_id\", \"text\"} in conversation order (run_eval.py --sessions_file)")
+    parser.add_argument("--catalogue_file", action="append", default=[],
+                        help="your slot values (JSON lines; docs/decoding.md#slot-values), added to the export's; repeatable")
     parser.add_argument("--min_confidence", type=float, default=0.0,
                         help="results whose intent or any slot confidence is below this say \"fallback\": true (0 = never)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="windows per inference call")
@@ -40,7 +42,8 @@ def main(argv=None):
         parser.error("--logits_file goes with utterances, not --sessions")
 
     try:
-        predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, min_confidence=args.min_confidence)
+        predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, catalogue_files=args.catalogue_file,
+                                   min_confidence=args.min_confidence)
     except (RuntimeError, ValueError) as e:
         sys.exit(f"infer_demo: {e}")
     if None in argv_texts(args.context):
