@@ -1,5 +1,6 @@
 """deploy/cpp: the export contract as slu.cc reads it against export_format.py, the C++ tokenizer
 against the Python one, and the OpenVINO C++ demo against the Python prediction path."""
+import collections
 import json
 import os
 import shutil
@@ -99,6 +100,9 @@ def damage(directory, change):
             for k in range(16):  # low mantissa bits of the last weights: no NaN, other answers
                 data[-4 * (k + 1)] ^= 0x01
         open(params, "wb").write(bytes(data))
+    elif change.startswith("catalogue+"):  # a line added to catalogue.jsonl
+        with open(os.path.join(directory, export_format.CATALOGUE_FILE), "a", encoding="utf-8") as f:
+            f.write(change[len("catalogue+"):] + "\n")
     elif change == "no manifest":
         os.remove(os.path.join(directory, export_format.MANIFEST_FILE))
     else:
@@ -109,7 +113,11 @@ def damage(directory, change):
 # One table for both readers: each broken directory is refused by export_format.read and by slu.cc,
 # both naming the same file and problem (`error` is in both messages).
 BROKEN_DIRECTORIES = [
-    ("format_version", {"format_version": 3}, "format_version 3; this"),
+    ("format_version", {"format_version": 4}, "format_version 4; this"),
+    ("catalogue slot type", 'catalogue+{"slot": "weather", "value": "晴"}', "slot type 'weather' is not one of the model's ("),
+    ("catalogue value", 'catalogue+{"slot": "song", "value": " "}', 'a value entry is {"slot", "value", "synonyms"} with a value'),
+    ("catalogue rule", 'catalogue+{"slot": "song", "rule": "pinyin"}', "a rule entry is {\"slot\", \"rule\"} with a rule of ['digits']"),
+    ("catalogue not JSON", "catalogue+{", ": not JSON"),
     ("context budget", {"context_turns": 2, "max_context_tokens": 0}, "inference_config.json: context_turns 2 with max_context_tokens 0"),
     ("calibration", {"calibration": {"intent_temperature": -1, "slot_temperature": 1, "fitted_on": None}},
      "calibration intent_temperature must be a positive number, not -1"),
@@ -135,7 +143,7 @@ BROKEN_DIRECTORIES = [
 ]
 
 
-SAME_WORDS = {"cut weights", "NaN weight", "flipped weights", "swapped intent labels", "edited config", "vocab_size", "num_intents",
+SAME_WORDS = {"catalogue slot type", "catalogue value", "catalogue rule", "cut weights", "NaN weight", "flipped weights", "swapped intent labels", "edited config", "vocab_size", "num_intents",
               "transitions", "rows beyond the position table"}
 
 
@@ -306,3 +314,42 @@ def test_cpp_demo_bf16_runs_where_the_cpu_has_it_and_is_refused_elsewhere(demo, 
         return
     f32, bf16 = strip_confidence(run(demo, model_dir, texts)), strip_confidence(run(demo, model_dir, texts, "--precision", "bf16"))
     assert len(bf16) == len(f32) and np.mean([a == b for a, b in zip(f32, bf16)]) >= 0.995
+
+
+def test_cpp_resolves_slot_values_as_python_on_the_corpus(demo, trained, synthetic_splits, tmp_path, request):
+    """values.py and slu.cc give the same value and resolution for every slot of the corpus (the
+    synthetic test split without it) as heard, for its canonical value, and for digit strings said
+    in words, against the export's catalogue and a user's catalogue added at run time."""
+    import values
+
+    corpus = synthetic_splits["train"] + synthetic_splits["test"]
+    if os.path.isfile(os.path.join(utils.PROJECT_DIR, "..", "shared", "data", "nlpcc2018", "corpus.train.txt")):
+        corpus += request.getfixturevalue("corpus")
+    model_dir = os.path.join(trained, "infer_model")
+    user = tmp_path / "user.jsonl"
+    user.write_text('{"slot": "contact_name", "value": "王晓明", "synonyms": ["小明", "晓明"]}\n'
+                    '{"slot": "contact_name", "value": "李晓明", "synonyms": ["晓明"]}\n'  # 晓明: two people, ambiguous
+                    '{"slot": "song", "value": "ＡＢＣ", "synonyms": ["a b c"]}\n', encoding="utf-8")
+    exported = export_format.read(model_dir)
+    catalogue = exported.task.catalogue
+    catalogue.update(values.read_catalogue(str(user), exported.task.labels.slot_types))
+    queries = sorted({(s.type, text) for u in corpus for s in u.slots for text in (u.text[s.start : s.end], s.value)})
+    queries += [("phone_num", "幺三八 两零零八"), ("phone_num", "１３８－０"), ("contact_name", "小明"), ("contact_name", "晓明"),
+                ("song", "abc"), ("song", "A B C")]
+    proc = subprocess.run([demo, "--model_dir", model_dir, "--catalogue_file", str(user), "--resolve_only"],
+                          input="".join(f"{t}\t{x}\n" for t, x in queries), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    expected = [dict(zip(("value", "resolution"), catalogue.resolve(t, x))) for t, x in queries]
+    assert got == expected
+    kinds = collections.Counter(r["resolution"] for r in got)
+    assert kinds["exact"] > 100 and kinds["rule"] >= 2 and kinds["none"] >= 2 and (kinds["catalogue"] >= 2), kinds
+    assert got[-6:] == [{"value": "1382008", "resolution": "rule"}, {"value": "1380", "resolution": "rule"},
+                        {"value": "王晓明", "resolution": "catalogue"}, {"value": "晓明", "resolution": "none"},
+                        {"value": "ＡＢＣ", "resolution": "exact"}, {"value": "ＡＢＣ", "resolution": "exact"}]
+    # a bad line of a user's catalogue: both name it the same way
+    user.write_text('{"slot": "weather", "value": "晴"}\n', encoding="utf-8")
+    proc = subprocess.run([demo, "--model_dir", model_dir, "--catalogue_file", str(user), "--text", "x"], capture_output=True, text=True)
+    with pytest.raises(values.CatalogueError) as python_error:
+        values.read_catalogue(str(user), exported.task.labels.slot_types)
+    assert proc.returncode != 0 and str(python_error.value) in proc.stderr

@@ -24,7 +24,7 @@ struct Args {
   std::vector<std::string> texts, context, catalogue_files;
   int cpu_threads = 0;
   double min_confidence = 0.0;
-  bool tokenize_only = false, print_contract = false, sessions = false;
+  bool tokenize_only = false, print_contract = false, sessions = false, resolve_only = false;
 };
 
 const char* kUsage =
@@ -42,6 +42,7 @@ const char* kUsage =
     "  intent logits, then its tokens' slot logits; tests and the decoding benchmark) and times the decoding;\n"
     "  --weights_file model.nb reads an Android app directory (deploy/android/convert.py) as the app does, with\n"
     "  --tokenize_only or --logits_file;\n"
+    "  --resolve_only: stdin lines \"slot type<TAB>text\" get their {\"value\", \"resolution\"} (tests);\n"
     "  --print_contract prints the export contract this build reads (tests compare it with export_format.py)\n";
 
 Args ParseArgs(int argc, char** argv) {
@@ -62,6 +63,7 @@ Args ParseArgs(int argc, char** argv) {
     else if (flag == "--logits_file") args.logits_file = value();
     else if (flag == "--catalogue_file") args.catalogue_files.push_back(value());
     else if (flag == "--tokenize_only") args.tokenize_only = true;
+    else if (flag == "--resolve_only") args.resolve_only = true;
     else if (flag == "--print_contract") args.print_contract = true;
     else if (flag == "--weights_file") args.weights_file = value();
     else throw std::invalid_argument("unknown flag " + flag);
@@ -104,6 +106,13 @@ int main(int argc, char** argv) {
   try {
     slu::Model model(args.model_dir, args.weights_file);
     for (const std::string& path : args.catalogue_files) model.AddCatalogue(path);
+    if (args.resolve_only) {
+      for (const std::string& line : texts) {
+        const size_t tab = line.find('\t');
+        std::cout << model.ResolveJson(line.substr(0, tab), tab == std::string::npos ? "" : line.substr(tab + 1)) << "\n";
+      }
+      return 0;
+    }
     if (!model.calibrated())  // as backends.open_predictor says it
       std::cerr << "warning: " << args.model_dir << ": confidences not calibrated (exported without a dev split; temperatures 1.0)\n";
     ov::CompiledModel compiled;

@@ -842,6 +842,11 @@ std::string Model::Describe(const Encoded& enc, const float* intent_logits, cons
   return record.dump();
 }
 
+std::string Model::ResolveJson(const std::string& slot_type, const std::string& utf8_text) const {
+  const auto [value, resolution] = catalogue_.Resolve(slot_type, DecodeUtf8(utf8_text));
+  return Json({{"value", value}, {"resolution", resolution}}).dump();
+}
+
 std::string LineErrorJson(size_t line, const std::string& error) { return Json({{"line", line}, {"error", error}}).dump(); }
 
 std::string ErrorJson(const std::string& utf8_text, const std::string& error) {

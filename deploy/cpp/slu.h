@@ -124,6 +124,8 @@ class Model {
   History NewHistory() const { return History(context_turns_); }
   // Add a user's catalogue (values.py's JSON lines) to the export's catalogue.jsonl.
   void AddCatalogue(const std::string& path) { catalogue_.Read(path, slot_types_); }
+  // {"value", "resolution"} of a slot type's text as heard (tests: values.py parity on the corpus).
+  std::string ResolveJson(const std::string& slot_type, const std::string& utf8_text) const;
 
   // The windows as one row-major [windows x seq_len] id block, padded to the longest with
   // [PAD] (utils.pad_batch): the model input of one utterance.
