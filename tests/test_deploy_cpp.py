@@ -116,7 +116,8 @@ BROKEN_DIRECTORIES = [
     ("format_version", {"format_version": 4}, "format_version 4; this"),
     ("catalogue slot type", 'catalogue+{"slot": "weather", "value": "晴"}', "slot type 'weather' is not one of the model's ("),
     ("catalogue value", 'catalogue+{"slot": "song", "value": " "}', 'a value entry is {"slot", "value", "synonyms"} with a value'),
-    ("catalogue rule", 'catalogue+{"slot": "song", "rule": "pinyin"}', "a rule entry is {\"slot\", \"rule\"} with a rule of ['digits']"),
+    ("catalogue rule", 'catalogue+{"slot": "song", "rule": "pinyin"}',
+     "a rule entry is {\"slot\", \"rule\"} with a rule of ['digits']"),
     ("catalogue not JSON", "catalogue+{", ": not JSON"),
     ("context budget", {"context_turns": 2, "max_context_tokens": 0}, "inference_config.json: context_turns 2 with max_context_tokens 0"),
     ("calibration", {"calibration": {"intent_temperature": -1, "slot_temperature": 1, "fitted_on": None}},
@@ -143,7 +144,8 @@ BROKEN_DIRECTORIES = [
 ]
 
 
-SAME_WORDS = {"catalogue slot type", "catalogue value", "catalogue rule", "cut weights", "NaN weight", "flipped weights", "swapped intent labels", "edited config", "vocab_size", "num_intents",
+SAME_WORDS = {"catalogue slot type", "catalogue value", "catalogue rule", "cut weights", "NaN weight", "flipped weights",
+              "swapped intent labels", "edited config", "vocab_size", "num_intents",
               "transitions", "rows beyond the position table"}
 
 
