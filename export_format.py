@@ -12,6 +12,8 @@ A directory (format_version 5):
     catalogue.jsonl                  slot values (values.py): per slot type, canonical values with
                                      their synonyms and the rules, one JSON object per line;
                                      derived from the training split (and the user's catalogue)
+    pinyin.txt                       `character<TAB>readings` (toneless, most common first) of every
+                                     CJK ideograph: what pronunciation matching compares
     inference_config.json            the keys below (strict JSON: no NaN or Infinity, no BOM)
     manifest.json                    {"format_version", "files": {name: {"bytes", "sha256"}}} of
                                      every other file, written last: which labels, vocabulary,
@@ -74,15 +76,16 @@ from task import (
     Task,
 )
 from utils import atomic_path, file_sha256, load_json, save_json, write_lines
-from values import Catalogue, CatalogueError, read_catalogue, write_catalogue
+from values import Catalogue, CatalogueError, read_catalogue, read_pinyin, write_catalogue, write_pinyin
 
 FORMAT_VERSION = 5
 GRAPH_PREFIX = "model"  # the path prefix Paddle saves a static graph at
 GRAPH_FILE, PARAMS_FILE = GRAPH_PREFIX + ".pdmodel", GRAPH_PREFIX + ".pdiparams"
 VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE = "vocab.txt", "intent_label.txt", "slot_label.txt"
-CATALOGUE_FILE = "catalogue.jsonl"
+CATALOGUE_FILE, PINYIN_FILE = "catalogue.jsonl", "pinyin.txt"
 CONFIG_FILE, MANIFEST_FILE = "inference_config.json", "manifest.json"
-FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CATALOGUE_FILE, CONFIG_FILE, MANIFEST_FILE]
+FILES = [GRAPH_FILE, PARAMS_FILE, VOCAB_FILE, INTENT_LABEL_FILE, SLOT_LABEL_FILE, CATALOGUE_FILE, PINYIN_FILE, CONFIG_FILE,
+         MANIFEST_FILE]
 SPECIAL_TOKENS = {"pad": PAD_TOKEN, "cls": CLS_TOKEN, "sep": SEP_TOKEN, "unk": UNK_TOKEN}
 INPUT_NAME = "input_ids"
 OUTPUT_ROLES = ["intent_logits", "slot_logits"]
@@ -131,6 +134,7 @@ def write_task_files(directory: str, task: Task) -> None:
     write_lines(os.path.join(directory, INTENT_LABEL_FILE), labels.intents)
     write_lines(os.path.join(directory, SLOT_LABEL_FILE), labels.slot_tags)
     write_catalogue(os.path.join(directory, CATALOGUE_FILE), task.catalogue or Catalogue())
+    write_pinyin(os.path.join(directory, PINYIN_FILE), task.catalogue.pinyin if task.catalogue else {})
 
 
 def is_export(directory: str) -> bool:
@@ -281,6 +285,7 @@ def read(directory: str) -> ExportedModel:
           f"calibration {config['calibration']!r} must hold exactly {keys}")
     try:
         catalogue = read_catalogue(os.path.join(directory, CATALOGUE_FILE), labels.slot_types)
+        catalogue.pinyin = read_pinyin(os.path.join(directory, PINYIN_FILE))
     except CatalogueError as e:
         raise ExportError(str(e)) from None
     try:

@@ -8,12 +8,21 @@ their own (a song list, a phone book) as a JSON lines file of the same form:
 
     {"slot": "singer", "value": "祁隆", "synonyms": ["奇隆"]}
     {"slot": "phone_num", "rule": "digits"}
+    {"slot": "singer", "rule": "pronunciation"}     # the list is complete: match by sound
 
 Resolution of a heard text, in order: `exact` (its key, the project's character normalisation of
 its token-carrying characters, is the key of one canonical value), `catalogue` (the key of a
-synonym of one canonical value), `rule` (the slot type's rule gives a value), else `none` (the
-value is the text as heard). A key that names two different canonical values is ambiguous and
-resolves to nothing: a wrong correction is worse than none. deploy/cpp/slu.cc is the C++ twin.
+synonym of one canonical value), then the slot type's rule: `pronunciation` (one value or synonym
+sounds alike, `Catalogue.sound_match`: for slot types whose catalogue lists every value, such as
+a phone book or a music service's songs; a partial list would "correct" right values that it
+lacks into ones that sound alike) or `rule` (`digits`: a spoken or written digit string), else
+`none` (the value is the text as heard). A key that names two different canonical values, or
+two values that sound equally close, is ambiguous and resolves to nothing: a wrong correction is
+worse than none. deploy/cpp/slu.cc is the C++ twin.
+
+Pronunciation comes from a table of the toneless Mandarin readings of every CJK ideograph
+(U+4E00-U+9FFF, most common reading first), built with pypinyin when a catalogue is derived and
+shipped in the export (pinyin.txt), so that C++ reads the same table instead of a second library.
 """
 import dataclasses
 import json
@@ -22,15 +31,54 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from task import carries_token, normalize_char
 from utils import atomic_path, strict_json_loads
 
-EXACT, CATALOGUE, RULE, NONE = "exact", "catalogue", "rule", "none"
+EXACT, CATALOGUE, PRONUNCIATION, RULE, NONE = "exact", "catalogue", "pronunciation", "rule", "none"
 DIGITS = "digits"
-RULES = (DIGITS,)
+RULES = (DIGITS, PRONUNCIATION)
 # digit words of spoken numbers (幺 and 两 as said in phone numbers) and separators said or written between digits
 DIGIT_WORDS = {**{str(d): str(d) for d in range(10)}, "零": "0", "〇": "0", "一": "1", "幺": "1", "二": "2", "两": "2",
                "三": "3", "四": "4", "五": "5", "六": "6", "七": "7", "八": "8", "九": "9"}
 DIGIT_SEPARATORS = set("-–—·.()+/")
 # a slot type gets the digits rule when at least this share of its canonical values in train are digit strings
 DIGITS_SHARE = 0.9
+
+
+# Confusions speech recognisers make between Mandarin syllables (a southern accent, a noisy car):
+# both sides are folded before comparing. Initials first (zh/z, ch/c, sh/s, n/l), then finals.
+FUZZY_INITIALS = (("zh", "z"), ("ch", "c"), ("sh", "s"), ("n", "l"))
+FUZZY_FINALS = (("iang", "ian"), ("uang", "uan"), ("ang", "an"), ("eng", "en"), ("ing", "in"))
+CJK_FIRST, CJK_LAST = 0x4E00, 0x9FFF
+# Cost of a syllable edit, in half-units: a syllable read alike 0, alike once folded 1, other 2;
+# inserting or deleting one 2. A sound match may cost at most one half-unit per two syllables of
+# the candidate (a quarter of an edit per syllable), and needs at least MIN_SOUND_SYLLABLES.
+SAME, FOLDED, OTHER = 0, 1, 2
+MIN_SOUND_SYLLABLES = 2
+MIN_EDIT_SYLLABLES = 4  # the bound allows a whole-syllable edit (2 half-units) from 4 syllables on
+
+
+def fuzzy(syllable: str) -> str:
+    """A toneless pinyin syllable with the recognisers' confusions folded (FUZZY_INITIALS, FUZZY_FINALS)."""
+    for a, b in FUZZY_INITIALS:
+        if syllable.startswith(a):
+            syllable = b + syllable[len(a):]
+            break
+    for a, b in FUZZY_FINALS:
+        if syllable.endswith(a):
+            return syllable[: -len(a)] + b
+    return syllable
+
+
+def pinyin_table() -> Dict[str, Tuple[str, ...]]:
+    """The toneless readings of every CJK ideograph that pypinyin knows, most common first."""
+    from pypinyin import Style, pinyin  # needed where a catalogue is derived, not where one is read
+
+    table = {}
+    for code in range(CJK_FIRST, CJK_LAST + 1):
+        readings = pinyin(chr(code), style=Style.NORMAL, heteronym=True, errors="ignore")
+        # ê (欸) is pinyin's one letter outside ASCII: written e, as recognisers do
+        readings = [r.replace("ê", "e") for r in readings[0]] if readings else []
+        if readings:
+            table[chr(code)] = tuple(dict.fromkeys(readings))
+    return table
 
 
 def value_key(text: str) -> str:
@@ -60,20 +108,27 @@ class Catalogue:
     values: Dict[str, Dict[str, Set[str]]] = dataclasses.field(default_factory=dict)
     synonyms: Dict[str, Dict[str, Set[str]]] = dataclasses.field(default_factory=dict)
     rules: Dict[str, str] = dataclasses.field(default_factory=dict)  # slot type -> rule
+    pinyin: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict, repr=False)  # character -> readings
+    # sound index: slot type + folded syllables (all, and with one left out) -> (canonical value, key it was heard as)
+    _sounds: Optional[Dict[str, Set[Tuple[str, str]]]] = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def add(self, slot_type: str, value: str, synonyms: Iterable[str] = ()) -> None:
         self.values.setdefault(slot_type, {}).setdefault(value_key(value), set()).add(value)
         for synonym in synonyms:
             if value_key(synonym) != value_key(value):
                 self.synonyms.setdefault(slot_type, {}).setdefault(value_key(synonym), set()).add(value)
+        self._sounds = None
 
     def update(self, other: "Catalogue") -> None:
         for entry in other.entries():
             self.add_entry(entry)
+        self.pinyin = {**other.pinyin, **self.pinyin}
+        self._sounds = None
 
     def add_entry(self, entry: dict) -> None:
         if "rule" in entry:
             self.rules[entry["slot"]] = entry["rule"]
+            self._sounds = None
         else:
             self.add(entry["slot"], entry["value"], entry.get("synonyms", ()))
 
@@ -86,9 +141,80 @@ class Catalogue:
         for found, how in ((self.values.get(slot_type, {}).get(key), EXACT), (self.synonyms.get(slot_type, {}).get(key), CATALOGUE)):
             if found:
                 return (next(iter(found)), how) if len(found) == 1 else (heard, NONE)
-        if self.rules.get(slot_type) == DIGITS and digits(heard) is not None:
+        rule = self.rules.get(slot_type)
+        if rule == PRONUNCIATION:
+            value = self.sound_match(slot_type, key)
+            if value is not None:
+                return value, PRONUNCIATION
+        if rule == DIGITS and digits(heard) is not None:
             return digits(heard), RULE
         return heard, NONE
+
+    # ------------------------------------------------------------------ pronunciation
+
+    def syllables(self, key: str) -> List[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+        """(readings, folded readings) of each character of a key; a character without a reading
+        (Latin, digits) is its own one syllable, never folded."""
+        out = []
+        for ch in key:
+            readings = self.pinyin.get(ch)
+            out.append((readings, tuple(dict.fromkeys(fuzzy(r) for r in readings))) if readings else ((ch,), (ch,)))
+        return out
+
+    def _index_keys(self, slot_type: str, key: str) -> List[str]:
+        """Sound-index keys of a text: its folded most common readings, whole and, from
+        MIN_EDIT_SYLLABLES on, with each one left out (the edits the bound can afford)."""
+        first = [folded[0] for _, folded in self.syllables(key)]
+        variants = {" ".join(first)}
+        if len(first) >= MIN_EDIT_SYLLABLES:
+            variants |= {" ".join(first[:i] + first[i + 1 :]) for i in range(len(first))}
+        return [f"{slot_type}\x1f{v}" for v in sorted(variants)]
+
+    def _sound_index(self) -> Dict[str, Set[Tuple[str, str]]]:
+        if self._sounds is None:
+            self._sounds = {}
+            for table in (self.values, self.synonyms):
+                for slot_type, by_key in table.items():
+                    if self.rules.get(slot_type) != PRONUNCIATION:
+                        continue
+                    for key, canonical in by_key.items():
+                        if len(key) >= MIN_SOUND_SYLLABLES:
+                            for index_key in self._index_keys(slot_type, key):
+                                self._sounds.setdefault(index_key, set()).update((value, key) for value in canonical)
+        return self._sounds
+
+    def sound_distance(self, a: str, b: str) -> int:
+        """Edit distance in half-units between the syllables of two keys (SAME, FOLDED, OTHER; 2 per insertion or deletion)."""
+        sa, sb = self.syllables(a), self.syllables(b)
+        previous = list(range(0, 2 * len(sb) + 1, 2))
+        for i, (ra, fa) in enumerate(sa, 1):
+            row = [2 * i]
+            for j, (rb, fb) in enumerate(sb, 1):
+                sub = SAME if set(ra) & set(rb) else FOLDED if set(fa) & set(fb) else OTHER
+                row.append(min(previous[j - 1] + sub, previous[j] + 2, row[j - 1] + 2))
+            previous = row
+        return previous[-1]
+
+    def sound_match(self, slot_type: str, key: str) -> Optional[str]:
+        """The one canonical value of `slot_type` whose value or synonym sounds closest to `key`
+        within the bound (one half-unit per two syllables of the candidate), or None: none close
+        enough, or two values equally close. Candidates share the folded most common readings,
+        all, or all but one (one other syllable, one more or fewer) where either side has
+        MIN_EDIT_SYLLABLES."""
+        if len(key) < MIN_SOUND_SYLLABLES or not self.pinyin:
+            return None
+        index = self._sound_index()
+        candidates = set().union(*(index.get(k, ()) for k in self._index_keys(slot_type, key)))
+        best, best_values = None, set()
+        for value, candidate in candidates:
+            distance = self.sound_distance(key, candidate)
+            if distance > len(candidate) // 2:
+                continue
+            if best is None or distance < best:
+                best, best_values = distance, {value}
+            elif distance == best:
+                best_values.add(value)
+        return next(iter(best_values)) if len(best_values) == 1 else None
 
     def entries(self) -> List[dict]:
         """The catalogue as file entries, in a deterministic order (rules first, then by slot type and value)."""
@@ -118,6 +244,7 @@ def derive_catalogue(train) -> Catalogue:
     for slot_type, values in by_type.items():
         if sum(digits(v) == value_key(v) for v in values) >= DIGITS_SHARE * len(values):
             catalogue.rules[slot_type] = DIGITS
+    catalogue.pinyin = pinyin_table()
     return catalogue
 
 
@@ -157,6 +284,23 @@ def read_catalogue(path: str, slot_types: Optional[Sequence[str]] = None) -> Cat
             except (UnicodeDecodeError, ValueError) as e:
                 raise CatalogueError(f"{path}:{line_no}: {e}") from None
     return catalogue
+
+
+def read_pinyin(path: str) -> Dict[str, Tuple[str, ...]]:
+    """A pinyin table file: `character<TAB>reading reading ...` per line."""
+    table = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            char, tab, readings = line.rstrip("\n").partition("\t")
+            if len(char) != 1 or not tab or not readings.split() or not all(r.isascii() and r.isalpha() for r in readings.split()):
+                raise CatalogueError(f"{path}:{line_no}: expected a character, a tab and its readings (ASCII letters, space-separated)")
+            table[char] = tuple(readings.split())
+    return table
+
+
+def write_pinyin(path: str, table: Dict[str, Tuple[str, ...]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(f"{char}\t{' '.join(readings)}\n" for char, readings in sorted(table.items()))
 
 
 def write_catalogue(path: str, catalogue: Catalogue) -> None:

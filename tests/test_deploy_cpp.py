@@ -3,6 +3,7 @@ against the Python one, and the OpenVINO C++ demo against the Python prediction 
 import collections
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,9 @@ def damage(directory, change):
             for k in range(16):  # low mantissa bits of the last weights: no NaN, other answers
                 data[-4 * (k + 1)] ^= 0x01
         open(params, "wb").write(bytes(data))
+    elif change.startswith("pinyin+"):  # a line added to pinyin.txt
+        with open(os.path.join(directory, export_format.PINYIN_FILE), "a", encoding="utf-8") as f:
+            f.write(change[len("pinyin+"):] + "\n")
     elif change.startswith("catalogue+"):  # a line added to catalogue.jsonl
         with open(os.path.join(directory, export_format.CATALOGUE_FILE), "a", encoding="utf-8") as f:
             f.write(change[len("catalogue+"):] + "\n")
@@ -117,8 +121,9 @@ BROKEN_DIRECTORIES = [
     ("catalogue slot type", 'catalogue+{"slot": "weather", "value": "晴"}', "slot type 'weather' is not one of the model's ("),
     ("catalogue value", 'catalogue+{"slot": "song", "value": " "}', 'a value entry is {"slot", "value", "synonyms"} with a value'),
     ("catalogue rule", 'catalogue+{"slot": "song", "rule": "pinyin"}',
-     "a rule entry is {\"slot\", \"rule\"} with a rule of ['digits']"),
+     "a rule entry is {\"slot\", \"rule\"} with a rule of ['digits', 'pronunciation']"),
     ("catalogue not JSON", "catalogue+{", ": not JSON"),
+    ("pinyin table", "pinyin+两个\tliang ge", "expected a character, a tab and its readings (ASCII letters, space-separated)"),
     ("context budget", {"context_turns": 2, "max_context_tokens": 0}, "inference_config.json: context_turns 2 with max_context_tokens 0"),
     ("calibration", {"calibration": {"intent_temperature": -1, "slot_temperature": 1, "fitted_on": None}},
      "calibration intent_temperature must be a positive number, not -1"),
@@ -144,7 +149,7 @@ BROKEN_DIRECTORIES = [
 ]
 
 
-SAME_WORDS = {"catalogue slot type", "catalogue value", "catalogue rule", "cut weights", "NaN weight", "flipped weights",
+SAME_WORDS = {"catalogue slot type", "catalogue value", "catalogue rule", "pinyin table", "cut weights", "NaN weight", "flipped weights",
               "swapped intent labels", "edited config", "vocab_size", "num_intents",
               "transitions", "rows beyond the position table"}
 
@@ -331,11 +336,24 @@ def test_cpp_resolves_slot_values_as_python_on_the_corpus(demo, trained, synthet
     user = tmp_path / "user.jsonl"
     user.write_text('{"slot": "contact_name", "value": "王晓明", "synonyms": ["小明", "晓明"]}\n'
                     '{"slot": "contact_name", "value": "李晓明", "synonyms": ["晓明"]}\n'  # 晓明: two people, ambiguous
-                    '{"slot": "song", "value": "ＡＢＣ", "synonyms": ["a b c"]}\n', encoding="utf-8")
+                    '{"slot": "song", "value": "ＡＢＣ", "synonyms": ["a b c"]}\n'
+                    '{"slot": "song", "rule": "pronunciation"}\n{"slot": "singer", "rule": "pronunciation"}\n'
+                    '{"slot": "destination", "rule": "pronunciation"}\n', encoding="utf-8")
     exported = export_format.read(model_dir)
     catalogue = exported.task.catalogue
     catalogue.update(values.read_catalogue(str(user), exported.task.labels.slot_types))
     queries = sorted({(s.type, text) for u in corpus for s in u.slots for text in (u.text[s.start : s.end], s.value)})
+    # each value heard with one character replaced by another of the same most common reading (the sound path)
+    by_reading = collections.defaultdict(list)
+    for ch in sorted({ch for u in corpus for ch in u.text}):
+        if ch in catalogue.pinyin:
+            by_reading[catalogue.pinyin[ch][0]].append(ch)
+    rng = random.Random(0)
+    for slot_type, text in list(queries):
+        i = rng.randrange(len(text))
+        others = [c for c in by_reading.get(catalogue.pinyin.get(text[i], ("",))[0], []) if c != text[i]]
+        if others:
+            queries.append((slot_type, text[:i] + rng.choice(others) + text[i + 1 :]))
     queries += [("phone_num", "幺三八 两零零八"), ("phone_num", "１３８－０"), ("contact_name", "小明"), ("contact_name", "晓明"),
                 ("song", "abc"), ("song", "A B C")]
     proc = subprocess.run([demo, "--model_dir", model_dir, "--catalogue_file", str(user), "--resolve_only"],
@@ -345,7 +363,8 @@ def test_cpp_resolves_slot_values_as_python_on_the_corpus(demo, trained, synthet
     expected = [dict(zip(("value", "resolution"), catalogue.resolve(t, x))) for t, x in queries]
     assert got == expected
     kinds = collections.Counter(r["resolution"] for r in got)
-    assert kinds["exact"] > 100 and kinds["rule"] >= 2 and kinds["none"] >= 2 and (kinds["catalogue"] >= 2), kinds
+    assert kinds["exact"] > 100 and kinds["rule"] >= 2 and kinds["none"] >= 2 and kinds["catalogue"] >= 2, kinds
+    assert kinds["pronunciation"] > 20, kinds
     assert got[-6:] == [{"value": "1382008", "resolution": "rule"}, {"value": "1380", "resolution": "rule"},
                         {"value": "王晓明", "resolution": "catalogue"}, {"value": "晓明", "resolution": "none"},
                         {"value": "ＡＢＣ", "resolution": "exact"}, {"value": "ＡＢＣ", "resolution": "exact"}]

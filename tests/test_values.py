@@ -72,3 +72,52 @@ def test_catalogue_files_round_trip_and_bad_lines_name_file_and_line(tmp_path):
         (tmp_path / "bad.jsonl").write_text('{"slot": "song", "value": "x"}\n\n' + bad + "\n", encoding="utf-8")
         with pytest.raises(values.CatalogueError, match=rf"bad.jsonl:3: .*{problem}"):
             values.read_catalogue(str(tmp_path / "bad.jsonl"), ["song", "singer"])
+
+
+PINYIN = {"凉": ("liang",), "良": ("liang",), "梁": ("liang",), "海": ("hai",), "草": ("cao",), "舞": ("wu",), "屋": ("wu",),
+          "韩": ("han",), "朝": ("chao", "zhao"), "张": ("zhang",), "赞": ("zan",), "山": ("shan",), "三": ("san",),
+          "说": ("shuo",), "散": ("san",), "就": ("jiu",), "出": ("chu",), "苏": ("su",), "珊": ("shan",), "鸠": ("jiu",),
+          "李": ("li",), "白": ("bai",), "力": ("li",), "拔": ("ba",), "年": ("nian",), "连": ("lian",)}
+
+
+def sound_catalogue():
+    catalogue = values.Catalogue(pinyin=PINYIN, rules={"song": values.PRONUNCIATION, "singer": values.PRONUNCIATION})
+    for song in ("凉凉", "海草舞", "说散就散", "李白", "张山"):
+        catalogue.add("song", song)
+    catalogue.add("singer", "年年")
+    catalogue.add("singer", "连连")
+    return catalogue
+
+
+@pytest.mark.parametrize("heard, expected", [
+    ("良良", ("凉凉", values.PRONUNCIATION)),  # the same readings
+    ("海草屋", ("海草舞", values.PRONUNCIATION)),
+    ("赞三", ("赞三", values.NONE)),  # zan san: zhang shan once folded, but two folded syllables of two are beyond the bound
+    ("出散就散", ("说散就散", values.PRONUNCIATION)),  # one other syllable of four
+    ("苏珊鸠山", ("苏珊鸠山", values.NONE)),  # three syllables off: far
+    ("力拔", ("力拔", values.NONE)),  # li ba vs li bai: a whole syllable off in two
+    ("韩朝舞", ("韩朝舞", values.NONE)),
+    ("凉", ("凉", values.NONE)),  # one character: never by sound
+])
+def test_pronunciation_matches_alike_syllables_within_the_bound(heard, expected):
+    assert sound_catalogue().resolve("song", heard) == expected
+
+
+def test_pronunciation_is_folded_ambiguous_or_off():
+    catalogue = sound_catalogue()
+    assert values.fuzzy("zhang") == "zan" and values.fuzzy("ning") == "lin" and values.fuzzy("shuang") == "suan"
+    assert catalogue.sound_distance("良良", "凉凉") == 0 and catalogue.sound_distance("年年", "连连") == 2  # n/l folded twice
+    # 年连 is one folded syllable from both 年年 and 连连: two values equally close, so nothing
+    assert catalogue.resolve("singer", "年连") == ("年连", values.NONE)
+    catalogue.rules.pop("song")  # a partial list: no matching by sound
+    assert catalogue.resolve("song", "良良") == ("良良", values.NONE)
+
+
+def test_the_pinyin_table_covers_the_ideographs_in_ascii(tmp_path):
+    table = values.pinyin_table()
+    assert len(table) > 20000 and table["祁"][0] == "qi" and "zhang" in table["长"] and table["欸"][1] == "e"
+    values.write_pinyin(str(tmp_path / "p.txt"), table)
+    assert values.read_pinyin(str(tmp_path / "p.txt")) == table
+    (tmp_path / "bad.txt").write_text("祁\tqi\n两个\tliang ge\n", encoding="utf-8")
+    with pytest.raises(values.CatalogueError, match=r"bad.txt:2: expected a character"):
+        values.read_pinyin(str(tmp_path / "bad.txt"))

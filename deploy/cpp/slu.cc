@@ -14,8 +14,8 @@
 
 namespace slu {
 
-const std::vector<std::string> kFiles = {kGraphFile,     kParamsFile, kVocabFile,    kIntentLabelFile,
-                                         kSlotLabelFile, kCatalogueFile, kConfigFile, kManifestFile};
+const std::vector<std::string> kFiles = {kGraphFile,     kParamsFile,    kVocabFile,  kIntentLabelFile, kSlotLabelFile,
+                                         kCatalogueFile, kPinyinFile,    kConfigFile, kManifestFile};
 const std::vector<std::string> kRequiredKeys = {
     "format_version", "max_seq_length", "context_turns", "max_context_tokens", "max_utterance_tokens", "vocab_size",
     "special_tokens", "num_intents", "num_slot_tags", "intent_slot_types", "slot_transitions", "calibration", "inputs", "outputs", "onednn_int8", "model"};
@@ -487,6 +487,7 @@ void Catalogue::Add(const std::string& slot_type, const std::string& value, cons
   auto add = [](std::vector<std::string>* values, const std::string& v) {
     if (std::find(values->begin(), values->end(), v) == values->end()) values->push_back(v);
   };
+  sounds_built_ = false;
   add(&values_[slot_type][key], value);
   for (const std::string& synonym : synonyms) {
     const std::string synonym_key = ValueKey(DecodeUtf8(synonym));
@@ -522,8 +523,10 @@ void Catalogue::Read(const std::string& path, const std::vector<std::string>& sl
       fail("slot type '" + slot + "' is not one of the model's (" + names + ")");
     }
     if (entry.contains("rule")) {
-      if (entry.size() != 2 || entry["rule"] != "digits") fail("a rule entry is {\"slot\", \"rule\"} with a rule of ['digits']");
-      rules_[slot] = "digits";
+      if (entry.size() != 2 || (entry["rule"] != "digits" && entry["rule"] != "pronunciation"))
+        fail("a rule entry is {\"slot\", \"rule\"} with a rule of ['digits', 'pronunciation']");
+      rules_[slot] = entry["rule"].get<std::string>();
+      sounds_built_ = false;
       continue;
     }
     bool extra = false;
@@ -542,6 +545,155 @@ void Catalogue::Read(const std::string& path, const std::vector<std::string>& sl
   }
 }
 
+std::string Fuzzy(const std::string& syllable) {
+  static const std::vector<std::pair<std::string, std::string>> kInitials = {{"zh", "z"}, {"ch", "c"}, {"sh", "s"}, {"n", "l"}};
+  static const std::vector<std::pair<std::string, std::string>> kFinals = {
+      {"iang", "ian"}, {"uang", "uan"}, {"ang", "an"}, {"eng", "en"}, {"ing", "in"}};
+  std::string s = syllable;
+  for (const auto& [a, b] : kInitials)
+    if (s.compare(0, a.size(), a) == 0) {
+      s = b + s.substr(a.size());
+      break;
+    }
+  for (const auto& [a, b] : kFinals)
+    if (s.size() >= a.size() && s.compare(s.size() - a.size(), a.size(), a) == 0) return s.substr(0, s.size() - a.size()) + b;
+  return s;
+}
+
+void Catalogue::ReadPinyin(const std::string& path) {
+  std::ifstream in = OpenOrThrow(path);
+  size_t line_no = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    const size_t tab = line.find('\t');
+    std::vector<std::string> readings;
+    bool ok = tab != std::string::npos;
+    if (ok) {
+      std::istringstream words(line.substr(tab + 1));
+      for (std::string w; words >> w;) {
+        ok &= std::all_of(w.begin(), w.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); });
+        readings.push_back(w);
+      }
+      try {
+        ok &= DecodeUtf8(line.substr(0, tab)).size() == 1 && !readings.empty();
+      } catch (const std::invalid_argument&) {
+        ok = false;
+      }
+    }
+    if (!ok)  // values.read_pinyin's words
+      throw std::runtime_error(path + ":" + std::to_string(line_no) +
+                               ": expected a character, a tab and its readings (ASCII letters, space-separated)");
+    pinyin_[line.substr(0, tab)] = readings;
+  }
+  sounds_built_ = false;
+}
+
+std::vector<Catalogue::Syllable> Catalogue::Syllables(const std::string& key) const {
+  std::vector<Syllable> out;
+  for (char32_t c : DecodeUtf8(key)) {
+    const std::string ch = EncodeUtf8(std::u32string(1, c));
+    auto it = pinyin_.find(ch);
+    Syllable s;
+    if (it == pinyin_.end()) {
+      s.readings = s.folded = {ch};
+    } else {
+      s.readings = it->second;
+      for (const std::string& r : it->second) {
+        const std::string f = Fuzzy(r);
+        if (std::find(s.folded.begin(), s.folded.end(), f) == s.folded.end()) s.folded.push_back(f);
+      }
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+namespace {
+constexpr size_t kMinSoundSyllables = 2, kMinEditSyllables = 4;  // values.MIN_SOUND_SYLLABLES, MIN_EDIT_SYLLABLES
+
+bool Intersect(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  for (const std::string& x : a)
+    if (std::find(b.begin(), b.end(), x) != b.end()) return true;
+  return false;
+}
+}  // namespace
+
+std::vector<std::string> Catalogue::IndexKeys(const std::string& slot_type, const std::string& key) const {
+  std::vector<std::string> first;
+  for (const Syllable& s : Syllables(key)) first.push_back(s.folded.front());
+  auto join = [](const std::vector<std::string>& parts, size_t skip) {
+    std::string out;
+    bool any = false;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (i == skip) continue;
+      out += (any ? " " : "") + parts[i];
+      any = true;
+    }
+    return out;
+  };
+  std::set<std::string> variants = {join(first, first.size())};
+  if (first.size() >= kMinEditSyllables)
+    for (size_t i = 0; i < first.size(); ++i) variants.insert(join(first, i));
+  std::vector<std::string> out;
+  for (const std::string& v : variants) out.push_back(slot_type + "\x1f" + v);
+  return out;
+}
+
+void Catalogue::BuildSoundIndex() const {
+  sounds_.clear();
+  for (const ByKey* table : {&values_, &synonyms_})
+    for (const auto& [slot_type, by_key] : *table) {
+      auto rule = rules_.find(slot_type);
+      if (rule == rules_.end() || rule->second != "pronunciation") continue;
+      for (const auto& [key, canonical] : by_key) {
+        if (DecodeUtf8(key).size() < kMinSoundSyllables) continue;
+        for (const std::string& index_key : IndexKeys(slot_type, key))
+          for (const std::string& value : canonical) sounds_[index_key].emplace_back(value, key);
+      }
+    }
+  sounds_built_ = true;
+}
+
+int Catalogue::SoundDistance(const std::string& key_a, const std::string& key_b) const {
+  const std::vector<Syllable> a = Syllables(key_a), b = Syllables(key_b);
+  std::vector<int> previous(b.size() + 1), row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) previous[j] = 2 * static_cast<int>(j);
+  for (size_t i = 1; i <= a.size(); ++i) {
+    row[0] = 2 * static_cast<int>(i);
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const int sub = Intersect(a[i - 1].readings, b[j - 1].readings) ? 0 : Intersect(a[i - 1].folded, b[j - 1].folded) ? 1 : 2;
+      row[j] = std::min({previous[j - 1] + sub, previous[j] + 2, row[j - 1] + 2});
+    }
+    std::swap(previous, row);
+  }
+  return previous[b.size()];
+}
+
+bool Catalogue::SoundMatch(const std::string& slot_type, const std::string& key, std::string* value) const {
+  if (DecodeUtf8(key).size() < kMinSoundSyllables || pinyin_.empty()) return false;
+  if (!sounds_built_) BuildSoundIndex();
+  std::set<std::pair<std::string, std::string>> candidates;  // (canonical value, key heard as)
+  for (const std::string& index_key : IndexKeys(slot_type, key)) {
+    auto it = sounds_.find(index_key);
+    if (it != sounds_.end()) candidates.insert(it->second.begin(), it->second.end());
+  }
+  int best = -1;
+  std::set<std::string> best_values;
+  for (const auto& [canonical, candidate] : candidates) {
+    const int distance = SoundDistance(key, candidate);
+    if (distance > static_cast<int>(DecodeUtf8(candidate).size() / 2)) continue;  // the bound: a half-unit per two syllables
+    if (best < 0 || distance < best) {
+      best = distance;
+      best_values = {canonical};
+    } else if (distance == best) {
+      best_values.insert(canonical);
+    }
+  }
+  if (best_values.size() != 1) return false;  // none close enough, or two values equally close
+  *value = *best_values.begin();
+  return true;
+}
+
 std::pair<std::string, std::string> Catalogue::Resolve(const std::string& slot_type, const std::u32string& heard) const {
   const std::string key = ValueKey(heard), text = EncodeUtf8(heard);
   for (const auto& [table, how] : {std::make_pair(&values_, "exact"), std::make_pair(&synonyms_, "catalogue")}) {
@@ -553,6 +705,10 @@ std::pair<std::string, std::string> Catalogue::Resolve(const std::string& slot_t
     return {text, "none"};  // one key, several values: ambiguous
   }
   auto rule = rules_.find(slot_type);
+  if (rule != rules_.end() && rule->second == "pronunciation") {
+    std::string value;
+    if (SoundMatch(slot_type, key, &value)) return {value, "pronunciation"};
+  }
   if (rule != rules_.end() && rule->second == "digits") {
     const std::string digits = Digits(heard);
     if (!digits.empty()) return {digits, "rule"};
@@ -631,6 +787,7 @@ Model::Model(const std::string& model_dir, const std::string& weights_file) {
                           ": a context model needs room for one token and its [SEP] (>= 2), a model without context 0");
   if (max_utterance_tokens_ < 1) fail(kConfigFile, "max_utterance_tokens must be >= 1");
   catalogue_.Read(model_dir + "/" + kCatalogueFile, slot_types_);
+  catalogue_.ReadPinyin(model_dir + "/" + kPinyinFile);
   CheckGraphTables();
   if (weights_file == kParamsFile) {
     try {

@@ -20,6 +20,7 @@ constexpr const char* kVocabFile = "vocab.txt";
 constexpr const char* kIntentLabelFile = "intent_label.txt";
 constexpr const char* kSlotLabelFile = "slot_label.txt";
 constexpr const char* kCatalogueFile = "catalogue.jsonl";
+constexpr const char* kPinyinFile = "pinyin.txt";
 constexpr const char* kConfigFile = "inference_config.json";
 constexpr const char* kManifestFile = "manifest.json";
 extern const std::vector<std::string> kFiles;          // every file of an exported directory
@@ -65,19 +66,36 @@ class History {
 // rule ("" when the text is not a spoken or written digit string), and the catalogue of slot values.
 std::string ValueKey(const std::u32string& text);
 std::string Digits(const std::u32string& text);
+std::string Fuzzy(const std::string& syllable);  // values.fuzzy
 class Catalogue {
  public:
   // Add the entries of a catalogue JSON lines file; throws std::runtime_error "path:line: problem"
   // (values.read_catalogue's words) for a bad line or a slot type outside `slot_types`.
   void Read(const std::string& path, const std::vector<std::string>& slot_types);
-  // (value, resolution) of a slot's text as heard: exact, catalogue, rule or none (values.Catalogue.resolve).
+  // The pinyin table of the export (values.read_pinyin): character -> toneless readings.
+  void ReadPinyin(const std::string& path);
+  // (value, resolution) of a slot's text as heard: exact, catalogue, pronunciation, rule or none
+  // (values.Catalogue.resolve).
   std::pair<std::string, std::string> Resolve(const std::string& slot_type, const std::u32string& heard) const;
+  int SoundDistance(const std::string& key_a, const std::string& key_b) const;  // values.Catalogue.sound_distance
 
  private:
+  struct Syllable {
+    std::vector<std::string> readings, folded;
+  };
   void Add(const std::string& slot_type, const std::string& value, const std::vector<std::string>& synonyms);
+  std::vector<Syllable> Syllables(const std::string& key) const;
+  std::vector<std::string> IndexKeys(const std::string& slot_type, const std::string& key) const;
+  // values.Catalogue.sound_match: true with *value set when one value sounds closest within the bound
+  bool SoundMatch(const std::string& slot_type, const std::string& key, std::string* value) const;
+  void BuildSoundIndex() const;
   using ByKey = std::unordered_map<std::string, std::unordered_map<std::string, std::vector<std::string>>>;
   ByKey values_, synonyms_;  // slot type -> key -> distinct canonical values
   std::unordered_map<std::string, std::string> rules_;
+  std::unordered_map<std::string, std::vector<std::string>> pinyin_;
+  // sound index key -> (canonical value, key heard as); built on first use, dropped when entries change
+  mutable std::unordered_map<std::string, std::vector<std::pair<std::string, std::string>>> sounds_;
+  mutable bool sounds_built_ = false;
 };
 
 // What decoding needs of inference_config.json (decoding.py: Calibration, SlotConstraints, CRF).
