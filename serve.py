@@ -7,7 +7,9 @@ micro-batching. Every answer is predictor.py's result record, the one run_eval.p
     POST /v1/parse           {"text": "取消", "context": ["导航去北京"]}   -> a result record
                              {"text": "取消", "session_id": "..."}         (a session the service keeps)
     POST /v1/parse/batch     {"utterances": [<as above>, ...]}              -> {"results": [records]}
-    POST /v1/sessions        -> 201 {"session_id": ..., "ttl_s": ..., "context_turns": K}
+    POST /v1/sessions        -> 201 {"session_id": ..., "ttl_s": ..., "context_turns": K, "catalogue_entries": N}
+                             optional body {"catalogue": [{"slot", "value", "synonyms"}, ...]}: the
+                             session's own slot values (a driver's contacts), consulted first
     DELETE /v1/sessions/ID   -> 204, or 404 when unknown
     GET  /v1/model           labels, format version, backend, context use, limits
     GET  /v1/health, /v1/ready, /v1/stats;  /docs: the OpenAPI page
@@ -50,6 +52,7 @@ from starlette.requests import ClientDisconnect
 import export_format
 from predictor import Predictor
 from utils import strict_json_loads
+from values import NONE, Catalogue, check_entry
 
 logger = logging.getLogger("slu.serve")
 
@@ -65,9 +68,11 @@ class ServeOptions:
     max_context_items: int = dataclasses.field(default=16, metadata={"help": "most earlier utterances in a request's context"})
     max_sessions: int = dataclasses.field(default=10000, metadata={"help": "sessions kept; the least recently used goes first"})
     session_ttl_s: float = dataclasses.field(default=600.0, metadata={"help": "a session is forgotten this long after its last turn"})
+    max_session_catalogue: int = dataclasses.field(
+        default=2000, metadata={"help": "most catalogue entries a session may bring (a driver's contacts; values.py)"})
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_request_bytes", "max_batch_utterances", "max_sessions"):
+        for name in ("max_batch_size", "max_request_bytes", "max_batch_utterances", "max_sessions", "max_session_catalogue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("max_wait_ms", "max_context_items", "session_ttl_s"):
@@ -155,8 +160,9 @@ def error_response(status: int, message: str, items: Optional[List[dict]] = None
     return JSONResponse({"error": message, **({"items": items} if items else {})}, status_code=status)
 
 
-async def read_json(request: Request, limit: int):
-    """The request body as strict JSON (UTF-8, no NaN/Infinity), read no further than `limit` bytes."""
+async def read_json(request: Request, limit: int, allow_empty: bool = False):
+    """The request body as strict JSON (UTF-8, no NaN/Infinity), read no further than `limit` bytes
+    (None for an empty body where `allow_empty`)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {declared} bytes: at most {limit}")
@@ -168,6 +174,8 @@ async def read_json(request: Request, limit: int):
                 raise RequestError(413, f"request body over {limit} bytes")
     except ClientDisconnect:
         raise ClientGone() from None
+    if allow_empty and not body.strip():
+        return None
     try:
         text = bytes(body).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -203,7 +211,8 @@ class SessionStore:
 
     def __init__(self, turns: int, max_sessions: int, ttl_s: float, clock: Callable[[], float] = time.monotonic):
         self.turns, self.max_sessions, self.ttl_s, self.clock = turns, max_sessions, ttl_s, clock
-        self._sessions: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()  # id -> (last use, texts)
+        # id -> (last use, texts, the session's own catalogue or None)
+        self._sessions: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -211,18 +220,22 @@ class SessionStore:
     def _expire(self) -> None:
         now = self.clock()
         while self._sessions:
-            sid, (last_use, _) = next(iter(self._sessions.items()))
+            sid, (last_use, *_) = next(iter(self._sessions.items()))
             if now - last_use < self.ttl_s:
                 break
             del self._sessions[sid]
 
-    def create(self) -> str:
+    def create(self, catalogue: Optional[Catalogue] = None) -> str:
         self._expire()
         while len(self._sessions) >= self.max_sessions:
             self._sessions.popitem(last=False)
         sid = uuid.uuid4().hex
-        self._sessions[sid] = (self.clock(), collections.deque(maxlen=self.turns))
+        self._sessions[sid] = (self.clock(), collections.deque(maxlen=self.turns), catalogue)
         return sid
+
+    def catalogue(self, sid: str) -> Optional[Catalogue]:
+        """The session's own catalogue (None: none, or the session is gone)."""
+        return self._sessions[sid][2] if sid in self._sessions else None
 
     def history(self, sid: str) -> List[str]:
         """The session's kept turns, oldest first; KeyError when unknown or expired."""
@@ -230,9 +243,9 @@ class SessionStore:
         return list(self._sessions[sid][1])
 
     def append(self, sid: str, text: str) -> None:
-        _, texts = self._sessions.pop(sid)
+        _, texts, catalogue = self._sessions.pop(sid)
         texts.append(text)
-        self._sessions[sid] = (self.clock(), texts)  # most recently used last
+        self._sessions[sid] = (self.clock(), texts, catalogue)  # most recently used last
 
     def delete(self, sid: str) -> bool:
         return self._sessions.pop(sid, None) is not None
@@ -391,7 +404,33 @@ class Service:
         finally:
             self.counts["in_flight"] -= 1
         self.counts["utterances"] += len(items)
+        for item, record in zip(items, records):
+            own = self.sessions.catalogue(item.session_id) if item.session_id is not None else None
+            for slot in record.get("slots", []) if own is not None else []:  # the session's catalogue first
+                value, resolution = own.resolve(slot["slot"], slot["entity"])
+                if resolution != NONE:
+                    slot["value"], slot["resolution"] = value, resolution
         return [{"session_id": item.session_id, **r} if item.session_id is not None else r for item, r in zip(items, records)]
+
+    def session_catalogue(self, body) -> Optional[Catalogue]:
+        """The catalogue a POST /v1/sessions body brings ({"catalogue": [entries]}), checked entry by entry."""
+        if body is None:
+            return None
+        if not isinstance(body, dict) or set(body) - {"catalogue"} or not isinstance(body.get("catalogue", []), list):
+            raise RequestError(422, 'a session body is {"catalogue": [entries]} (or nothing)')
+        entries = body.get("catalogue", [])
+        if len(entries) > self.options.max_session_catalogue:
+            raise RequestError(413, f"{len(entries)} catalogue entries: at most {self.options.max_session_catalogue}")
+        base = self.predictor.task.catalogue
+        catalogue, problems = Catalogue(pinyin=base.pinyin if base else {}), []
+        for i, entry in enumerate(entries):
+            try:
+                catalogue.add_entry(check_entry(entry, self.predictor.task.labels.slot_types))
+            except ValueError as e:
+                problems.append({"index": i, "error": str(e)})
+        if problems:
+            raise RequestError(422, f"{len(problems)} of {len(entries)} catalogue entries are not entries", problems[:50])
+        return catalogue
 
     def stats(self) -> dict:
         counts, batcher = self.counts, self.batcher
@@ -479,9 +518,12 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
         batch = validate(BatchRequest, await read_json(request, options.max_request_bytes))
         return JSONResponse({"results": await service.answer(batch.utterances)})
 
-    @app.post("/v1/sessions", status_code=201, summary="start a session the service keeps")
-    async def create_session():
-        return {"session_id": service.sessions.create(), "ttl_s": options.session_ttl_s, "context_turns": predictor.task.context_turns}
+    @app.post("/v1/sessions", status_code=201, responses=errors, summary="start a session the service keeps (with its own catalogue)")
+    async def create_session(request: Request):
+        body = await read_json(request, options.max_request_bytes, allow_empty=True)
+        catalogue = service.session_catalogue(body)
+        return {"session_id": service.sessions.create(catalogue), "ttl_s": options.session_ttl_s,
+                "context_turns": predictor.task.context_turns, "catalogue_entries": len(body["catalogue"]) if body else 0}
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, responses={404: {"model": Error}}, summary="end a session")
     async def delete_session(session_id: str):

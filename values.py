@@ -254,6 +254,11 @@ def parse_entry(line: str, slot_types: Optional[Sequence[str]] = None) -> dict:
         entry = strict_json_loads(line)
     except ValueError as e:
         raise ValueError(f"not JSON ({e})") from None
+    return check_entry(entry, slot_types)
+
+
+def check_entry(entry, slot_types: Optional[Sequence[str]] = None) -> dict:
+    """`entry` if it is a catalogue entry (of one of `slot_types`); ValueError describing the first problem."""
     if not isinstance(entry, dict) or not isinstance(entry.get("slot"), str) or not entry["slot"]:
         raise ValueError('an entry is an object with "slot" and either "value" (and optional "synonyms") or "rule"')
     if slot_types is not None and entry["slot"] not in slot_types:

@@ -287,6 +287,26 @@ def test_sigterm_finishes_the_request_in_flight(model_dir):
 # ----------------------------------------------------------------------------- in process
 
 
+def test_a_session_brings_its_own_catalogue(server):
+    """A driver's contacts given with POST /v1/sessions resolve that session's slots first; other
+    sessions and stateless requests keep the model's catalogue; bad entries are a 422 by index."""
+    plain = server.call("POST", "/v1/parse", {"text": "打电话给老王"})[1]
+    assert [(s["slot"], s["entity"], s["value"], s["resolution"]) for s in plain["slots"]] == [("contact_name", "老王", "老王", "exact")]
+    contacts = [{"slot": "contact_name", "value": "王建国", "synonyms": ["老王", "王工"]},
+                {"slot": "contact_name", "rule": "pronunciation"}]
+    status, created = server.call("POST", "/v1/sessions", {"catalogue": contacts})
+    assert status == 201 and created["catalogue_entries"] == 2
+    status, record = server.call("POST", "/v1/parse", {"text": "打电话给老王", "session_id": created["session_id"]})
+    assert status == 200 and record["slots"][0]["value"] == "王建国" and record["slots"][0]["resolution"] == "catalogue"
+    other = server.call("POST", "/v1/sessions")[1]  # no body: no catalogue of its own
+    assert other["catalogue_entries"] == 0
+    assert server.call("POST", "/v1/parse", {"text": "打电话给老王", "session_id": other["session_id"]})[1]["slots"] == plain["slots"]
+    status, error = server.call("POST", "/v1/sessions", {"catalogue": [contacts[0], {"slot": "weather", "value": "晴"}, {"value": "x"}]})
+    assert status == 422 and [p["index"] for p in error["items"]] == [1, 2] and "slot type 'weather'" in error["items"][0]["error"]
+    assert server.call("POST", "/v1/sessions", {"contacts": []})[0] == 422
+    assert server.call("POST", "/v1/sessions", {"catalogue": [contacts[0]] * 2001})[0] == 413  # over the body limit or the entry limit
+
+
 def test_session_store_bounds_memory_and_forgets_idle_sessions():
     now = [0.0]
     store = serve.SessionStore(turns=2, max_sessions=3, ttl_s=10, clock=lambda: now[0])
