@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -211,6 +211,14 @@ label-change-nlpcc: DATA_DIR = data/prepared/nlpcc2018
 label-change-nlpcc: data
 	$(PY) benchmarks/label_change.py --data_dir data/prepared/nlpcc2018 --hold_out $(HOLD_OUT) \
 		--baseline_dir output/nlpcc2018-nano-scratch --work_dir output/label-change --output_dir benchmarks/results
+
+# Slot values (docs/decoding.md#slot-values): resolution on the gold slots of dev and test, the ASR-like check,
+# a 100,000-entry catalogue's speed; the complete-catalogue stand-in goes to output/ (corpus values stay out of git).
+value-resolution-nlpcc: CORPUS = auto
+value-resolution-nlpcc: DATA_DIR = data/prepared/nlpcc2018
+value-resolution-nlpcc: data
+	$(PY) benchmarks/value_resolution.py --data_dir data/prepared/nlpcc2018 --name nlpcc2018 --output_dir benchmarks/results \
+		--full_catalogue_file output/nlpcc2018-full-values-catalogue.jsonl
 
 # The notebook executed top to bottom and saved with its outputs (commit it after a change).
 notebook: setup

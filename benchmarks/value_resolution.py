@@ -128,6 +128,8 @@ def main():
     parser.add_argument("--name", default="nlpcc2018", help="names the result files")
     parser.add_argument("--output_dir", default="benchmarks/results", help="where the results go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the ASR-like corruption")
+    parser.add_argument("--full_catalogue_file", help="also write the `full values` catalogue with pronunciation rules here "
+                        "(corpus values: keep it out of the repository), for run_eval.py --catalogue_file")
     args = parser.parse_args()
 
     splits = {name: read_split(args.data_dir, name) for name in ("train", "dev", "test")}
@@ -143,6 +145,8 @@ def main():
         digits = dataclasses.replace(base, rules=dict(base.rules))
         sound = dataclasses.replace(base, rules={**{t: PRONUNCIATION for t in base.values}, **base.rules})
         variants.update({f"{name}: exact + catalogue": exact, f"{name}: + digits rule": digits, f"{name}: + pronunciation": sound})
+    if args.full_catalogue_file:
+        write_catalogue(args.full_catalogue_file, variants["full values: + pronunciation"])
     rows = {f"{variant} / {split}": score(catalogue, splits[split]) for variant, catalogue in variants.items() for split in ("dev", "test")}
     pool = "".join(u.text for u in splits["train"])
     corrupted = asr_check(variants["full values: + pronunciation"], splits["test"], pool, args.seed)
