@@ -87,7 +87,7 @@ def export_graph(source_prefix: str, task: Task, directory: str, model_info: dic
                                calibrate=calibrator(directory, dev, threads))
 
 
-LITE_MODEL_FILE = "model.nb"  # deploy/android/app/src/main/cpp/slu_jni.cc's kLiteModelFile
+LITE_MODEL_FILE = "model.nb"  # deploy/cpp/slu.h's kLiteModelFile; slu::AppFiles lists the app's files as export_app writes them
 # what the app ships besides model.nb and its own manifest: every file of an exported directory but the weights
 APP_ASSETS = [f for f in export_format.FILES if f not in (export_format.PARAMS_FILE, export_format.MANIFEST_FILE)]
 

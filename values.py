@@ -6,9 +6,9 @@ written or heard), and the rules that apply to a slot type. One is derived from 
 split (every canonical value, and every heard -> canonical pair of an ASR correction); users add
 their own (a song list, a phone book) as a JSON lines file of the same form:
 
-    {"slot": "singer", "value": "祁隆", "synonyms": ["奇隆"]}
-    {"slot": "phone_num", "rule": "digits"}
-    {"slot": "singer", "rule": "pronunciation"}     # the list is complete: match by sound
+    {"slot": "artist", "value": "祁隆", "synonyms": ["奇隆"]}
+    {"slot": "number", "rule": "digits"}
+    {"slot": "artist", "rule": "pronunciation"}     # the list is complete: match by sound
 
 Resolution of a heard text, in order: `exact` (its key, the project's character normalisation of
 its token-carrying characters, is the key of one canonical value), `catalogue` (the key of a

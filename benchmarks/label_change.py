@@ -1,7 +1,8 @@
 """Adding an intent to a trained model, measured: fine-tune onto the new label set, or train again.
 
-    python benchmarks/label_change.py --data_dir data/prepared/nlpcc2018 --hold_out phone_call.make_a_phone_call \
+    python benchmarks/label_change.py --data_dir data/prepared/nlpcc2018 --hold_out INTENT \
         --baseline_dir output/nlpcc2018-nano-scratch --work_dir output/label-change --output_dir benchmarks/results
+    make label-change-nlpcc    # the measured run (HOLD_OUT in the Makefile)
 
 1. The prepared splits without the held-out intent's utterances (and so without its slot types,
    when no other intent carries them) go to WORK_DIR/data-holdout, labels derived as

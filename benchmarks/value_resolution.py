@@ -45,6 +45,9 @@ def score(catalogue: Catalogue, utterances) -> dict:
             "false_resolutions": false, "resolutions": dict(sorted(kinds.items()))}
 
 
+TITLE = "title"  # the slot type of the synthetic catalogue
+
+
 def timing(size: int, pinyin: dict, seed: int = 0) -> dict:
     """Write, load and query a catalogue of `size` synthetic names (common CJK characters, a
     synonym each) matched by pronunciation: exact keys, and keys with one character replaced by a
@@ -54,24 +57,24 @@ def timing(size: int, pinyin: dict, seed: int = 0) -> dict:
     by_reading = collections.defaultdict(list)
     for ch in common:
         by_reading[pinyin[ch][0]].append(ch)
-    catalogue = Catalogue(pinyin=pinyin, rules={"song": PRONUNCIATION})
+    catalogue = Catalogue(pinyin=pinyin, rules={TITLE: PRONUNCIATION})
     names = ["".join(rng.choice(common) for _ in range(rng.randint(2, 6))) for _ in range(size)]
     for name in names:
-        catalogue.add("song", name, [name[::-1]])
+        catalogue.add(TITLE, name, [name[::-1]])
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "catalogue.jsonl")
         write_catalogue(path, catalogue)
         start = time.perf_counter()
         loaded = read_catalogue(path)
         load_s = time.perf_counter() - start
-    loaded.pinyin, loaded.rules = pinyin, {"song": PRONUNCIATION}
+    loaded.pinyin, loaded.rules = pinyin, {TITLE: PRONUNCIATION}
     start = time.perf_counter()
-    loaded.resolve("song", "。。")  # builds the sound index (a key of two or more characters that matches nothing)
+    loaded.resolve(TITLE, "。。")  # builds the sound index (a key of two or more characters that matches nothing)
     index_s = time.perf_counter() - start
     exact = [rng.choice(names) for _ in range(20000)]
     start = time.perf_counter()
     for q in exact:
-        loaded.resolve("song", q)
+        loaded.resolve(TITLE, q)
     exact_us = 1e6 * (time.perf_counter() - start) / len(exact)
     misheard = []
     for name in rng.sample(names, 2000):
@@ -79,7 +82,7 @@ def timing(size: int, pinyin: dict, seed: int = 0) -> dict:
         misheard.append(name[:i] + rng.choice(by_reading[pinyin[name[i]][0]]) + name[i + 1 :])
     start = time.perf_counter()
     for q in misheard:
-        loaded.resolve("song", q)
+        loaded.resolve(TITLE, q)
     sound_us = 1e6 * (time.perf_counter() - start) / len(misheard)
     return {"entries": size, "load_s": load_s, "sound_index_s": index_s, "exact_us": exact_us, "misheard_us": sound_us}
 

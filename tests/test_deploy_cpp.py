@@ -15,6 +15,7 @@ from conftest import assert_same_records, embedding_program, strip_confidence
 import backends
 import decoding
 import export_format
+import exporting
 import predictor
 import task
 import utils
@@ -47,6 +48,7 @@ def test_cpp_reads_the_contract_python_writes(demo):
     contract = json.loads(subprocess.run([demo, "--print_contract"], capture_output=True, text=True, check=True).stdout)
     assert contract == {
         "format_version": export_format.FORMAT_VERSION, "files": export_format.FILES, "required_keys": export_format.REQUIRED_KEYS,
+        "app_files": [exporting.LITE_MODEL_FILE, *exporting.APP_ASSETS, export_format.MANIFEST_FILE],
         "output_roles": export_format.OUTPUT_ROLES, "empty_utterance": predictor.EMPTY_UTTERANCE, "invalid_utf8": predictor.INVALID_UTF8,
         "not_a_turn": predictor.NOT_A_TURN, "too_long_error": predictor.too_long_error(600, 512),
     }

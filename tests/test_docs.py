@@ -10,6 +10,7 @@ import utils
 
 PAGES = [os.path.join(utils.PROJECT_DIR, "README.md")] + sorted(glob.glob(os.path.join(utils.PROJECT_DIR, "docs", "*.md")))
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)  # fenced blocks and inline code: their brackets are no links
 
 
 def slug(heading: str) -> str:
@@ -34,7 +35,7 @@ def test_every_relative_link_resolves(page):
     with open(page, encoding="utf-8") as f:
         text = f.read()
     broken = []
-    for target in LINK.findall(text):
+    for target in LINK.findall(CODE.sub("", text)):
         if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
             continue
         path, _, anchor = target.partition("#")

@@ -159,8 +159,15 @@ bool CarriesToken(char32_t c) {
   return !std::binary_search(std::begin(kNoToken), std::end(kNoToken), static_cast<uint32_t>(c));
 }
 
+std::vector<std::string> AppFiles() {
+  std::vector<std::string> files = {kLiteModelFile};
+  for (const std::string& name : kFiles)
+    if (name != kParamsFile) files.push_back(name);
+  return files;
+}
+
 std::string ContractJson() {
-  Json contract = {{"format_version", kFormatVersion}, {"files", kFiles}, {"required_keys", kRequiredKeys},
+  Json contract = {{"format_version", kFormatVersion}, {"files", kFiles}, {"app_files", AppFiles()}, {"required_keys", kRequiredKeys},
                    {"output_roles", kOutputRoles}, {"empty_utterance", kEmptyUtterance}, {"invalid_utf8", kInvalidUtf8}, {"not_a_turn", kNotATurn}, {"too_long_error", TooLongError(600, 512)}};
   return contract.dump();
 }

@@ -23,9 +23,13 @@ constexpr const char* kCatalogueFile = "catalogue.jsonl";
 constexpr const char* kPinyinFile = "pinyin.txt";
 constexpr const char* kConfigFile = "inference_config.json";
 constexpr const char* kManifestFile = "manifest.json";
+constexpr const char* kLiteModelFile = "model.nb";  // the Android app's weights and graph (Paddle Lite)
 extern const std::vector<std::string> kFiles;          // every file of an exported directory
 extern const std::vector<std::string> kRequiredKeys;   // of inference_config.json
 extern const std::vector<std::string> kOutputRoles;    // graph outputs, in fetch order
+// The Android app's model directory (exporting.export_app): model.nb and every file of an exported
+// directory but model.pdiparams (model.pdmodel stays: slu::Model checks its embedding tables).
+std::vector<std::string> AppFiles();
 std::string ContractJson();                            // the above as one JSON object
 
 // The result records of predictor.py.

@@ -15,16 +15,15 @@ namespace {
 using paddle::lite_api::MobileConfig;
 
 // The app ships the exported directory with model.nb (deploy/android/convert.py) in place of the Paddle graph.
-constexpr const char* kLiteModelFile = "model.nb";
 using paddle::lite_api::PaddlePredictor;
 
 class Session {
  public:
   Session(const std::string& model_dir, int threads, double min_confidence)
-      : model_(model_dir, kLiteModelFile), history_(model_.NewHistory()), min_confidence_(min_confidence) {
+      : model_(model_dir, slu::kLiteModelFile), history_(model_.NewHistory()), min_confidence_(min_confidence) {
     slu::CheckMinConfidence(min_confidence);
     MobileConfig config;
-    config.set_model_from_file(model_dir + "/" + kLiteModelFile);
+    config.set_model_from_file(model_dir + "/" + slu::kLiteModelFile);
     config.set_threads(threads);
     config.set_power_mode(paddle::lite_api::LITE_POWER_HIGH);
     predictor_ = paddle::lite_api::CreatePaddlePredictor<MobileConfig>(config);
@@ -118,11 +117,10 @@ extern "C" JNIEXPORT jbyteArray JNICALL Java_org_ernietiny_slu_SluPredictor_nati
   }
 }
 
-// The files the app copies from its assets: model.nb and the exported directory's non-graph files.
+// The files the app copies from its assets (slu::AppFiles: what convert.py writes).
 extern "C" JNIEXPORT jbyteArray JNICALL Java_org_ernietiny_slu_SluPredictor_nativeAssetNames(JNIEnv* env, jclass) {
-  std::string names = kLiteModelFile;
-  for (const std::string& name : slu::kFiles)
-    if (name != slu::kGraphFile && name != slu::kParamsFile) names += "\n" + name;
+  std::string names;
+  for (const std::string& name : slu::AppFiles()) names += (names.empty() ? "" : "\n") + name;
   return ToBytes(env, names);
 }
 
