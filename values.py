@@ -146,8 +146,9 @@ class Catalogue:
             value = self.sound_match(slot_type, key)
             if value is not None:
                 return value, PRONUNCIATION
-        if rule == DIGITS and digits(heard) is not None:
-            return digits(heard), RULE
+        number = digits(heard) if rule == DIGITS else None
+        if number is not None:
+            return number, RULE
         return heard, NONE
 
     # ------------------------------------------------------------------ pronunciation
