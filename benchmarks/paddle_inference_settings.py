@@ -1,0 +1,131 @@
+"""Why Paddle Inference is slower than ONNX Runtime at batch 1 on this model: its own settings for
+variable-length inputs, measured against ONNX Runtime on the same rows in one run.
+
+    python benchmarks/paddle_inference_settings.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
+        --test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
+
+Each setting runs in a fresh process (one math thread): the test utterances' first rows with their
+session context, at batch 1, after a warm-up, in --rounds passes; p50 and mean per call. Settings:
+as backends.py configures it (oneDNN), oneDNN with a shape cache of 10, without oneDNN (MKL), IR
+passes off with and without oneDNN, memory optimisation, the new executor; and the `onnxruntime`
+backend. The graph's operator count is reported beside them. Writes paddle_inference_settings.json
+and .md.
+"""
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+
+from utils import markdown_table, save_json, write_text
+
+SETTINGS = {
+    "as configured (oneDNN, IR passes)": ["mkldnn"],
+    "oneDNN, shape cache 10": ["mkldnn", "cache10"],
+    "no oneDNN (MKL)": [],
+    "oneDNN, IR passes off": ["mkldnn", "noir"],
+    "no oneDNN, IR passes off": ["noir"],
+    "oneDNN, memory optimisation": ["mkldnn", "memopt"],
+    "oneDNN, new executor": ["mkldnn", "newexec"],
+    "onnxruntime backend (reference)": ["ort"],
+}
+
+# One setting in a process of its own: argv = model_dir, test_file, utterances, rounds, options (JSON).
+_RUN = r"""
+import json, sys, time
+import numpy as np
+import backends, export_format
+from data.corpus import read_corpus
+model_dir, test_file, n, rounds, options = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
+exported = export_format.read(model_dir)
+task = exported.task
+test = read_corpus(test_file)[:n]
+rows = [np.array([task.encode(u.text, h).windows[0]], dtype="int64") for u, h in zip(test, task.corpus_histories(test))]
+if "ort" in options:
+    run = backends.BACKENDS["onnxruntime"].load(exported, 1)
+else:
+    backends.prefer_avx2_mkl()
+    from paddle import inference
+    config = inference.Config(exported.path(export_format.GRAPH_FILE), exported.path(export_format.PARAMS_FILE))
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(1)
+    config.disable_glog_info()
+    if "mkldnn" in options:
+        config.enable_mkldnn()
+    if "cache10" in options:
+        config.set_mkldnn_cache_capacity(10)
+    if "noir" in options:
+        config.switch_ir_optim(False)
+    if "memopt" in options:
+        config.enable_memory_optim()
+    if "newexec" in options:
+        config.enable_new_executor()
+    predictor = inference.create_predictor(config)
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    outputs = [predictor.get_output_handle(name) for name in predictor.get_output_names()]
+    def run(ids):
+        handle.reshape(ids.shape)
+        handle.copy_from_cpu(ids)
+        predictor.run()
+        return [o.copy_to_cpu() for o in outputs]
+for ids in rows[:30]:
+    run(ids)
+times = []
+for _ in range(rounds):
+    for ids in rows:
+        start = time.perf_counter()
+        run(ids)
+        times.append(time.perf_counter() - start)
+ms = np.array(times) * 1000
+print(json.dumps({"p50_ms": float(np.median(ms)), "mean_ms": float(ms.mean()), "calls": len(ms)}))
+"""
+
+_OPS = r"""
+import collections, json, sys
+import paddle
+paddle.enable_static()
+program, _, _ = paddle.static.load_inference_model(sys.argv[1], paddle.static.Executor(paddle.CPUPlace()))
+print(json.dumps(collections.Counter(op.type for op in program.global_block().ops).most_common()))
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", default="output/nlpcc2018-nano-scratch/infer_model", help="an exported fp32 directory")
+    parser.add_argument("--test_file", default="data/prepared/nlpcc2018/test.txt", help="utterances in the corpus format")
+    parser.add_argument("--num_utterances", type=int, default=300, help="test utterances timed per round")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over them")
+    parser.add_argument("--output_dir", default="benchmarks/results", help="where the results go")
+    args = parser.parse_args()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for name, options in SETTINGS.items():
+        proc = subprocess.run([sys.executable, "-c", _RUN, args.model_dir, args.test_file, str(args.num_utterances), str(args.rounds),
+                               json.dumps(options)], capture_output=True, text=True, env=env, timeout=1800)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: exit code {proc.returncode}: {proc.stderr[-2000:]}")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{name}: p50 {results[name]['p50_ms']:.2f} ms", flush=True)
+    ops = json.loads(subprocess.run([sys.executable, "-c", _OPS, os.path.join(args.model_dir, "model")], capture_output=True,
+                                    text=True, check=True, env=env).stdout.strip().splitlines()[-1])
+    reference = results["onnxruntime backend (reference)"]["p50_ms"]
+    os.makedirs(args.output_dir, exist_ok=True)
+    save_json(os.path.join(args.output_dir, "paddle_inference_settings.json"),
+              {"model_dir": args.model_dir, "utterances": args.num_utterances, "rounds": args.rounds, "results": results,
+               "operators": dict(ops)})
+    table = markdown_table(["setting", "batch-1 p50 (ms)", "mean (ms)", "× onnxruntime"],
+                           [[name, f"{r['p50_ms']:.2f}", f"{r['mean_ms']:.2f}", f"{r['p50_ms'] / reference:.2f}"]
+                            for name, r in results.items()])
+    counts = collections.Counter(dict(ops))
+    write_text(os.path.join(args.output_dir, "paddle_inference_settings.md"), "\n".join([
+        "# Paddle Inference settings at batch 1", "",
+        f"`{args.model_dir}`: {args.num_utterances} test utterances with their session context, one row each, "
+        f"{args.rounds} rounds, 1 thread, each setting in a fresh process, one run on this machine.", "", *table, "",
+        f"The graph has {sum(counts.values())} operators: " + ", ".join(f"{n} {op}" for op, n in counts.most_common(10)) + ".", ""]))
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
