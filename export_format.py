@@ -125,16 +125,29 @@ def write_vocab(directory: str, tokenizer: CharTokenizer) -> None:
     write_lines(os.path.join(directory, VOCAB_FILE), tokenizer.vocab)
 
 
+def label_files(directory: str) -> List[str]:
+    """The paths of a directory's intent and slot label files (an export, a training output, prepared data)."""
+    return [os.path.join(directory, INTENT_LABEL_FILE), os.path.join(directory, SLOT_LABEL_FILE)]
+
+
+def write_labels(directory: str, labels: LabelMaps) -> List[str]:
+    """The two label files, each written whole or not at all; returns their paths."""
+    paths = label_files(directory)
+    write_lines(paths[0], labels.intents)
+    write_lines(paths[1], labels.slot_tags)
+    return paths
+
+
 def write_task_files(directory: str, task: Task) -> None:
     """vocab.txt, the label files and the catalogue (also beside training checkpoints, so an
     output directory can be exported or compressed later)."""
     tokenizer, labels = task.tokenizer, task.labels
     os.makedirs(directory, exist_ok=True)
     write_vocab(directory, tokenizer)
-    write_lines(os.path.join(directory, INTENT_LABEL_FILE), labels.intents)
-    write_lines(os.path.join(directory, SLOT_LABEL_FILE), labels.slot_tags)
-    write_catalogue(os.path.join(directory, CATALOGUE_FILE), task.catalogue or Catalogue())
-    write_pinyin(os.path.join(directory, PINYIN_FILE), task.catalogue.pinyin if task.catalogue else {})
+    write_labels(directory, labels)
+    catalogue = task.catalogue if task.catalogue is not None else Catalogue()
+    write_catalogue(os.path.join(directory, CATALOGUE_FILE), catalogue)
+    write_pinyin(os.path.join(directory, PINYIN_FILE), catalogue.pinyin)
 
 
 def is_export(directory: str) -> bool:
@@ -268,7 +281,7 @@ def read(directory: str) -> ExportedModel:
         raise ExportError(f"{os.path.join(directory, VOCAB_FILE)}: {e}") from None
     check(len(tokenizer) == config["vocab_size"], VOCAB_FILE, f"{len(tokenizer)} tokens, inference_config.json says {config['vocab_size']}")
     try:
-        labels = LabelMaps.from_files(os.path.join(directory, INTENT_LABEL_FILE), os.path.join(directory, SLOT_LABEL_FILE))
+        labels = LabelMaps.from_files(*label_files(directory))
     except ValueError as e:
         raise ExportError(str(e)) from None
     check(len(labels.intents) == config["num_intents"], INTENT_LABEL_FILE,

@@ -46,21 +46,21 @@ def official_scores(gold: Sequence[Utterance], predicted: Sequence[Tuple[str, Se
     but the catch-all ones, as defined (an intent the split lacks scores 0); `intent_macro_f1_present`
     over those the split holds. The labels are intent_slot_types' keys. With `resolve` (slot type,
     text -> value, how: values.Catalogue.resolve) `frame_acc_resolved` scores the resolved values."""
-    catch_all = set(catch_all_intents)
     gold_frames = [frame(u.intent, [(s.type, s.value) for s in u.slots], intent_slot_types) for u in gold]
-    pred_frames = [frame(i, predicted_slot_texts(u.text, tags), intent_slot_types) for u, (i, tags) in zip(gold, predicted)]
+    heard = [(i, predicted_slot_texts(u.text, tags)) for u, (i, tags) in zip(gold, predicted)]
+
+    def accuracy(value=lambda kind, text: text):
+        return sum(g == frame(i, [(k, value(k, t)) for k, t in slots], intent_slot_types)
+                   for g, (i, slots) in zip(gold_frames, heard)) / max(len(gold), 1)
+
     gold_intents, pred_intents = [u.intent for u in gold], [i for i, _ in predicted]
+    catch_all, present = set(catch_all_intents), set(gold_intents)
     scored = [i for i in intent_slot_types if i not in catch_all]
-    resolved = {}
-    if resolve is not None:
-        frames = [frame(i, [(kind, resolve(kind, text)[0]) for kind, text in predicted_slot_texts(u.text, tags)], intent_slot_types)
-                  for u, (i, tags) in zip(gold, predicted)]
-        resolved["frame_acc_resolved"] = sum(g == p for g, p in zip(gold_frames, frames)) / max(len(gold), 1)
     return {
-        "frame_acc": sum(g == p for g, p in zip(gold_frames, pred_frames)) / max(len(gold), 1),
-        **resolved,
+        "frame_acc": accuracy(),
+        **({"frame_acc_resolved": accuracy(lambda kind, text: resolve(kind, text)[0])} if resolve is not None else {}),
         "intent_macro_f1": intent_macro_f1(gold_intents, pred_intents, scored),
-        "intent_macro_f1_present": intent_macro_f1(gold_intents, pred_intents, [i for i in scored if i in set(gold_intents)]),
+        "intent_macro_f1_present": intent_macro_f1(gold_intents, pred_intents, [i for i in scored if i in present]),
     }
 
 

@@ -148,7 +148,7 @@ def load_pretrained(name_or_dir: str, labels: LabelMaps, trust_pickled_weights: 
                                  "pickle runs whatever code it carries. If you made this file, pass --trust_pickled_weights "
                                  "(the run then writes its own weights as safetensors)")
             logger.warning(f"{name_or_dir}: loading pickled weights ({PICKLED_WEIGHTS}) as --trust_pickled_weights asks")
-        label_files = [os.path.join(name_or_dir, f) for f in (export_format.INTENT_LABEL_FILE, export_format.SLOT_LABEL_FILE)]
+        label_files = export_format.label_files(name_or_dir)
         if all(os.path.isfile(f) for f in label_files):
             saved_labels = LabelMaps.from_files(*label_files)
     try:

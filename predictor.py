@@ -17,7 +17,7 @@ context, and its record starts with "session_id". A line that is not such an obj
 
 `pos` holds inclusive character offsets into the text as given (as the PaddleNLP demo); `entity`
 is the text as heard, `value` the canonical value to act on and `resolution` how it was found
-(values.py: exact, catalogue, rule, or none when the value is the text as heard).
+(values.py: exact, catalogue, pronunciation, rule, or none when the value is the text as heard).
 Confidences are calibrated probabilities (4 decimals; decoding.py says how): the intent's, and
 each slot span's. `fallback` is true when the weakest of them is below `min_confidence`: the
 assistant should ask again rather than act (the intent stays in the ranking).
@@ -131,7 +131,7 @@ def describe(pred: Prediction, enc: Encoded, labels: LabelMaps, min_confidence: 
     for (kind, s, e), confidence in zip(pred.spans, pred.span_confidences):
         first, last = enc.offsets[s], enc.offsets[e - 1]
         entity = enc.text[first : last + 1]
-        value, resolution = (catalogue or EMPTY_CATALOGUE).resolve(kind, entity)
+        value, resolution = (catalogue if catalogue is not None else EMPTY_CATALOGUE).resolve(kind, entity)
         slots.append({"slot": kind, "entity": entity, "pos": [first, last], "confidence": round(confidence, 4), "value": value,
                       "resolution": resolution})
     ranking = np.argsort(-pred.intent_probs, kind="stable")[:RANKING_SIZE]
@@ -158,7 +158,7 @@ def score(utterances, predictions: Sequence[Prediction], task: Task, catch_all_i
     left out of the intent macro-F1, as NLPCC 2018 leaves out its catch-all intent)."""
     labels = task.labels
     predicted = [(labels.intents[p.intent_id], [labels.slot_tags[t] for t in p.tag_ids]) for p in predictions]
-    resolve = task.catalogue.resolve if task.catalogue else None
+    resolve = task.catalogue.resolve if task.catalogue is not None else None
     return slu_metrics(utterances, predicted, task.slotless_intents, task.intent_slot_types, catch_all_intents, resolve)
 
 

@@ -256,7 +256,7 @@ def run(argv=None):
     catalogue = derive_catalogue(train_split)
     if data_args.catalogue_file:
         catalogue.update(read_catalogue(data_args.catalogue_file, labels.slot_types))
-    logger.info(f"catalogue: {len(catalogue):,} values of {len(catalogue.values)} slot types, rules {catalogue.rules}")
+    logger.info(f"catalogue: {catalogue.num_values():,} values of {len(catalogue.values)} slot types, rules {catalogue.rules}")
     task, model, model_info = build_task_and_model(model_args, train_split, labels, training_args.seed, catalogue)
     if training_args.do_train and training_args.resume_from_checkpoint:
         check_resume(training_args.resume_from_checkpoint, task)

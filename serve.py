@@ -422,7 +422,7 @@ class Service:
         if len(entries) > self.options.max_session_catalogue:
             raise RequestError(413, f"{len(entries)} catalogue entries: at most {self.options.max_session_catalogue}")
         base = self.predictor.task.catalogue
-        catalogue, problems = Catalogue(pinyin=base.pinyin if base else {}), []
+        catalogue, problems = Catalogue(pinyin=base.pinyin if base is not None else {}), []
         for i, entry in enumerate(entries):
             try:
                 catalogue.add_entry(check_entry(entry, self.predictor.task.labels.slot_types))

@@ -132,7 +132,8 @@ class Catalogue:
         else:
             self.add(entry["slot"], entry["value"], entry.get("synonyms", ()))
 
-    def __len__(self) -> int:
+    def num_values(self) -> int:
+        """Canonical values held (not `__len__`: a catalogue of rules alone holds none, yet applies)."""
         return sum(len(v) for by_key in self.values.values() for v in by_key.values())
 
     def resolve(self, slot_type: str, heard: str) -> Tuple[str, str]:

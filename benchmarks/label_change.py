@@ -22,7 +22,8 @@ import subprocess
 import sys
 
 from data.corpus import read_split, write_corpus
-from data.labels import derive_labels, write_label_files
+from data.labels import derive_labels
+from export_format import write_labels
 from utils import PROJECT_DIR, load_json, markdown_table, save_json, write_text
 
 
@@ -31,7 +32,7 @@ def hold_out(data_dir: str, intent: str, out: str) -> None:
     splits = {name: [u for u in read_split(data_dir, name) if u.intent != intent] for name in ("train", "dev", "test")}
     for name, utts in splits.items():
         write_corpus(os.path.join(out, f"{name}.txt"), utts)
-    write_label_files(out, derive_labels(splits["train"]))
+    write_labels(out, derive_labels(splits["train"]))
 
 
 def train(output_dir: str, data_dir: str, flags, log_file: str) -> None:

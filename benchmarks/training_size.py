@@ -18,7 +18,8 @@ import sys
 import time
 
 from data.corpus import read_split, write_corpus
-from data.labels import read_data_labels, write_label_files
+from data.labels import read_data_labels
+from export_format import write_labels
 from utils import PROJECT_DIR, load_json, markdown_table, save_json, write_text
 
 
@@ -57,7 +58,7 @@ def main():
         picked = subset(train, size, args.seed)
         for name, utts in (("train", picked), ("dev", dev), ("test", test)):
             write_corpus(os.path.join(data_dir, f"{name}.txt"), utts)
-        write_label_files(data_dir, labels)  # the full label set: what the subset lacks is scored as missed
+        write_labels(data_dir, labels)  # the full label set: what the subset lacks is scored as missed
         steps = max(args.min_steps, 10 * math.ceil(size / 32))
         cmd = [sys.executable, os.path.join(PROJECT_DIR, "run_train.py"), "--from_scratch", "--model_name_or_path",
                "ernie-3.0-tiny-nano-v2-zh", "--data_dir", data_dir, "--output_dir", run_dir, "--do_train", "--do_eval",

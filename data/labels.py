@@ -9,9 +9,8 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from data.corpus import Utterance, check_prepared
-from export_format import INTENT_LABEL_FILE, SLOT_LABEL_FILE
+from export_format import INTENT_LABEL_FILE, SLOT_LABEL_FILE, label_files
 from task import OUTSIDE_LABEL, PAD_LABEL, LabelMaps
-from utils import write_lines
 
 
 def derive_labels(train: Sequence[Utterance]) -> LabelMaps:
@@ -46,18 +45,9 @@ def with_unseen(labels: LabelMaps, unseen: Dict[str, Dict[str, int]]) -> LabelMa
                      labels.slot_tags + [f"{bio}-{t}" for t in sorted(unseen["slot_types"]) for bio in "BI"])
 
 
-def write_label_files(directory: str, labels: LabelMaps) -> List[str]:
-    """intent_label.txt and slot_label.txt in `directory` (each written whole or not at all)."""
-    paths = [os.path.join(directory, INTENT_LABEL_FILE), os.path.join(directory, SLOT_LABEL_FILE)]
-    write_lines(paths[0], labels.intents)
-    write_lines(paths[1], labels.slot_tags)
-    return paths
-
-
 def read_data_labels(data_dir: str) -> Optional[LabelMaps]:
     """The label files prepare_data.py wrote beside the splits (checked against its stats.json),
     or None when the directory has none (splits made by hand: derive_labels of train then)."""
-    paths = [os.path.join(data_dir, name) for name in (INTENT_LABEL_FILE, SLOT_LABEL_FILE)]
-    if not any(os.path.isfile(p) for p in paths):
+    if not any(os.path.isfile(p) for p in label_files(data_dir)):
         return None
     return LabelMaps.from_files(*(check_prepared(data_dir, name) for name in (INTENT_LABEL_FILE, SLOT_LABEL_FILE)))

@@ -20,7 +20,8 @@ import os
 
 from data.corpus import STATS_FILE, CorpusError, check_labels, find_corpus, read_corpus, write_corpus
 from data.jsonl import read_jsonl
-from data.labels import derive_labels, unseen_labels, with_unseen, write_label_files
+from data.labels import derive_labels, unseen_labels, with_unseen
+from export_format import write_labels
 from data.split import intent_slot_types, split_by_session, split_stats
 from data.synthetic import DOMAINS, generate
 from utils import PROJECT_DIR, file_sha256, positive_int, save_json
@@ -79,7 +80,7 @@ def main(argv=None):
         path = os.path.join(args.output_dir, f"{name}.txt")
         write_corpus(path, utts)
         files[f"{name}.txt"] = {"sha256": file_sha256(path), "utterances": len(utts)}
-    for path in write_label_files(args.output_dir, labels):
+    for path in write_labels(args.output_dir, labels):
         files[os.path.basename(path)] = {"sha256": file_sha256(path)}
     stats = {
         "source": source,

@@ -284,3 +284,12 @@ def test_an_export_replaces_only_an_export(exported, tmp_path):
     export_format.write(str(link), TASK, fake_graph, {"architecture": "relinked"})
     assert os.path.islink(link) and export_format.read(str(link)).config["model"] == {"architecture": "relinked"}
     assert export_format.read(exported).config["model"] == {"architecture": "relinked"}
+
+
+def test_a_catalogue_of_rules_alone_is_exported_and_applied(tmp_path):
+    """A catalogue holds no value but a rule: it is still a catalogue (written, read, resolving)."""
+    rules_only = values.Catalogue(rules={"phone_num": values.DIGITS})
+    task_ = task.Task(TASK.tokenizer, LABELS, 16, SLOT_TYPES, context_turns=2, max_context_tokens=24, catalogue=rules_only)
+    model = export_format.write(str(tmp_path / "infer_model"), task_, fake_graph, {"architecture": "test"})
+    assert export_format.read(model.directory).task.catalogue.rules == {"phone_num": values.DIGITS}
+    assert model.task.catalogue.resolve("phone_num", "幺三八") == ("138", values.RULE)

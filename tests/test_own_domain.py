@@ -17,7 +17,8 @@ import utils
 from conftest import Server, assert_same_records, run_fastdeploy_demo
 from data import prepare_data
 from data.corpus import read_split, write_corpus
-from data.labels import derive_labels, read_data_labels, write_label_files
+from data.labels import derive_labels, read_data_labels
+from export_format import write_labels
 
 
 TURNS = ["打开主驾座椅加热", "调到三档", "把副驾车窗打开一半", "空调调到二十二度", "关窗", "打开物灯", "音量调到5档", "开空调"]
@@ -130,7 +131,7 @@ def test_fine_tuning_onto_a_changed_label_set_through_run_train(vehicle_data, ve
     splits = {n: [u for u in read_split(vehicle_data, n) if not u.intent.startswith("lights.")] for n in ("train", "dev", "test")}
     for name, utts in splits.items():
         write_corpus(os.path.join(changed, f"{name}.txt"), utts)
-    write_label_files(changed, derive_labels(splits["train"]))
+    write_labels(changed, derive_labels(splits["train"]))
     out = str(tmp_path / "tuned")
     with caplog.at_level(logging.INFO, logger="ernie_tiny_slu"):
         run_train.main(["--model_name_or_path", vehicle_model, "--data_dir", changed, "--output_dir", out, "--do_train",
