@@ -233,9 +233,11 @@ analysis-nlpcc: setup
 	$(PY) run_eval.py --model_dir output/nlpcc2018-nano-scratch/infer_model --eval_file data/prepared/nlpcc2018/test.txt \
 		--analysis_dir output/nlpcc2018-analysis $(if $(wildcard $(BEFORE_CONTEXT)),--compare_model_dir $(BEFORE_CONTEXT)) > /dev/null
 
-# C++ demo (deploy/cpp) against the OpenVINO C++ runtime of the openvino pip wheel.
+# C++ demo (deploy/cpp) against the OpenVINO C++ runtime of the openvino pip wheel and the ONNX Runtime
+# library of the onnxruntime pip wheel (its C API headers are vendored in deploy/cpp/third_party/onnxruntime).
 cpp: setup
-	cmake -S deploy/cpp -B build/cpp -DOpenVINO_DIR=$$($(PY) -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))')
+	cmake -S deploy/cpp -B build/cpp -DOpenVINO_DIR=$$($(PY) -c 'import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "cmake"))') \
+		-DONNXRUNTIME_LIB=$$(ls $$($(PY) -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')/capi/libonnxruntime.so.1.*)
 	cmake --build build/cpp -j2
 
 # Distillation into a Bi-LSTM student (run_distill.py), of the demo model and of the NLPCC one.

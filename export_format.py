@@ -60,7 +60,7 @@ inference_config.json:
 import dataclasses
 import math
 import os
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -209,16 +209,22 @@ def write_manifest(directory: str, names: Sequence[str] = ()) -> None:
         for name in names}})
 
 
+def recorded_files(directory: str) -> Dict[str, Tuple[int, str]]:
+    """manifest.json's (bytes, sha256) per file name; ExportError if it is not a manifest."""
+    path = os.path.join(directory, MANIFEST_FILE)
+    try:
+        files = load_json(path, strict=True)["files"]
+        return {name: (int(files[name]["bytes"]), str(files[name]["sha256"])) for name in files}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{path}: not a manifest ({type(e).__name__}: {e}); re-export the model") from None
+
+
 def check_manifest(directory: str, names: Sequence[str] = ()) -> None:
     """Every file of `names` (default: the contract's) as manifest.json recorded it; raises
     ExportError naming the first file that differs."""
     names = sorted(names or [f for f in FILES if f != MANIFEST_FILE])
     path = os.path.join(directory, MANIFEST_FILE)
-    try:
-        files = load_json(path, strict=True)["files"]
-        recorded = {name: (int(files[name]["bytes"]), str(files[name]["sha256"])) for name in files}
-    except (ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"{path}: not a manifest ({type(e).__name__}: {e}); re-export the model") from None
+    recorded = recorded_files(directory)
     if sorted(recorded) != names:
         raise ExportError(f"{path}: lists {sorted(recorded)}; the directory's files are {names}")
     for name in names:

@@ -27,8 +27,15 @@ import numpy as np
 
 import export_format
 import paddle_format
+from utils import atomic_path
 
 OPSET = 13
+# The converted graphs as files beside an export, for deploy/cpp's ONNX Runtime engine (written by
+# deploy/cpp/convert_onnx.py; slu.h kOnnxFile, kOnnxInt8File): by precision of their matrix products.
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# Metadata key of a written graph: the manifest's sha256 of the Paddle graph and weights it was
+# converted from ("<model.pdmodel> <model.pdiparams>"), so that a runtime refuses one a later export left stale.
+SOURCE_KEY = "slu.source_sha256"
 
 
 def from_paddle(exported: export_format.ExportedModel):
@@ -251,6 +258,25 @@ def for_onnxruntime(exported: export_format.ExportedModel, int8: bool = False) -
     if int8:
         model = quantize_int8(model)
     return fuse_transformer(model).SerializeToString()
+
+
+def source_stamp(directory: str) -> str:
+    """SOURCE_KEY's value for an exported directory, from its manifest."""
+    recorded = export_format.recorded_files(directory)
+    return " ".join(recorded[name][1] for name in (export_format.GRAPH_FILE, export_format.PARAMS_FILE))
+
+
+def write_for_onnxruntime(exported: export_format.ExportedModel, precision: str) -> str:
+    """for_onnxruntime's graph written beside the export as ONNX_FILES[precision], stamped with
+    source_stamp; complete or absent. Returns its path."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(for_onnxruntime(exported, int8=precision == "int8"))
+    onnx.helper.set_model_props(model, {SOURCE_KEY: source_stamp(exported.directory)})
+    path = exported.path(ONNX_FILES[precision])
+    with atomic_path(path) as tmp:
+        onnx.save(model, tmp)
+    return path
 
 
 def matmul_ops(model, seq_len: int) -> float:

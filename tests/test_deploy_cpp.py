@@ -16,6 +16,7 @@ import backends
 import decoding
 import export_format
 import exporting
+import onnx_graph
 import predictor
 import task
 import utils
@@ -49,7 +50,8 @@ def test_cpp_reads_the_contract_python_writes(demo):
     assert contract == {
         "format_version": export_format.FORMAT_VERSION, "files": export_format.FILES, "required_keys": export_format.REQUIRED_KEYS,
         "app_files": [exporting.LITE_MODEL_FILE, *exporting.APP_ASSETS, export_format.MANIFEST_FILE],
-        "output_roles": export_format.OUTPUT_ROLES, "empty_utterance": predictor.EMPTY_UTTERANCE, "invalid_utf8": predictor.INVALID_UTF8,
+        "output_roles": export_format.OUTPUT_ROLES, "onnx_files": onnx_graph.ONNX_FILES, "onnx_source_key": onnx_graph.SOURCE_KEY,
+        "empty_utterance": predictor.EMPTY_UTTERANCE, "invalid_utf8": predictor.INVALID_UTF8,
         "not_a_turn": predictor.NOT_A_TURN, "too_long_error": predictor.too_long_error(600, 512),
     }
 
@@ -280,6 +282,43 @@ def test_cpp_demo_matches_the_python_prediction_path(demo, trained, synthetic_sp
     assert (
         expected[-1] == {"line": 152, "error": predictor.NOT_A_TURN} and expected[0]["session_id"] == synthetic_splits["test"][0].session_id
     )
+
+
+CONVERT_ONNX = os.path.join(utils.PROJECT_DIR, "deploy", "cpp", "convert_onnx.py")
+
+
+def test_cpp_onnxruntime_matches_the_python_onnxruntime_backends(demo, trained, synthetic_splits, tmp_path):
+    """--runtime onnxruntime on the graphs convert_onnx.py writes: the records of backends.py's
+    onnxruntime (f32) and onnxruntime-int8 (each row alone: a long utterance's windows too), with
+    context and sessions; a missing graph and one that another export left behind are refused,
+    naming the command that writes it."""
+    import onnx
+
+    model_dir = shutil.copytree(os.path.join(trained, "infer_model"), str(tmp_path / "model"))
+    flags = ["--runtime", "onnxruntime", "--precision"]
+    proc = subprocess.run([demo, "--model_dir", model_dir, *flags, "int8", "--text", "导航"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"{model_dir}/model.int8.onnx: missing; write it with `python deploy/cpp/convert_onnx.py --model_dir {model_dir}`" in proc.stderr
+    subprocess.run([sys.executable, CONVERT_ONNX, "--model_dir", model_dir], check=True, capture_output=True, timeout=600)
+    texts = [u.text for u in synthetic_splits["test"][:150]] + TRICKY + ["", "   ", "导航去人民公园然后播放周杰伦的稻香" * 4]
+    lines = session_lines((u.session_id, u.text) for u in synthetic_splits["test"][:150])
+    assert len(export_format.read(model_dir).task.encode(texts[-1]).windows) > 1
+    for backend, precision in (("onnxruntime", "f32"), ("onnxruntime-int8", "int8")):
+        python = backends.open_predictor(model_dir, backend)
+        assert_same_records(run(demo, model_dir, texts, *flags, precision), python.predict(texts))
+        assert_same_records(run(demo, model_dir, texts[:20], *flags, precision, "--context", "导航去人民公园"),
+                            python.predict(texts[:20], histories=[["导航去人民公园"]] * 20))
+        assert_same_records(run(demo, model_dir, lines, *flags, precision, "--sessions"), python.predict_sessions(lines))
+    graph = os.path.join(model_dir, onnx_graph.ONNX_FILES["fp32"])
+    model = onnx.load(graph)
+    for stamp, problem in (("0 0", "was converted from another export"), (None, f"carries no {onnx_graph.SOURCE_KEY}")):
+        del model.metadata_props[:]
+        if stamp:
+            onnx.helper.set_model_props(model, {onnx_graph.SOURCE_KEY: stamp})
+        onnx.save(model, graph)
+        proc = subprocess.run([demo, "--model_dir", model_dir, *flags, "f32", "--text", "导航"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and proc.stdout == "" and f"{graph}: {problem}" in proc.stderr, proc.stderr
+        assert f"convert again: python deploy/cpp/convert_onnx.py --model_dir {model_dir}" in proc.stderr
 
 
 def test_cpp_demo_names_bad_lines_and_bad_models(demo, trained, tmp_path):

@@ -1,26 +1,29 @@
-// C++ demo: intent + slots for utterances with an exported model directory, run by the OpenVINO
-// runtime (which reads the Paddle program directly). Prints the JSON lines of run_eval.py.
+// C++ demo: intent + slots for utterances with an exported model directory, run by ONNX Runtime
+// (on the graphs deploy/cpp/convert_onnx.py writes beside the export) or by OpenVINO (which reads
+// the Paddle program directly). Prints the JSON lines of run_eval.py.
 //
 //   build/cpp/slu_demo --model_dir output/demo/infer_model --text 导航去北京
+//   build/cpp/slu_demo --model_dir M --runtime onnxruntime --precision int8 --text 导航去北京
 //   echo 播放周杰伦的稻香 | build/cpp/slu_demo --model_dir output/demo/infer_model
 //   build/cpp/slu_demo --model_dir M --text 取消 --context 导航去北京
 //   build/cpp/slu_demo --model_dir M --sessions < turns.jsonl   # {"session_id": ..., "text": ...} per line
-#include <openvino/openvino.hpp>
-
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "engines.h"
 #include "slu.h"
 
 namespace {
 
 struct Args {
-  std::string model_dir, precision = "f32", logits_file, weights_file = slu::kParamsFile;
+  std::string model_dir, runtime = "openvino", precision = "f32", logits_file, weights_file = slu::kParamsFile;
   std::vector<std::string> texts, context, catalogue_files;
   int cpu_threads = 0;
   double min_confidence = 0.0;
@@ -29,13 +32,14 @@ struct Args {
 
 const char* kUsage =
     "usage: slu_demo --model_dir DIR [--text UTTERANCE]... [--context EARLIER]... [--sessions] [--cpu_threads N]\n"
-    "                [--precision f32|bf16] [--min_confidence P] [--catalogue_file FILE]... [--tokenize_only | --logits_file FILE]\n"
+    "                [--runtime openvino|onnxruntime] [--precision f32|bf16|int8] [--min_confidence P] [--catalogue_file FILE]... [--tokenize_only | --logits_file FILE]\n"
     "                [--weights_file NAME]\n"
     "       slu_demo --print_contract\n"
     "  without --text, one utterance per stdin line; --context: an earlier utterance of the --text utterances' session\n"
     "  (repeat, oldest first; read by models trained with context); --sessions: stdin lines are JSON objects\n"
     "  {\"session_id\", \"text\"} in conversation order, each read with its session's earlier lines as context (run_eval.py\n"
-    "  --sessions_file); --min_confidence: results whose intent or any slot confidence\n"
+    "  --sessions_file); --runtime openvino (default) runs model.pdmodel in f32 or bf16; --runtime onnxruntime runs\n"
+    "  model.onnx (f32) or model.int8.onnx (int8) beside it, written by deploy/cpp/convert_onnx.py; --min_confidence: results whose intent or any slot confidence\n"
     "  is below P say \"fallback\": true; --catalogue_file: your slot values (JSON lines; docs/decoding.md#slot-values)\n"
     "  added to the export's; --tokenize_only prints token ids and offsets (tests); --logits_file decodes\n"
     "  logits given in FILE instead of running the model (float32: per utterance without an error record, its\n"
@@ -58,6 +62,7 @@ Args ParseArgs(int argc, char** argv) {
     else if (flag == "--context") args.context.push_back(value());
     else if (flag == "--sessions") args.sessions = true;
     else if (flag == "--cpu_threads") args.cpu_threads = std::stoi(value());
+    else if (flag == "--runtime") args.runtime = value();
     else if (flag == "--precision") args.precision = value();
     else if (flag == "--min_confidence") args.min_confidence = std::stod(value());
     else if (flag == "--logits_file") args.logits_file = value();
@@ -69,7 +74,11 @@ Args ParseArgs(int argc, char** argv) {
     else throw std::invalid_argument("unknown flag " + flag);
   }
   if (args.model_dir.empty() && !args.print_contract) throw std::invalid_argument("--model_dir is required");
-  if (args.precision != "f32" && args.precision != "bf16") throw std::invalid_argument("--precision must be f32 or bf16");
+  if (args.runtime != "openvino" && args.runtime != "onnxruntime") throw std::invalid_argument("--runtime must be openvino or onnxruntime");
+  if (args.runtime == "openvino" && args.precision != "f32" && args.precision != "bf16")
+    throw std::invalid_argument("--precision must be f32 or bf16 on openvino");
+  if (args.runtime == "onnxruntime" && args.precision != "f32" && args.precision != "int8")
+    throw std::invalid_argument("--precision must be f32 or int8 on onnxruntime");
   slu::CheckMinConfidence(args.min_confidence);
   return args;
 }
@@ -115,7 +124,6 @@ int main(int argc, char** argv) {
     }
     if (!model.calibrated())  // as backends.open_predictor says it
       std::cerr << "warning: " << args.model_dir << ": confidences not calibrated (exported without a dev split; temperatures 1.0)\n";
-    ov::CompiledModel compiled;
     std::ifstream given_logits;
     if (!args.logits_file.empty()) {
       given_logits.open(args.logits_file, std::ios::binary);
@@ -123,38 +131,20 @@ int main(int argc, char** argv) {
     }
     const bool run_model = !args.tokenize_only && args.logits_file.empty();
     if (run_model && args.weights_file != slu::kParamsFile)
-      throw std::invalid_argument("--weights_file " + args.weights_file + ": OpenVINO runs model.pdiparams; use it with --tokenize_only or --logits_file");
+      throw std::invalid_argument("--weights_file " + args.weights_file + ": the desktop runtimes run model.pdiparams; use it with --tokenize_only or --logits_file");
     double decode_ms = 0;
+    std::unique_ptr<slu::Engine> engine;
     if (run_model) {
-      ov::Core core;
-      // read_model takes model.pdiparams from beside model.pdmodel. f32 by default: on CPUs with
-      // avx512_bf16 OpenVINO would otherwise pick bf16 and the logits would drift from Python's.
-      ov::AnyMap config{ov::hint::inference_precision(args.precision == "f32" ? ov::element::f32 : ov::element::bf16),
-                        ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
-      if (args.cpu_threads > 0) config.emplace(ov::inference_num_threads(args.cpu_threads));
-      compiled = core.compile_model(core.read_model(model.graph_path()), "CPU", config);
-      // OpenVINO compiles a bf16 request as f32 on a CPU without bf16 and says nothing: refuse, as
-      // backends.py's openvino-bf16 does, rather than report f32 figures as bf16 ones
-      const ov::element::Type runs = compiled.get_property(ov::hint::inference_precision);
-      if (args.precision == "bf16" && runs != ov::element::bf16) {
-        std::string capabilities;
-        for (const std::string& c : core.get_property("CPU", ov::device::capabilities)) capabilities += (capabilities.empty() ? "" : ", ") + c;
-        throw std::runtime_error("--precision bf16: this CPU cannot run bf16 (OpenVINO's CPU capabilities: " + capabilities +
-                                 "); OpenVINO would run " + runs.get_type_name() + " instead");
-      }
-    }
-    ov::InferRequest request = run_model ? compiled.create_infer_request() : ov::InferRequest();
-    if (run_model) {  // one probe row before any answer: outputs of the label files' shapes, finite
-      std::vector<int64_t> probe = model.ProbeRow();
-      request.set_input_tensor(0, ov::Tensor(ov::element::i64, {1, probe.size()}, probe.data()));
-      request.infer();
-      const ov::Tensor intent = request.get_output_tensor(0), slots = request.get_output_tensor(1);
-      model.CheckProbeOutputs(intent.get_shape(), intent.data<float>(), slots.get_shape(), slots.data<float>(), "openvino");
+      engine = args.runtime == "onnxruntime" ? slu::OnnxRuntimeEngine(model, args.precision, args.cpu_threads)
+                                             : slu::OpenVinoEngine(model, args.precision, args.cpu_threads);
+      slu::CheckEngine(model, *engine);  // one probe row before any answer: outputs of the label files' shapes, finite
     }
     const size_t window = model.max_seq_length() - 2;
     auto start = std::chrono::steady_clock::now();
     std::unordered_map<std::string, slu::History> histories;  // --sessions: per session id
+    std::vector<double> answer_ms;  // per answered utterance: tokenization + model + decoding
     for (size_t n = 0; n < texts.size(); ++n) {
+      const auto utterance_start = std::chrono::steady_clock::now();
       std::string text = texts[n], session_id, turn_error;
       const std::vector<std::string>* history = &args.context;
       if (args.sessions) {
@@ -190,11 +180,20 @@ int main(int argc, char** argv) {
       if (run_model) {
         size_t seq_len = 0;
         std::vector<int64_t> padded = model.PadWindows(enc, &seq_len);
-        request.set_input_tensor(0, ov::Tensor(ov::element::i64, {enc.windows.size(), seq_len}, padded.data()));
-        request.infer();
-        const float* intent = request.get_output_tensor(0).data<float>();
-        intent_logits.assign(intent, intent + model.num_intents());
-        token_logits = model.MergeWindows(enc, request.get_output_tensor(1).data<float>(), static_cast<int>(seq_len));
+        if (engine->rows_alone() && enc.windows.size() > 1) {  // backends.per_row: each window alone, unpadded
+          std::vector<float> slots(enc.windows.size() * seq_len * model.num_slot_tags(), 0.0f);  // pads keep zeros: nothing reads them
+          for (size_t w = 0; w < enc.windows.size(); ++w) {
+            engine->Run(enc.windows[w].data(), 1, enc.windows[w].size());
+            if (w == 0) intent_logits.assign(engine->intent_logits(), engine->intent_logits() + model.num_intents());
+            std::copy(engine->slot_logits(), engine->slot_logits() + enc.windows[w].size() * model.num_slot_tags(),
+                      slots.begin() + w * seq_len * model.num_slot_tags());
+          }
+          token_logits = model.MergeWindows(enc, slots.data(), static_cast<int>(seq_len));
+        } else {
+          engine->Run(padded.data(), enc.windows.size(), seq_len);
+          intent_logits.assign(engine->intent_logits(), engine->intent_logits() + model.num_intents());
+          token_logits = model.MergeWindows(enc, engine->slot_logits(), static_cast<int>(seq_len));
+        }
       } else {
         intent_logits.resize(model.num_intents());
         token_logits.resize(enc.offsets.size() * model.num_slot_tags());
@@ -204,14 +203,20 @@ int main(int argc, char** argv) {
       }
       auto decode_start = std::chrono::steady_clock::now();
       const std::string record = model.Describe(enc, intent_logits.data(), token_logits, args.min_confidence);
-      decode_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decode_start).count();
+      const auto done = std::chrono::steady_clock::now();
+      decode_ms += std::chrono::duration<double, std::milli>(done - decode_start).count();
+      answer_ms.push_back(std::chrono::duration<double, std::milli>(done - utterance_start).count());
       emit(record);
     }
     if (given_logits.is_open() && given_logits.peek() != std::char_traits<char>::eof())
       throw std::runtime_error(args.logits_file + ": holds more logits than the utterances need");
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::cerr << (run_model ? "openvino (" + args.precision + ")" : std::string("given logits")) << ": " << texts.size()
-              << " utterances in " << ms << " ms (tokenization + model + decoding); decoding " << decode_ms << " ms\n";
+    std::sort(answer_ms.begin(), answer_ms.end());  // the median as numpy's: the mean of the middle two
+    const size_t k = answer_ms.size();
+    const double p50 = k == 0 ? 0.0 : (answer_ms[(k - 1) / 2] + answer_ms[k / 2]) / 2;
+    std::cerr << (run_model ? engine->name() : std::string("given logits")) << ": " << texts.size()
+              << " utterances in " << ms << " ms (tokenization + model + decoding); decoding " << decode_ms << " ms; per answer p50 "
+              << p50 << " ms\n";
   } catch (const std::exception& e) {
     std::cerr << "slu_demo: " << e.what() << "\n";
     return 1;

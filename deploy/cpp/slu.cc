@@ -168,7 +168,8 @@ std::vector<std::string> AppFiles() {
 
 std::string ContractJson() {
   Json contract = {{"format_version", kFormatVersion}, {"files", kFiles}, {"app_files", AppFiles()}, {"required_keys", kRequiredKeys},
-                   {"output_roles", kOutputRoles}, {"empty_utterance", kEmptyUtterance}, {"invalid_utf8", kInvalidUtf8}, {"not_a_turn", kNotATurn}, {"too_long_error", TooLongError(600, 512)}};
+                   {"output_roles", kOutputRoles}, {"onnx_files", {{"fp32", kOnnxFile}, {"int8", kOnnxInt8File}}}, {"onnx_source_key", kOnnxSourceKey},
+                   {"empty_utterance", kEmptyUtterance}, {"invalid_utf8", kInvalidUtf8}, {"not_a_turn", kNotATurn}, {"too_long_error", TooLongError(600, 512)}};
   return contract.dump();
 }
 
@@ -405,8 +406,9 @@ void CheckWeights(const std::string& params_path) {
   }
 }
 
-// export_format.check_manifest: every file of `names` as manifest.json recorded it.
-void CheckManifest(const std::string& model_dir, std::vector<std::string> names) {
+// export_format.check_manifest: every file of `names` as manifest.json recorded it; returns the
+// recorded sha256 by file name.
+std::map<std::string, std::string> CheckManifest(const std::string& model_dir, std::vector<std::string> names) {
   const std::string path = model_dir + "/" + kManifestFile;
   std::map<std::string, std::pair<uint64_t, std::string>> recorded;
   try {
@@ -429,6 +431,9 @@ void CheckManifest(const std::string& model_dir, std::vector<std::string> names)
       throw std::runtime_error(model_dir + "/" + name + ": its content differs from " + kManifestFile +
                                " (sha256): the file was changed or replaced after export (damaged, or taken from another model)");
   }
+  std::map<std::string, std::string> sha256;
+  for (const auto& [name, entry] : recorded) sha256[name] = entry.second;
+  return sha256;
 }
 
 }  // namespace
@@ -804,7 +809,7 @@ Model::Model(const std::string& model_dir, const std::string& weights_file) {
     }
   }
   files.erase(std::find(files.begin(), files.end(), kManifestFile));
-  CheckManifest(model_dir, files);
+  recorded_sha256_ = CheckManifest(model_dir, files);
 }
 
 void CheckMinConfidence(double min_confidence) {
@@ -837,6 +842,15 @@ void Model::CheckProbeOutputs(const std::vector<size_t>& intent_shape, const flo
   if (!finite)
     throw std::runtime_error(where + "the graph's outputs are not finite (NaN or inf) on a probe input: " + kParamsFile +
                              " is damaged or not this graph's weights");
+}
+
+std::string Model::OnnxSourceStamp() const {
+  auto sha = [&](const char* name) {
+    const auto it = recorded_sha256_.find(name);
+    if (it == recorded_sha256_.end()) throw std::runtime_error(model_dir_ + "/" + kManifestFile + ": records no " + name);
+    return it->second;
+  };
+  return sha(kGraphFile) + " " + sha(kParamsFile);
 }
 
 std::string Model::Check(const Encoded& enc) const {

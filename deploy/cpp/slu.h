@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -24,6 +25,11 @@ constexpr const char* kPinyinFile = "pinyin.txt";
 constexpr const char* kConfigFile = "inference_config.json";
 constexpr const char* kManifestFile = "manifest.json";
 constexpr const char* kLiteModelFile = "model.nb";  // the Android app's weights and graph (Paddle Lite)
+// onnx_graph.py: the ONNX Runtime engine's graphs beside an export (deploy/cpp/convert_onnx.py), and
+// the metadata key that names the export they were converted from (Model::OnnxSourceStamp).
+constexpr const char* kOnnxFile = "model.onnx";
+constexpr const char* kOnnxInt8File = "model.int8.onnx";
+constexpr const char* kOnnxSourceKey = "slu.source_sha256";
 extern const std::vector<std::string> kFiles;          // every file of an exported directory
 extern const std::vector<std::string> kRequiredKeys;   // of inference_config.json
 extern const std::vector<std::string> kOutputRoles;    // graph outputs, in fetch order
@@ -174,10 +180,13 @@ class Model {
   // export_format.check_graph_tables, on model.pdmodel read at the protobuf wire level (called by the constructor).
   void CheckGraphTables() const;
 
+  // onnx_graph.source_stamp: manifest.json's sha256 of model.pdmodel and model.pdiparams, "<graph> <weights>".
+  std::string OnnxSourceStamp() const;
   bool calibrated() const { return calibrated_; }  // calibration.fitted_on is not null
   int max_seq_length() const { return max_seq_length_; }
   int context_turns() const { return context_turns_; }
   const std::string& graph_path() const { return graph_path_; }
+  const std::string& model_dir() const { return model_dir_; }
   size_t num_intents() const { return intents_.size(); }
   size_t num_slot_tags() const { return slot_tags_.size(); }
 
@@ -190,6 +199,7 @@ class Model {
   size_t max_utterance_tokens_ = 0;
   bool calibrated_ = false;
   std::string graph_path_, model_dir_;
+  std::map<std::string, std::string> recorded_sha256_;  // manifest.json's, by file name
 };
 
 // BIO spans (type, start, end-exclusive), conlleval style, as task.bio_spans.
