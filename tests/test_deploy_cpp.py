@@ -316,7 +316,8 @@ def test_cpp_onnxruntime_matches_the_python_onnxruntime_backends(demo, trained, 
         if stamp:
             onnx.helper.set_model_props(model, {onnx_graph.SOURCE_KEY: stamp})
         onnx.save(model, graph)
-        proc = subprocess.run([demo, "--model_dir", model_dir, *flags, "f32", "--text", "导航"], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([demo, "--model_dir", model_dir, *flags, "f32", "--text", "导航"], capture_output=True, text=True,
+                              timeout=300)
         assert proc.returncode == 1 and proc.stdout == "" and f"{graph}: {problem}" in proc.stderr, proc.stderr
         assert f"convert again: python deploy/cpp/convert_onnx.py --model_dir {model_dir}" in proc.stderr
 
