@@ -174,7 +174,8 @@ benchmark-targets-batch1-nlpcc: setup
 
 # The SLU service (serve.py: FastAPI on uvicorn) on an exported directory and a backend of backends.py.
 # Options of serve.py (batching, limits, sessions) go in SERVE_FLAGS, e.g. SERVE_FLAGS="--max_wait_ms 2".
-BACKEND ?= paddle-inference
+# serve.py's default, backends.FRONT_END_BACKEND
+BACKEND ?= onnxruntime
 HOST ?= 127.0.0.1
 PORT ?= 8000
 serve: MODEL_DIR = $(OUTPUT_DIR)/infer_model

@@ -1,5 +1,5 @@
 """Evaluate or run an exported model (any stage: infer_model/, compress/stages/*) on the CPU, through
-Paddle Inference by default or any backend of backends.py (--backend).
+ONNX Runtime by default (backends.FRONT_END_BACKEND) or any backend of backends.py (--backend).
 
     python run_eval.py --model_dir output/demo/infer_model --eval_file data/prepared/test.txt
     python run_eval.py --model_dir output/demo/infer_model --text 导航去北京 --text 打电话给老王
@@ -30,7 +30,7 @@ import json
 import sys
 
 import analysis
-from backends import BACKENDS, open_predictor
+from backends import BACKENDS, FRONT_END_BACKEND, open_predictor
 from data.corpus import read_corpus
 from predictor import argv_texts, decode_lines, score
 from utils import positive_int, write_text
@@ -56,8 +56,9 @@ def parse_args(argv=None):
                         "analysis.md, confusion.png, errors.png)")
     parser.add_argument("--compare_model_dir", help="with --analysis_dir: a second exported model, analysed on the same file and "
                         "compared (per-category deltas, the utterances that flipped)")
-    parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS),
-                        help="runtime (backends.py); the fastdeploy-* ones need a process without paddle, which this script keeps")
+    parser.add_argument("--backend", default=FRONT_END_BACKEND, choices=list(BACKENDS),
+                        help="runtime (backends.py; paddle-inference: the training-time engine, slower at small batches); the "
+                        "fastdeploy-* ones need a process without paddle, which this script keeps")
     parser.add_argument("--catalogue_file", action="append", default=[],
                         help="your slot values (JSON lines: slot, value, synonyms; docs/decoding.md#slot-values), added to the "
                         "export's catalogue; repeatable")

@@ -1,7 +1,7 @@
 """The SLU service: an exported model behind HTTP (FastAPI on uvicorn), with sessions and
 micro-batching. Every answer is predictor.py's result record, the one run_eval.py prints.
 
-    python serve.py --model_dir output/demo/infer_model --backend paddle-inference --port 8000
+    python serve.py --model_dir output/demo/infer_model --port 8000   # onnxruntime; --backend: any of backends.py
     make serve MODEL_DIR=output/demo/infer_model BACKEND=fastdeploy-ort
 
     POST /v1/parse           {"text": "取消", "context": ["导航去北京"]}   -> a result record
@@ -563,11 +563,11 @@ def main(argv=None):
 
     import uvicorn
 
-    from backends import BACKENDS, open_predictor
+    from backends import BACKENDS, FRONT_END_BACKEND, open_predictor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="an exported directory (infer_model/ or a compression stage)")
-    parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS), help="runtime (backends.py)")
+    parser.add_argument("--backend", default=FRONT_END_BACKEND, choices=list(BACKENDS), help="runtime (backends.py)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads of the model; 0 = one per core")

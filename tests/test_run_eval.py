@@ -61,10 +61,10 @@ def test_input_file_gives_one_defined_result_per_line(model_dir, tmp_path, capsy
             first, last = slot["pos"]
             assert slot["slot"] in labels.slot_types and text[first : last + 1] == slot["entity"]
             assert not text[first].isspace() and not text[last].isspace()
-    window = backends.open_predictor(model_dir).task.max_seq_length - 2
+    window = backends.open_predictor(model_dir, backends.FRONT_END_BACKEND).task.max_seq_length - 2
     assert f"utterance 4: 58 characters, predicted in {len(task.window_bounds(58, window))} windows of {window}" in err
     # the same predictions as the library call, batched differently
-    model = backends.open_predictor(model_dir)
+    model = backends.open_predictor(model_dir, backends.FRONT_END_BACKEND)
     real = [t for t in HARD if any(map(task.carries_token, t))]
     assert [r for r in results if "error" not in r] == model.predict(real, batch_size=64)
 
@@ -79,7 +79,7 @@ def test_text_flags_and_stdin(model_dir, capsys, monkeypatch):
 def test_context_flags_and_session_files(model_dir, tmp_path, capsys, monkeypatch):
     """--context for --text, --sessions_file (a file or stdin) for sessions: the records of the
     library calls, each session with its own history."""
-    model = backends.open_predictor(model_dir)
+    model = backends.open_predictor(model_dir, backends.FRONT_END_BACKEND)
     out, _ = run(["--model_dir", model_dir, "--text", "取消", "--text", "下一首", "--context", "播放稻香"], capsys)
     assert [json.loads(line) for line in out.splitlines()] == model.predict(["取消", "下一首"], histories=[["播放稻香"]] * 2)
     lines = ['{"session_id": "a", "text": "导航去人民公园"}', '{"session_id": "b", "text": "播放稻香"}', '["a", "取消"]',

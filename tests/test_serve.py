@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import SYNTHETIC_LABELS, Server, assert_same_records
 
+import backends
 import predictor
 import run_eval
 import serve
@@ -47,7 +48,7 @@ def test_metadata_health_and_openapi(server, model_dir):
     assert server.call("GET", "/v1/ready") == (200, {"ready": True})
     status, meta = server.call("GET", "/v1/model")
     labels = serve.export_format.read(model_dir).task.labels
-    assert status == 200 and meta["intents"] == labels.intents and meta["backend"] == "paddle-inference"
+    assert status == 200 and meta["intents"] == labels.intents and meta["backend"] == backends.FRONT_END_BACKEND
     assert meta["context_turns"] == 1 and meta["format_version"] == serve.export_format.FORMAT_VERSION
     assert meta["limits"]["max_wait_ms"] == 5 and "last 1 utterance" in meta["context"]
     status, spec = server.call("GET", "/openapi.json")
