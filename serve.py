@@ -36,11 +36,12 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence
+from typing import Awaitable, Callable, List, Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -163,12 +164,27 @@ def error_response(status: int, message: str, items: Optional[List[dict]] = None
 async def read_json(request: Request, limit: int, allow_empty: bool = False):
     """The request body as strict JSON (UTF-8, no NaN/Infinity), read no further than `limit` bytes
     (None for an empty body where `allow_empty`)."""
-    declared = request.headers.get("content-length")
+    return await parse_body(request.headers.get("content-length"), request.stream(), limit, allow_empty)
+
+
+async def asgi_chunks(receive):
+    """A request body's chunks as an ASGI server hands them over (Request.stream without Starlette)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def parse_body(declared: Optional[str], chunks, limit: int, allow_empty: bool = False):
+    """read_json on a declared Content-Length and the body's chunks."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {declared} bytes: at most {limit}")
     body = bytearray()
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             body += chunk
             if len(body) > limit:
                 raise RequestError(413, f"request body over {limit} bytes")
@@ -412,6 +428,16 @@ class Service:
                     slot["value"], slot["resolution"] = value, resolution
         return [{"session_id": item.session_id, **r} if item.session_id is not None else r for item, r in zip(items, records)]
 
+    async def parse(self, body: Awaitable) -> dict:
+        """POST /v1/parse, `body` its JSON as read_json reads it: the utterance's record."""
+        self.counts["requests"] += 1
+        return (await self.answer([validate(Utterance, await body)]))[0]
+
+    async def parse_batch(self, body: Awaitable) -> dict:
+        """POST /v1/parse/batch, `body` its JSON as read_json reads it: {"results": records, in order}."""
+        self.counts["requests"] += 1
+        return {"results": await self.answer(validate(BatchRequest, await body).utterances)}
+
     def session_catalogue(self, body) -> Optional[Catalogue]:
         """The catalogue a POST /v1/sessions body brings ({"catalogue": [entries]}), checked entry by entry."""
         if body is None:
@@ -438,6 +464,45 @@ class Service:
                 "model_calls": batcher.calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
                 "in_flight": counts["in_flight"], "sessions": len(self.sessions), "client_disconnected": counts["client_disconnected"],
                 "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
+
+
+def json_bytes(content) -> bytes:
+    """A JSON body as Starlette's JSONResponse writes it."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+class ParseRoutes:
+    """POST /v1/parse and /v1/parse/batch answered as plain ASGI, in front of FastAPI's routing,
+    middleware and endpoint machinery, which on the best stage cost about as much as the model
+    (docs/performance.md#front-ends). The same answers, refusals and counters as the FastAPI routes
+    they shadow (those stay for the OpenAPI page); every other request goes on to FastAPI."""
+
+    def __init__(self, app, service: "Service"):
+        self.app, self.service = app, service
+        self.routes = {"/v1/parse": service.parse, "/v1/parse/batch": service.parse_batch}
+
+    async def __call__(self, scope, receive, send):
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
+            return await self.app(scope, receive, send)
+        counts = self.service.counts
+        declared = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
+        try:
+            status, content = 200, await route(parse_body(declared, asgi_chunks(receive), self.service.options.max_request_bytes))
+        except RequestError as e:
+            counts[f"http_{e.status}"] += 1
+            status, content = e.status, {"error": e.message, **({"items": e.items} if e.items else {})}
+        except ClientGone:
+            counts["client_disconnected"] += 1
+            return
+        except Exception as e:  # a fault of the service or its runtime, never of the request
+            counts["http_500"] += 1
+            logger.exception("internal error")
+            status, content = 500, {"error": f"internal error: {type(e).__name__}"}
+        body = json_bytes(content)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI, counts: collections.Counter) -> None:
@@ -504,19 +569,18 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
     install_error_handlers(app, service.counts)
     errors = {status: {"model": Error} for status in (400, 404, 413, 422)}
 
+    # answered by ParseRoutes ahead of FastAPI; declared here for the OpenAPI page
     @app.post("/v1/parse", response_model=Record, response_model_exclude_none=True, responses=errors,
               openapi_extra=body_schema(Utterance), summary="intent and slots of one utterance")
     async def parse(request: Request):
-        service.counts["requests"] += 1
-        item = validate(Utterance, await read_json(request, options.max_request_bytes))
-        return JSONResponse((await service.answer([item]))[0])
+        return JSONResponse(await service.parse(read_json(request, options.max_request_bytes)))
 
     @app.post("/v1/parse/batch", response_model=BatchAnswer, response_model_exclude_none=True, responses=errors,
               openapi_extra=body_schema(BatchRequest), summary="intent and slots of several utterances, in order")
     async def parse_batch(request: Request):
-        service.counts["requests"] += 1
-        batch = validate(BatchRequest, await read_json(request, options.max_request_bytes))
-        return JSONResponse({"results": await service.answer(batch.utterances)})
+        return JSONResponse(await service.parse_batch(read_json(request, options.max_request_bytes)))
+
+    app.add_middleware(ParseRoutes, service=service)
 
     @app.post("/v1/sessions", status_code=201, responses=errors, summary="start a session the service keeps (with its own catalogue)")
     async def create_session(request: Request):
@@ -588,7 +652,9 @@ def main(argv=None):
     app = create_app(predictor, predictor.exported, options, args.backend)  # the directory as open_predictor read it
     logger.info("serving %s on %s (context turns %d) at http://%s:%d", args.model_dir, args.backend,
                 predictor.task.context_turns, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None)
+    # uvloop's event loop and httptools' parser (requirements.txt): the pure-Python ones cost more per request than the model
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None, loop="uvloop",
+                http="httptools")
 
 
 if __name__ == "__main__":

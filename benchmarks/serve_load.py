@@ -16,18 +16,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 
-from backends import BACKENDS, open_predictor
+from backends import BACKENDS, FRONT_END_BACKEND, open_predictor
 from data.corpus import read_corpus
-from predictor import without_confidences
+from http_load import load, server_rss_mb, server_stats, start_server, stop_server
 from utils import PROJECT_DIR, markdown_table, save_figure, save_json, write_text
 
 MODES = {"one call per request": ["--max_batch_size", "1"],
@@ -35,81 +31,11 @@ MODES = {"one call per request": ["--max_batch_size", "1"],
          "micro-batching (32, wait 2 ms)": ["--max_batch_size", "32", "--max_wait_ms", "2"]}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
-def start_server(model_dir, backend, threads, flags, timeout=300):
-    """A serve.py process on a free port, once /v1/ready answers: (process, base url)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.join(PROJECT_DIR, "serve.py"), "--model_dir", model_dir, "--backend", backend,
-                             "--port", str(port), "--cpu_threads", str(threads), "--log_level", "warning", *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"serve.py exited with {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/v1/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit(f"serve.py did not become ready in {timeout} s")
-
-
-def server_stats(url) -> dict:
-    with urllib.request.urlopen(url + "/v1/stats") as r:
-        return json.load(r)
-
-
-def stop_server(proc) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=60)
-
-
-async def load(url, bodies, expected, concurrency):
-    """POST bodies[i] for i in order with `concurrency` clients: latencies (s), errors, wall time."""
-    import aiohttp
-
-    latencies, errors, next_index = np.zeros(len(bodies)), [], iter(range(len(bodies)))
-
-    async def client(session):
-        for i in next_index:
-            t0 = time.perf_counter()
-            async with session.post(url + "/v1/parse", data=bodies[i], headers={"Content-Type": "application/json"}) as r:
-                body = await r.read()
-            latencies[i] = time.perf_counter() - t0
-            if r.status != 200:
-                errors.append(f"{i}: HTTP {r.status} {body[:200]!r}")
-            elif not same_record(json.loads(body), expected[i]):
-                errors.append(f"{i}: {body[:300]!r} differs from the in-process record")
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return latencies, errors, wall
-
-
-def same_record(got: dict, expected: dict) -> bool:
-    """Equal but for the last digit of rounded confidences (the model ran in another batch)."""
-    return without_confidences(got) == without_confidences(expected) and abs(got["confidence"] - expected["confidence"]) <= 2e-4
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="exported directory to serve")
     parser.add_argument("--test_file", required=True, help="corpus-format split whose utterances (with their sessions) are sent")
-    parser.add_argument("--backend", default="paddle-inference", choices=list(BACKENDS))
+    parser.add_argument("--backend", default=FRONT_END_BACKEND, choices=list(BACKENDS))
     parser.add_argument("--cpu_threads", type=int, default=1, help="the server's model threads (the client takes the rest)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client concurrency levels")
     parser.add_argument("--requests", type=int, default=3500, help="requests per mode and concurrency level")

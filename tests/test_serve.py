@@ -371,3 +371,31 @@ def test_options_are_checked():
         serve.ServeOptions(max_batch_size=0)
     with pytest.raises(ValueError, match="session_ttl_s"):
         serve.ServeOptions(session_ttl_s=-1)
+
+
+def test_a_runtime_fault_is_a_500_and_the_service_goes_on(model_dir):
+    """The parse routes answered ahead of FastAPI (serve.ParseRoutes): a model call that fails is a
+    500 with a JSON error naming no more than the exception's type, counted; the next request is
+    answered; other paths still reach FastAPI."""
+    from starlette.testclient import TestClient
+
+    model = backends.open_predictor(model_dir, "onnxruntime", threads=1)
+    healthy = model.logits_fn
+
+    def logits(ids):
+        if failing:
+            raise RuntimeError("secret detail")
+        return healthy(ids)
+
+    model.logits_fn, failing = logits, True
+    with TestClient(serve.create_app(model, model.exported)) as client:
+        response = client.post("/v1/parse", json={"text": "导航去北京"})
+        assert response.status_code == 500 and response.json() == {"error": "internal error: RuntimeError"}
+        assert response.headers["content-type"] == "application/json"
+        failing = False
+        response = client.post("/v1/parse/batch", json={"utterances": [{"text": "导航去北京"}, {"text": "取消"}]})
+        assert response.status_code == 200 and [r["text"] for r in response.json()["results"]] == ["导航去北京", "取消"]
+        assert client.post("/v1/parse", content=b"[1,").json()["error"].startswith("request body is not JSON")
+        assert client.get("/v1/parse").status_code == 405  # FastAPI's answer: the route takes POST
+        stats = client.get("/v1/stats").json()
+        assert stats["errors"] == {"http_500": 1, "http_400": 1, "http_405": 1} and stats["requests"] == 3
