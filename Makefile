@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -182,9 +182,24 @@ serve: MODEL_DIR = $(OUTPUT_DIR)/infer_model
 serve: setup
 	$(PY) serve.py --model_dir $(MODEL_DIR) --backend $(BACKEND) --host $(HOST) --port $(PORT) --cpu_threads $(CPU_THREADS) $(SERVE_FLAGS)
 
-# Load test of the service (benchmarks/serve_load.*) on the measured NLPCC model, ONNX Runtime, 1 model thread.
+# Load test of the service (benchmarks/results/serve_load_<backend>.*) on the measured NLPCC model, 1 model thread:
+# on integer kernels (onnxruntime-int8, the fastest) and on fp32 kernels (onnxruntime, serve.py's default).
 serve-load-nlpcc: setup
-	$(PY) benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model --backend fastdeploy-ort \
+	for backend in onnxruntime-int8 onnxruntime; do \
+		$(PY) benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model --backend $$backend \
+			--test_file data/prepared/nlpcc2018/test.txt --requests 2000 --output_dir benchmarks/results || exit 1; \
+	done
+
+# Every front end (Python API, run_eval.py, service, C++ demo) beside its engine, same model and turns, 3 rounds
+# (benchmarks/results/front_ends.*; docs/performance.md#front-ends).
+front-ends-nlpcc: setup cpp
+	$(PY) benchmarks/front_ends.py --model_dir output/nlpcc2018-nano-scratch/infer_model --test_file data/prepared/nlpcc2018/test.txt \
+		--output_dir benchmarks/results
+
+# Why Paddle Inference is slower than ONNX Runtime at batch 1: its settings, at batch 1 and 32
+# (benchmarks/results/paddle_inference_settings.*; docs/performance.md#paddle-inference-at-batch-1).
+paddle-inference-settings-nlpcc: setup
+	$(PY) benchmarks/paddle_inference_settings.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
 
 # Whether an answer depends on the rest of its batch on onnxruntime-int8 (one call per batch against each

@@ -10,7 +10,7 @@ its session as stateless "context". Per mode (one call per request: --max_batch_
 batching) and concurrency: throughput, p50/p90/p99 latency, errors (non-200 answers and answers
 that differ from the in-process records: must be 0), the server's RSS before and after. The
 client (aiohttp) shares the machine with the server: the server gets --cpu_threads model threads.
-Writes serve_load.json, serve_load.md and serve_load.png to --output_dir.
+Writes serve_load_<backend>.json, .md and .png to --output_dir.
 """
 import argparse
 import asyncio
@@ -84,12 +84,13 @@ def main():
     results["batching_gain_at_max_concurrency"] = round(batched["cells"][top]["throughput_rps"] / one["cells"][top]["throughput_rps"], 2)
     results["http_overhead_p50_ms"] = round(one["cells"][low]["p50_ms"] - results["in_process_p50_ms"], 3)
     os.makedirs(args.output_dir, exist_ok=True)
-    save_json(os.path.join(args.output_dir, "serve_load.json"), results)
-    write_text(os.path.join(args.output_dir, "serve_load.md"), report(results))
-    plot(results, os.path.join(args.output_dir, "serve_load.png"))
+    prefix = os.path.join(args.output_dir, f"serve_load_{args.backend}")
+    save_json(prefix + ".json", results)
+    write_text(prefix + ".md", report(results))
+    plot(results, prefix + ".png")
     print(report(results))
     if any(c["errors"] for m in results["modes"].values() for c in m["cells"]) or any(m["exit_code"] for m in results["modes"].values()):
-        sys.exit("errors under load, or a server that did not exit cleanly: see serve_load.json")
+        sys.exit(f"errors under load, or a server that did not exit cleanly: see {prefix}.json")
 
 
 def report(results) -> str:
