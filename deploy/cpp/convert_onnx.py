@@ -11,6 +11,7 @@ refuses a file that a later export left behind (convert again). Files are comple
 docs/deployment.md#c-demo.
 """
 import argparse
+import sys
 import time
 
 import export_format
@@ -24,7 +25,10 @@ def main():
                         help="which graphs to write: fp32 (model.onnx), int8 (model.int8.onnx)")
     args = parser.parse_args()
 
-    exported = export_format.read(args.model_dir)  # validated, manifest included, before anything is written
+    try:
+        exported = export_format.read(args.model_dir)  # validated, manifest included, before anything is written
+    except export_format.ExportError as e:
+        sys.exit(f"convert_onnx.py: {e}")
     for precision in args.precision:
         start = time.perf_counter()
         path = onnx_graph.write_for_onnxruntime(exported, precision)
