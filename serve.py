@@ -38,8 +38,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, List, Optional, Sequence
 
@@ -52,6 +52,7 @@ from starlette.requests import ClientDisconnect
 
 import export_format
 from predictor import Predictor
+from sessions import MemoryStore, RedisStore, Session, StoreUnavailable
 from utils import strict_json_loads
 from values import NONE, Catalogue, check_entry
 
@@ -218,55 +219,6 @@ def validate(model, data):
         raise RequestError(422, f"invalid request: {problems}") from None
 
 
-# ----------------------------------------------------------------------------- sessions
-
-
-class SessionStore:
-    """The last `turns` utterances of each session, in bounded memory: at most `max_sessions`
-    (the least recently used is dropped first), each forgotten `ttl_s` after its last use."""
-
-    def __init__(self, turns: int, max_sessions: int, ttl_s: float, clock: Callable[[], float] = time.monotonic):
-        self.turns, self.max_sessions, self.ttl_s, self.clock = turns, max_sessions, ttl_s, clock
-        # id -> (last use, texts, the session's own catalogue or None)
-        self._sessions: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def _expire(self) -> None:
-        now = self.clock()
-        while self._sessions:
-            sid, (last_use, *_) = next(iter(self._sessions.items()))
-            if now - last_use < self.ttl_s:
-                break
-            del self._sessions[sid]
-
-    def create(self, catalogue: Optional[Catalogue] = None) -> str:
-        self._expire()
-        while len(self._sessions) >= self.max_sessions:
-            self._sessions.popitem(last=False)
-        sid = uuid.uuid4().hex
-        self._sessions[sid] = (self.clock(), collections.deque(maxlen=self.turns), catalogue)
-        return sid
-
-    def catalogue(self, sid: str) -> Optional[Catalogue]:
-        """The session's own catalogue (None: none, or the session is gone)."""
-        return self._sessions[sid][2] if sid in self._sessions else None
-
-    def history(self, sid: str) -> List[str]:
-        """The session's kept turns, oldest first; KeyError when unknown or expired."""
-        self._expire()
-        return list(self._sessions[sid][1])
-
-    def append(self, sid: str, text: str) -> None:
-        _, texts, catalogue = self._sessions.pop(sid)
-        texts.append(text)
-        self._sessions[sid] = (self.clock(), texts, catalogue)  # most recently used last
-
-    def delete(self, sid: str) -> bool:
-        return self._sessions.pop(sid, None) is not None
-
-
 # ----------------------------------------------------------------------------- micro-batching
 
 
@@ -367,22 +319,39 @@ def model_metadata(predictor: Predictor, exported: export_format.ExportedModel, 
 
 
 class Service:
-    """What the routes answer with: the predictor, the sessions, the batcher and the counters."""
+    """What the routes answer with: the predictor, the session store, the batcher and the counters."""
 
-    def __init__(self, predictor: Predictor, options: ServeOptions):
+    def __init__(self, predictor: Predictor, options: ServeOptions, store=None):
         self.predictor, self.options = predictor, options
-        self.sessions = SessionStore(predictor.task.context_turns, options.max_sessions, options.session_ttl_s)
+        self.sessions = store if store is not None else MemoryStore(
+            predictor.task.context_turns, options.max_sessions, options.session_ttl_s, self.build_catalogue)
         self.batcher = MicroBatcher(lambda texts, histories: predictor.predict(texts, options.max_batch_size, histories),
                                     options.max_batch_size, options.max_wait_ms)
         self.counts = collections.Counter()
         self.started = time.time()
 
-    def histories(self, items: Sequence[Utterance]) -> List[List[str]]:
+    def build_catalogue(self, entries: List[dict]) -> Catalogue:
+        """A session's own catalogue from its checked entries, read with the model's pinyin table."""
+        base = self.predictor.task.catalogue
+        catalogue = Catalogue(pinyin=base.pinyin if base is not None else {})
+        for entry in entries:
+            catalogue.add_entry(entry)
+        return catalogue
+
+    async def session(self, sid: str) -> Session:
+        try:
+            return await self.sessions.get(sid)
+        except KeyError:
+            raise RequestError(404, f"unknown or expired session_id {shown(sid)}: start one with POST /v1/sessions") from None
+
+    async def contexts(self, items: Sequence[Utterance]):
         """Each utterance's context, from the request or its session (with the request's earlier
-        turns of that session), after checking every item; the request's turns then join their
-        sessions, in arrival order, before the model answers. A refused request changes no session."""
-        options, histories, problems = self.options, [], []
+        turns of that session), and its session's own catalogue, after checking every item; the
+        request's turns then join their sessions, in arrival order, before the model answers. A
+        refused request changes no session."""
+        options, histories, catalogues, problems = self.options, [], [], []
         added = collections.defaultdict(list)  # this request's turns per session
+        sessions = {}
         for i, item in enumerate(items):
             if item.context is not None and item.session_id is not None:
                 problems.append({"index": i, "error": "give either context or session_id, not both"})
@@ -392,20 +361,23 @@ class Service:
                 problems.append({"index": i, "error": error})
             if item.session_id is None:
                 histories.append(list(item.context or []))
+                catalogues.append(None)
                 continue
-            try:
-                past = self.sessions.history(item.session_id)
-            except KeyError:
-                raise RequestError(404, f"unknown or expired session_id {item.session_id!r}: start one with POST /v1/sessions") from None
-            histories.append(past + added[item.session_id])
+            if item.session_id not in sessions:
+                sessions[item.session_id] = await self.session(item.session_id)
+            session = sessions[item.session_id]
+            histories.append(session.turns + added[item.session_id])
+            catalogues.append(session.catalogue)
             added[item.session_id].append(item.text)
         if problems:
             message = problems[0]["error"] if len(items) == 1 else f"{len(problems)} of {len(items)} utterances cannot be answered"
             raise RequestError(422, message, problems)
         for sid, texts in added.items():
-            for text in texts:
-                self.sessions.append(sid, text)
-        return histories
+            try:
+                await self.sessions.append(sid, texts)
+            except KeyError:  # expired between reading and appending
+                raise RequestError(404, f"unknown or expired session_id {shown(sid)}: start one with POST /v1/sessions") from None
+        return histories, catalogues
 
     async def answer(self, items: Sequence[Utterance]) -> List[dict]:
         """Result records of a request's utterances, in order."""
@@ -413,15 +385,18 @@ class Service:
             raise RequestError(413, f"{len(items)} utterances in one request: at most {self.options.max_batch_utterances}")
         if not items:
             return []
-        histories = self.histories(items)
+        try:
+            histories, catalogues = await self.contexts(items)
+        except StoreUnavailable as e:
+            raise RequestError(503, f"the session store is unavailable ({e}); requests that bring their own \"context\" are "
+                               "still answered") from None
         self.counts["in_flight"] += 1
         try:
             records = await self.batcher.submit([item.text for item in items], histories)
         finally:
             self.counts["in_flight"] -= 1
         self.counts["utterances"] += len(items)
-        for item, record in zip(items, records):
-            own = self.sessions.catalogue(item.session_id) if item.session_id is not None else None
+        for own, record in zip(catalogues, records):
             for slot in record.get("slots", []) if own is not None else []:  # the session's catalogue first
                 value, resolution = own.resolve(slot["slot"], slot["entity"])
                 if resolution != NONE:
@@ -438,8 +413,8 @@ class Service:
         self.counts["requests"] += 1
         return {"results": await self.answer(validate(BatchRequest, await body).utterances)}
 
-    def session_catalogue(self, body) -> Optional[Catalogue]:
-        """The catalogue a POST /v1/sessions body brings ({"catalogue": [entries]}), checked entry by entry."""
+    def session_entries(self, body) -> Optional[List[dict]]:
+        """The catalogue entries a POST /v1/sessions body brings ({"catalogue": [entries]}), checked entry by entry."""
         if body is None:
             return None
         if not isinstance(body, dict) or set(body) - {"catalogue"} or not isinstance(body.get("catalogue", []), list):
@@ -447,23 +422,49 @@ class Service:
         entries = body.get("catalogue", [])
         if len(entries) > self.options.max_session_catalogue:
             raise RequestError(413, f"{len(entries)} catalogue entries: at most {self.options.max_session_catalogue}")
-        base = self.predictor.task.catalogue
-        catalogue, problems = Catalogue(pinyin=base.pinyin if base is not None else {}), []
+        checked, problems = [], []
         for i, entry in enumerate(entries):
             try:
-                catalogue.add_entry(check_entry(entry, self.predictor.task.labels.slot_types))
+                checked.append(check_entry(entry, self.predictor.task.labels.slot_types))
             except ValueError as e:
                 problems.append({"index": i, "error": str(e)})
         if problems:
             raise RequestError(422, f"{len(problems)} of {len(entries)} catalogue entries are not entries", problems[:50])
-        return catalogue
+        return checked
+
+    async def create_session(self, body) -> dict:
+        entries = self.session_entries(body)
+        try:
+            sid = await self.sessions.create(entries)
+        except StoreUnavailable as e:
+            raise RequestError(503, f"the session store is unavailable ({e})") from None
+        return {"session_id": sid, "ttl_s": self.options.session_ttl_s, "context_turns": self.predictor.task.context_turns,
+                "catalogue_entries": len(entries) if entries else 0}
+
+    async def delete_session(self, sid: str) -> None:
+        try:
+            deleted = await self.sessions.delete(sid)
+        except StoreUnavailable as e:
+            raise RequestError(503, f"the session store is unavailable ({e})") from None
+        if not deleted:
+            raise RequestError(404, f"unknown or expired session_id {shown(sid)}")
 
     def stats(self) -> dict:
         counts, batcher = self.counts, self.batcher
         return {"uptime_s": round(time.time() - self.started, 1), "requests": counts["requests"], "utterances": counts["utterances"],
                 "model_calls": batcher.calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
-                "in_flight": counts["in_flight"], "sessions": len(self.sessions), "client_disconnected": counts["client_disconnected"],
+                "in_flight": counts["in_flight"], "client_disconnected": counts["client_disconnected"],
                 "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
+
+
+def session_store_name(url: str) -> str:
+    """The store as /v1/model names it: "memory", or the Redis URL without its password."""
+    from urllib.parse import urlsplit
+
+    if url == "memory":
+        return url
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{parts.hostname}:{parts.port or 6379}").geturl()
 
 
 def json_bytes(content) -> bytes:
@@ -553,21 +554,25 @@ def body_schema(model) -> dict:
 
 
 def create_app(predictor: Predictor, exported: export_format.ExportedModel, options: ServeOptions = ServeOptions(),
-               backend: str = "") -> FastAPI:
-    """The service's FastAPI app around a loaded Predictor (backends.open_predictor)."""
+               backend: str = "", session_store: str = "memory") -> FastAPI:
+    """The service's FastAPI app around a loaded Predictor (backends.open_predictor); sessions in
+    this process's memory, or in the Redis server a redis:// URL names (sessions.py)."""
     service = Service(predictor, options)
-    metadata = model_metadata(predictor, exported, backend, options)
+    if session_store != "memory":
+        service.sessions = RedisStore(session_store, predictor.task.context_turns, options.session_ttl_s, service.build_catalogue)
+    metadata = {**model_metadata(predictor, exported, backend, options), "session_store": session_store_name(session_store)}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.batcher.start()
         yield
         await service.batcher.stop()
+        await service.sessions.close()
 
     app = FastAPI(title="ERNIE 3.0 Tiny SLU", version=str(exported.config["format_version"]), lifespan=lifespan,
                   description="Intent and slots of in-car utterances, with session context (serve.py).")
     install_error_handlers(app, service.counts)
-    errors = {status: {"model": Error} for status in (400, 404, 413, 422)}
+    errors = {status: {"model": Error} for status in (400, 404, 413, 422, 503)}
 
     # answered by ParseRoutes ahead of FastAPI; declared here for the OpenAPI page
     @app.post("/v1/parse", response_model=Record, response_model_exclude_none=True, responses=errors,
@@ -584,15 +589,12 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
 
     @app.post("/v1/sessions", status_code=201, responses=errors, summary="start a session the service keeps (with its own catalogue)")
     async def create_session(request: Request):
-        body = await read_json(request, options.max_request_bytes, allow_empty=True)
-        catalogue = service.session_catalogue(body)
-        return {"session_id": service.sessions.create(catalogue), "ttl_s": options.session_ttl_s,
-                "context_turns": predictor.task.context_turns, "catalogue_entries": len(body["catalogue"]) if body else 0}
+        return await service.create_session(await read_json(request, options.max_request_bytes, allow_empty=True))
 
-    @app.delete("/v1/sessions/{session_id}", status_code=204, responses={404: {"model": Error}}, summary="end a session")
+    @app.delete("/v1/sessions/{session_id}", status_code=204, responses={404: {"model": Error}, 503: {"model": Error}},
+                summary="end a session")
     async def delete_session(session_id: str):
-        if not service.sessions.delete(session_id):
-            raise RequestError(404, f"unknown or expired session_id {shown(session_id)}")
+        await service.delete_session(session_id)
         return Response(status_code=204)
 
     @app.get("/v1/model", summary="labels, format version, backend, context use and limits")
@@ -605,13 +607,15 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
 
     @app.get("/v1/ready", responses={503: {"model": Error}}, summary="readiness: the model is loaded and its worker runs")
     async def ready():
+        # the session store's state is reported, not required: with it down, requests that bring
+        # their context are still answered, and a load balancer should keep sending them
         if not service.batcher.running:
             return error_response(503, "the model worker is not running")
-        return {"ready": True}
+        return {"ready": True, "session_store": "ok" if await service.sessions.ping() else "unavailable"}
 
     @app.get("/v1/stats", summary="counters since start")
     async def stats():
-        return service.stats()
+        return {**service.stats(), "sessions": await service.sessions.count()}
 
     def openapi():
         if app.openapi_schema is None:
@@ -622,19 +626,25 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
     return app
 
 
-def main(argv=None):
+WORKER_ARGV = "SLU_SERVE_ARGV"  # serve.py's arguments, for the worker processes (worker_app)
+
+
+def parse_args(argv=None):
     import argparse
 
-    import uvicorn
-
-    from backends import BACKENDS, FRONT_END_BACKEND, open_predictor
+    from backends import BACKENDS, FRONT_END_BACKEND
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="an exported directory (infer_model/ or a compression stage)")
     parser.add_argument("--backend", default=FRONT_END_BACKEND, choices=list(BACKENDS), help="runtime (backends.py)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads of the model; 0 = one per core")
+    parser.add_argument("--cpu_threads", type=int, default=0, help="CPU math threads of each worker's model; 0 = one per core")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes on the port, each with its own model; more than 1 needs a shared --session_store")
+    parser.add_argument("--session_store", default="memory",
+                        help="where sessions live: memory (this process; --max_sessions, --session_ttl_s) or redis://host:port/db "
+                        "(shared by every worker and instance; Redis's TTL and eviction; docs/service.md#sessions)")
     parser.add_argument("--catalogue_file", action="append", default=[],
                         help="your slot values (JSON lines: slot, value, synonyms; docs/decoding.md#slot-values), added to the "
                         "export's catalogue; repeatable")
@@ -644,17 +654,71 @@ def main(argv=None):
     for field in dataclasses.fields(ServeOptions):
         parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default, help=field.metadata["help"])
     args = parser.parse_args(argv)
-    options = ServeOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)})
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: at least 1")
+    if args.session_store != "memory" and not args.session_store.startswith(("redis://", "rediss://", "unix://")):
+        parser.error(f"--session_store {args.session_store!r}: memory or a redis:// URL")
+    if args.workers > 1 and args.session_store == "memory":
+        parser.error(f"--workers {args.workers} with --session_store memory: each worker would keep sessions of its own, and a "
+                     "session's next turn may reach another worker; give --session_store redis://host:port/db")
+    return args
+
+
+def build_app(args) -> FastAPI:
+    from backends import open_predictor
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = ServeOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)})
     predictor = open_predictor(args.model_dir, args.backend, args.cpu_threads, catalogue_files=args.catalogue_file,
                                min_confidence=args.min_confidence)
-    app = create_app(predictor, predictor.exported, options, args.backend)  # the directory as open_predictor read it
-    logger.info("serving %s on %s (context turns %d) at http://%s:%d", args.model_dir, args.backend,
-                predictor.task.context_turns, args.host, args.port)
+    logger.info("serving %s on %s (context turns %d, sessions in %s) at http://%s:%d", args.model_dir, args.backend,
+                predictor.task.context_turns, session_store_name(args.session_store), args.host, args.port)
+    # the directory as open_predictor read it
+    return create_app(predictor, predictor.exported, options, args.backend, args.session_store)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn's factory): serve.py's arguments from the environment."""
+    return build_app(parse_args(json.loads(os.environ[WORKER_ARGV])))
+
+
+def run_workers(args, argv) -> None:
+    """`--workers` processes on one socket, each loading its own model; a worker that dies (killed,
+    crashed) is replaced, which uvicorn 0.16's own supervisor does not do. SIGTERM or Ctrl-C stops them
+    all, each finishing its requests in flight."""
+    import uvicorn
+    from uvicorn.subprocess import get_subprocess
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class Workers(Multiprocess):
+        def run(self):
+            self.startup()
+            while not self.should_exit.wait(0.5):
+                for i, process in enumerate(self.processes):
+                    if not process.is_alive():
+                        logger.warning("worker pid %s exited with code %s; starting another", process.pid, process.exitcode)
+                        self.processes[i] = get_subprocess(config=self.config, target=self.target, sockets=self.sockets)
+                        self.processes[i].start()
+            self.shutdown()
+
+    os.environ[WORKER_ARGV] = json.dumps(argv)
+    config = uvicorn.Config("serve:worker_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                            log_level=args.log_level, access_log=False, log_config=None, loop="uvloop", http="httptools")
+    Workers(config, target=uvicorn.Server(config).run, sockets=[config.bind_socket()]).run()
+
+
+def main(argv=None):
+    import sys
+
+    import uvicorn
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.workers > 1:
+        return run_workers(args, argv)
     # uvloop's event loop and httptools' parser (requirements.txt): the pure-Python ones cost more per request than the model
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None, loop="uvloop",
-                http="httptools")
+    uvicorn.run(build_app(args), host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None,
+                loop="uvloop", http="httptools")
 
 
 if __name__ == "__main__":

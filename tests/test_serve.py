@@ -20,6 +20,7 @@ import backends
 import predictor
 import run_eval
 import serve
+import sessions
 import task
 
 TEXTS = ["导航去北京", "取消", "打电话给老王", "播放周杰伦的稻香", "退出"]
@@ -45,8 +46,9 @@ def run_eval_records(model_dir, tmp_path, *args):
 
 def test_metadata_health_and_openapi(server, model_dir):
     assert server.call("GET", "/v1/health") == (200, {"status": "ok"})
-    assert server.call("GET", "/v1/ready") == (200, {"ready": True})
+    assert server.call("GET", "/v1/ready") == (200, {"ready": True, "session_store": "ok"})
     status, meta = server.call("GET", "/v1/model")
+    assert meta["session_store"] == "memory"
     labels = serve.export_format.read(model_dir).task.labels
     assert status == 200 and meta["intents"] == labels.intents and meta["backend"] == backends.FRONT_END_BACKEND
     assert meta["context_turns"] == 1 and meta["format_version"] == serve.export_format.FORMAT_VERSION
@@ -308,24 +310,28 @@ def test_a_session_brings_its_own_catalogue(server):
     assert server.call("POST", "/v1/sessions", {"catalogue": [contacts[0]] * 2001})[0] == 413  # over the body limit or the entry limit
 
 
-def test_session_store_bounds_memory_and_forgets_idle_sessions():
+def test_memory_store_bounds_memory_and_forgets_idle_sessions():
     now = [0.0]
-    store = serve.SessionStore(turns=2, max_sessions=3, ttl_s=10, clock=lambda: now[0])
-    a, b, c = store.create(), store.create(), store.create()
-    for text in ("一", "二", "三"):
-        store.append(a, text)
-    assert store.history(a) == ["二", "三"] and store.history(b) == []  # the last `turns` only
-    d = store.create()  # a fourth: b, the least recently used, goes
-    with pytest.raises(KeyError):
-        store.history(b)
-    assert len(store) == 3 and store.history(c) == [] and store.history(d) == []
-    now[0] = 9.0
-    store.append(a, "四")
-    now[0] = 15.0  # c and d idle for 15 s, a for 6 s
-    with pytest.raises(KeyError):
-        store.history(c)
-    assert store.history(a) == ["三", "四"] and len(store) == 1
-    assert store.delete(a) and not store.delete(a)
+    store = sessions.MemoryStore(turns=2, max_sessions=3, ttl_s=10, build_catalogue=lambda entries: entries, clock=lambda: now[0])
+
+    async def scenario():
+        a, b, c = await store.create(), await store.create(), await store.create()
+        for text in ("一", "二", "三"):
+            await store.append(a, [text])
+        assert (await store.get(a)).turns == ["二", "三"] and (await store.get(b)).turns == []  # the last `turns` only
+        d = await store.create(["entry"])  # a fourth: b, the least recently used, goes
+        with pytest.raises(KeyError):
+            await store.get(b)
+        assert await store.count() == 3 and (await store.get(c)).turns == [] and (await store.get(d)).catalogue == ["entry"]
+        now[0] = 9.0
+        await store.append(a, ["四"])
+        now[0] = 15.0  # c and d idle for 15 s, a for 6 s
+        with pytest.raises(KeyError):
+            await store.get(c)
+        assert (await store.get(a)).turns == ["三", "四"] and await store.count() == 1
+        assert await store.delete(a) and not await store.delete(a)
+
+    asyncio.run(scenario())
 
 
 def test_batcher_groups_requests_in_order_and_survives_a_failing_call():
