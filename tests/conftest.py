@@ -221,3 +221,48 @@ def cpp_demo():
     proc = subprocess.run(["make", "-s", "cpp"], cwd=utils.PROJECT_DIR, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return os.path.join(utils.PROJECT_DIR, "build", "cpp", "slu_demo")
+
+
+class LocalRedis:
+    """A real redis-server on a free 127.0.0.1 port with its data in `directory`
+    (sessions.redis_server_command): start, stop (SHUTDOWN: the append-only file is complete), start again."""
+
+    def __init__(self, directory):
+        self.directory, self.port, self.proc = str(directory), free_port(), None
+        os.makedirs(self.directory, exist_ok=True)
+        self.start()
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, decode_responses=True)
+
+    def start(self):
+        import redis
+
+        import sessions
+
+        self.proc = subprocess.Popen(sessions.redis_server_command(self.port, self.directory), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        while True:
+            assert self.proc.poll() is None, self.proc.stderr.read()[-2000:]
+            try:
+                if self.client().ping():
+                    return
+            except redis.exceptions.ConnectionError:
+                assert time.time() < deadline, "redis-server not answering in 30 s"
+                time.sleep(0.1)
+
+    def stop(self):
+        import redis
+
+        try:
+            self.client().shutdown()
+        except redis.exceptions.ConnectionError:  # the server closes the connection as it goes
+            pass
+        self.proc.wait(timeout=30)

@@ -405,3 +405,14 @@ def test_a_runtime_fault_is_a_500_and_the_service_goes_on(model_dir):
         assert client.get("/v1/parse").status_code == 405  # FastAPI's answer: the route takes POST
         stats = client.get("/v1/stats").json()
         assert stats["errors"] == {"http_500": 1, "http_400": 1, "http_405": 1} and stats["requests"] == 3
+
+
+def test_several_workers_need_a_shared_session_store(capsys):
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model_dir", "m", "--workers", "2"])
+    assert "--workers 2 with --session_store memory: each worker would keep sessions of its own" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model_dir", "m", "--session_store", "mysql://x"])
+    assert "memory or a redis:// URL" in capsys.readouterr().err
+    args = serve.parse_args(["--model_dir", "m", "--workers", "2", "--session_store", "redis://:secret@127.0.0.1:6380/1"])
+    assert args.workers == 2 and serve.session_store_name(args.session_store) == "redis://127.0.0.1:6380/1"  # no password shown
