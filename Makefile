@@ -20,7 +20,7 @@ OUTPUT_DIR ?= output/demo
 CPU_THREADS ?= 0
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -182,6 +182,18 @@ serve: MODEL_DIR = $(OUTPUT_DIR)/infer_model
 serve: setup
 	$(PY) serve.py --model_dir $(MODEL_DIR) --backend $(BACKEND) --host $(HOST) --port $(PORT) --cpu_threads $(CPU_THREADS) $(SERVE_FLAGS)
 
+# The service with $(WORKERS) worker processes sharing their sessions through a local Redis, started here with
+# its data in output/redis/ (sessions.redis_server_command) and stopped with the service (docs/service.md#sessions).
+WORKERS ?= 2
+REDIS_PORT ?= 6379
+serve-redis: MODEL_DIR = $(OUTPUT_DIR)/infer_model
+serve-redis: setup
+	mkdir -p output/redis
+	$$($(PY) -c 'import sessions; print(" ".join(sessions.redis_server_command($(REDIS_PORT), "output/redis")))') & \
+	redis=$$!; trap "kill $$redis" EXIT; \
+	$(PY) serve.py --model_dir $(MODEL_DIR) --backend $(BACKEND) --host $(HOST) --port $(PORT) --cpu_threads 1 \
+		--workers $(WORKERS) --session_store redis://127.0.0.1:$(REDIS_PORT)/0 $(SERVE_FLAGS)
+
 # Load test of the service (benchmarks/results/serve_load_<backend>.*) on the measured NLPCC model, 1 model thread:
 # on integer kernels (onnxruntime-int8, the fastest) and on fp32 kernels (onnxruntime, serve.py's default).
 serve-load-nlpcc: setup
@@ -192,15 +204,22 @@ serve-load-nlpcc: setup
 
 # Every front end (Python API, run_eval.py, service, C++ demo) beside its engine, same model and turns, 3 rounds
 # (benchmarks/results/front_ends.*; docs/performance.md#front-ends).
+# With the width-0.5 QAT stage (make compress-nlpcc WIDTH_MULT=0.5), the same on it: onnxruntime-int8 and Paddle
+# Inference's oneDNN int8 (benchmarks/results/width0.5_qat/).
+QAT_FRONT_END_BACKENDS = onnxruntime-int8,paddle-inference
 front-ends-nlpcc: setup cpp
 	$(PY) benchmarks/front_ends.py --model_dir output/nlpcc2018-nano-scratch/infer_model --test_file data/prepared/nlpcc2018/test.txt \
 		--output_dir benchmarks/results
+	$(if $(QAT_WIDTH_05),$(PY) benchmarks/front_ends.py --model_dir $(QAT_WIDTH_05) --test_file data/prepared/nlpcc2018/test.txt \
+		--backends $(QAT_FRONT_END_BACKENDS) --output_dir benchmarks/results/width0.5_qat)
 
 # Why Paddle Inference is slower than ONNX Runtime at batch 1: its settings, at batch 1 and 32
 # (benchmarks/results/paddle_inference_settings.*; docs/performance.md#paddle-inference-at-batch-1).
 paddle-inference-settings-nlpcc: setup
 	$(PY) benchmarks/paddle_inference_settings.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
+	$(if $(QAT_WIDTH_05),$(PY) benchmarks/paddle_inference_settings.py --model_dir $(QAT_WIDTH_05) \
+		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results/width0.5_qat)
 
 # Whether an answer depends on the rest of its batch on onnxruntime-int8 (one call per batch against each
 # row alone, as the backend runs), and what rows alone cost (docs/reliability.md).

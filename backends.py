@@ -49,6 +49,10 @@ def _paddle_inference(exported: export_format.ExportedModel, threads: int) -> Lo
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(threads)
     config.enable_mkldnn()
+    # oneDNN keeps its primitives for a bounded number of input shapes by default, fewer than the
+    # row lengths an utterance stream brings, so it kept building them again (QAT int8 primitives
+    # cost most to build); 0 lifts the bound (docs/performance.md#paddle-inference-at-batch-1)
+    config.set_mkldnn_cache_capacity(0)
     if exported.config["onednn_int8"]:
         # QAT stages: without this Paddle Inference runs their quantize/dequantize pairs in fp32
         # plus extra operators, slower than the fp32 graph itself (docs/performance.md).

@@ -6,11 +6,13 @@ variable-length inputs, measured against ONNX Runtime on the same rows in one ru
 
 Each setting runs in a fresh process (one math thread): the test utterances' first rows with their
 session context, at batch 1, after a warm-up, in --rounds passes; p50 and mean per call. Settings:
-as backends.py configures it (oneDNN), oneDNN with a shape cache of 10, without oneDNN (MKL), IR
-passes off with and without oneDNN, memory optimisation, the new executor; and the `onnxruntime`
-backend. Then as configured and `onnxruntime` at batch 32 (rows of similar length together, as
-predictor.run_windows batches them): a gap that shrinks with the batch is a cost per operator call,
-not per row. The graph's operator count is reported beside them. Writes
+as backends.py configures it (oneDNN, its cache of primitives per input shape unbounded), oneDNN
+with that cache at its default bound and at 10 shapes, without oneDNN (MKL), IR passes off with and
+without oneDNN, memory optimisation, the new executor; and the `onnxruntime` backend
+(`onnxruntime-int8` for a QAT stage, its fastest path). A QAT stage runs oneDNN's int8 kernels
+wherever oneDNN is on. Then as configured and ONNX Runtime at batch 32 (rows of similar length
+together, as predictor.run_windows batches them): a gap that shrinks with the batch is a cost per
+operator call, not per row. The graph's operator count is reported beside them. Writes
 paddle_inference_settings.json and .md.
 """
 import argparse
@@ -20,21 +22,22 @@ import os
 import subprocess
 import sys
 
-from utils import markdown_table, save_json, write_text
+from utils import load_json, markdown_table, save_json, write_text
 
 SETTINGS = {
-    "as configured (oneDNN, IR passes)": ["mkldnn"],
+    "as configured (oneDNN, its shape cache unbounded)": ["mkldnn", "cache0"],
+    "oneDNN, shape cache at its default": ["mkldnn"],
     "oneDNN, shape cache 10": ["mkldnn", "cache10"],
     "no oneDNN (MKL)": [],
-    "oneDNN, IR passes off": ["mkldnn", "noir"],
+    "oneDNN, IR passes off": ["mkldnn", "cache0", "noir"],
     "no oneDNN, IR passes off": ["noir"],
-    "oneDNN, memory optimisation": ["mkldnn", "memopt"],
-    "oneDNN, new executor": ["mkldnn", "newexec"],
-    "onnxruntime backend (reference)": ["ort"],
-    "as configured, batch 32": ["mkldnn", "batch32"],
-    "onnxruntime backend, batch 32": ["ort", "batch32"],
+    "oneDNN, memory optimisation": ["mkldnn", "cache0", "memopt"],
+    "oneDNN, new executor": ["mkldnn", "cache0", "newexec"],
+    "ONNX Runtime (reference)": ["ort"],
+    "as configured, batch 32": ["mkldnn", "cache0", "batch32"],
+    "ONNX Runtime, batch 32": ["ort", "batch32"],
 }
-REFERENCE = {1: "onnxruntime backend (reference)", 32: "onnxruntime backend, batch 32"}
+REFERENCE = {1: "ONNX Runtime (reference)", 32: "ONNX Runtime, batch 32"}
 
 # One setting in a process of its own: argv = model_dir, test_file, utterances, rounds, options (JSON).
 _RUN = r"""
@@ -51,8 +54,8 @@ if "batch32" in options:  # similar lengths together, padded to the longest of e
     ordered = sorted((r[0] for r in rows), key=len)
     rows = [np.array([list(r) + [task.tokenizer.pad_id] * (len(ordered[min(b + 31, len(ordered) - 1)]) - len(r))
                       for r in ordered[b : b + 32]], dtype="int64") for b in range(0, len(ordered), 32)]
-if "ort" in options:
-    run = backends.BACKENDS["onnxruntime"].load(exported, 1)
+if "ort" in options:  # a QAT stage against ONNX Runtime's int8 kernels, the fastest path for it
+    run = backends.BACKENDS[next(o[len("ref="):] for o in options if o.startswith("ref="))].load(exported, 1)
 else:
     backends.prefer_avx2_mkl()
     from paddle import inference
@@ -62,6 +65,10 @@ else:
     config.disable_glog_info()
     if "mkldnn" in options:
         config.enable_mkldnn()
+        if exported.config["onednn_int8"]:  # a QAT stage: oneDNN's int8 kernels, as backends.py runs it
+            config.enable_mkldnn_int8()
+    if "cache0" in options:
+        config.set_mkldnn_cache_capacity(0)
     if "cache10" in options:
         config.set_mkldnn_cache_capacity(10)
     if "noir" in options:
@@ -100,6 +107,10 @@ print(json.dumps(collections.Counter(op.type for op in program.global_block().op
 """
 
 
+def reference_backend(config: dict) -> str:
+    return "onnxruntime-int8" if config["onednn_int8"] else "onnxruntime"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", default="output/nlpcc2018-nano-scratch/infer_model", help="an exported fp32 directory")
@@ -110,8 +121,10 @@ def main():
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = reference_backend(load_json(os.path.join(args.model_dir, "inference_config.json")))
     results = {}
     for name, options in SETTINGS.items():
+        options = options + [f"ref={reference}"] if "ort" in options else options
         proc = subprocess.run([sys.executable, "-c", _RUN, args.model_dir, args.test_file, str(args.num_utterances), str(args.rounds),
                                json.dumps(options)], capture_output=True, text=True, env=env, timeout=1800)
         if proc.returncode != 0:
@@ -122,10 +135,10 @@ def main():
                                     text=True, check=True, env=env).stdout.strip().splitlines()[-1])
     os.makedirs(args.output_dir, exist_ok=True)
     save_json(os.path.join(args.output_dir, "paddle_inference_settings.json"),
-              {"model_dir": args.model_dir, "utterances": args.num_utterances, "rounds": args.rounds, "results": results,
-               "operators": dict(ops)})
+              {"model_dir": args.model_dir, "utterances": args.num_utterances, "rounds": args.rounds, "reference_backend": reference,
+               "results": results, "operators": dict(ops)})
     table = markdown_table(["setting", "batch", "p50 per call (ms)", "mean per call (ms)", "ms per utterance",
-                            "× onnxruntime (same batch)"],
+                            "× ONNX Runtime (same batch)"],
                            [[name, r["batch"], f"{r['p50_ms']:.2f}", f"{r['mean_ms']:.2f}", f"{r['ms_per_utterance']:.3f}",
                              f"{r['ms_per_utterance'] / results[REFERENCE[r['batch']]]['ms_per_utterance']:.2f}"]
                             for name, r in results.items()])
@@ -134,7 +147,7 @@ def main():
         "# Paddle Inference settings", "",
         f"`{args.model_dir}`: {args.num_utterances} test utterances with their session context, one row each (batch 1) or "
         f"32 rows of similar length per call (batch 32), {args.rounds} rounds, 1 thread, each setting in a fresh process, one run "
-        "on this machine.", "", *table, "",
+        f"on this machine. ONNX Runtime is the `{reference}` backend.", "", *table, "",
         f"The graph has {sum(counts.values())} operators: " + ", ".join(f"{n} {op}" for op, n in counts.most_common(10)) + ".", ""]))
     print("\n".join(table))
 

@@ -7,8 +7,8 @@ import sys
 import utils
 
 NUMPY_ONLY = ["utils", "task", "decoding", "paddle_format", "export_format", "predictor", "metrics", "analysis", "backends",
-              "onnx_graph", "latency", "data.corpus", "data.split", "data.augment", "data.synthetic", "data.labels", "data.jsonl",
-              "data.import_rasa"]
+              "onnx_graph", "latency", "sessions", "data.corpus", "data.split", "data.augment", "data.synthetic", "data.labels",
+              "data.jsonl", "data.import_rasa"]
 
 
 def test_the_numpy_only_core_imports_without_paddle():
