@@ -194,13 +194,14 @@ serve-redis: setup
 	$(PY) serve.py --model_dir $(MODEL_DIR) --backend $(BACKEND) --host $(HOST) --port $(PORT) --cpu_threads 1 \
 		--workers $(WORKERS) --session_store redis://127.0.0.1:$(REDIS_PORT)/0 $(SERVE_FLAGS)
 
-# Load test of the service (benchmarks/results/serve_load_<backend>.*) on the measured NLPCC model, 1 model thread:
-# on integer kernels (onnxruntime-int8, the fastest) and on fp32 kernels (onnxruntime, serve.py's default).
+# Load test of the service (benchmarks/results/serve_load_<backend>.*) on the measured NLPCC model, 1 model thread per
+# worker: on integer kernels (onnxruntime-int8, the fastest; with session requests, 1 worker in memory against 2 workers
+# sharing a local Redis) and on fp32 kernels (onnxruntime, serve.py's default).
+SERVE_LOAD = $(PY) benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
+	--test_file data/prepared/nlpcc2018/test.txt --requests 2000 --output_dir benchmarks/results
 serve-load-nlpcc: setup
-	for backend in onnxruntime-int8 onnxruntime; do \
-		$(PY) benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model --backend $$backend \
-			--test_file data/prepared/nlpcc2018/test.txt --requests 2000 --output_dir benchmarks/results || exit 1; \
-	done
+	$(SERVE_LOAD) --backend onnxruntime-int8 --session_modes
+	$(SERVE_LOAD) --backend onnxruntime
 
 # Every front end (Python API, run_eval.py, service, C++ demo) beside its engine, same model and turns, 3 rounds
 # (benchmarks/results/front_ends.*; docs/performance.md#front-ends).

@@ -62,10 +62,18 @@ def same_record(got: dict, expected: dict) -> bool:
     return without_confidences(got) == without_confidences(expected) and abs(got["confidence"] - expected["confidence"]) <= 2e-4
 
 
-async def load(url, bodies, expected, concurrency):
-    """POST bodies[i] for i in order with `concurrency` clients: latencies (s), errors, wall time."""
+async def clients(client, concurrency) -> float:
+    """`concurrency` copies of the coroutine `client(session)` on one aiohttp session: their wall time."""
     import aiohttp
 
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        return time.perf_counter() - t0
+
+
+async def load(url, bodies, expected, concurrency):
+    """POST bodies[i] for i in order with `concurrency` clients: latencies (s), errors, wall time."""
     latencies, errors, next_index = np.zeros(len(bodies)), [], iter(range(len(bodies)))
 
     async def client(session):
@@ -79,8 +87,42 @@ async def load(url, bodies, expected, concurrency):
             elif not same_record(json.loads(body), expected[i]):
                 errors.append(f"{i}: {body[:300]!r} differs from the in-process record")
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return latencies, errors, wall
+    return latencies, errors, await clients(client, concurrency)
+
+
+async def load_sessions(url, conversations, expected, concurrency):
+    """Requests that name a session: `conversations` are lists of (index, text), one session's turns
+    in order; each of `concurrency` clients takes whole conversations, creates a session for each
+    (POST /v1/sessions) and sends its turns one after another. Latencies of the turns (s, by
+    index), errors, wall time (session creation included)."""
+    latencies, errors, queue = np.zeros(len(expected)), [], iter(conversations)
+    headers = {"Content-Type": "application/json"}
+
+    async def client(session):
+        for conversation in queue:
+            async with session.post(url + "/v1/sessions") as r:
+                if r.status != 201:
+                    errors.append(f"POST /v1/sessions: HTTP {r.status} {(await r.read())[:200]!r}")
+                    continue
+                sid = (await r.json())["session_id"]
+            for i, text in conversation:
+                body = json.dumps({"text": text, "session_id": sid}, ensure_ascii=False).encode("utf-8")
+                t0 = time.perf_counter()
+                async with session.post(url + "/v1/parse", data=body, headers=headers) as r:
+                    data = await r.read()
+                latencies[i] = time.perf_counter() - t0
+                record = json.loads(data) if r.status == 200 else None
+                if record is None:
+                    errors.append(f"{i}: HTTP {r.status} {data[:200]!r}")
+                elif record.pop("session_id", None) != sid or not same_record(record, expected[i]):
+                    errors.append(f"{i}: {data[:300]!r} differs from the in-process record")
+
+    return latencies, errors, await clients(client, concurrency)
+
+
+def process_tree_rss_mb(pid: int) -> dict:
+    """RSS of a process and of each of its children (a supervisor and its workers), MB."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    return {str(p.pid): round(p.memory_info().rss / 2**20, 1) for p in [parent, *parent.children(recursive=True)]}

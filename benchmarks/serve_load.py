@@ -10,12 +10,18 @@ its session as stateless "context". Per mode (one call per request: --max_batch_
 batching) and concurrency: throughput, p50/p90/p99 latency, errors (non-200 answers and answers
 that differ from the in-process records: must be 0), the server's RSS before and after. The
 client (aiohttp) shares the machine with the server: the server gets --cpu_threads model threads.
+With --session_modes, two more modes send requests that name a session (`session_id`; each
+client takes whole conversations of the test file, one turn after another): one worker keeping
+sessions in memory, and --workers processes sharing them through a Redis server started here
+(sessions.redis_server_command): throughput, latency, errors, the RSS of every process and of
+Redis, and what a session costs in Redis (its used_memory growth per session and per stored turn).
 Writes serve_load_<backend>.json, .md and .png to --output_dir.
 """
 import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -23,7 +29,7 @@ import numpy as np
 
 from backends import BACKENDS, FRONT_END_BACKEND, open_predictor
 from data.corpus import read_corpus
-from http_load import load, server_rss_mb, server_stats, start_server, stop_server
+from http_load import free_port, load, load_sessions, process_tree_rss_mb, server_rss_mb, server_stats, start_server, stop_server
 from utils import PROJECT_DIR, markdown_table, save_figure, save_json, write_text
 
 MODES = {"one call per request": ["--max_batch_size", "1"],
@@ -39,6 +45,9 @@ def main():
     parser.add_argument("--cpu_threads", type=int, default=1, help="the server's model threads (the client takes the rest)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client concurrency levels")
     parser.add_argument("--requests", type=int, default=3500, help="requests per mode and concurrency level")
+    parser.add_argument("--session_modes", action="store_true",
+                        help="also requests that name a session: 1 worker in memory against --workers sharing a local Redis")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the Redis mode")
     parser.add_argument("--output_dir", default=os.path.join(PROJECT_DIR, "benchmarks", "results"))
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -56,6 +65,8 @@ def main():
         t0 = time.perf_counter()
         expected.append(predictor.predict([text], histories=[history])[0])
         in_process.append(time.perf_counter() - t0)
+    session_expected = expected[:len(test)] + [predictor.predict([test[i].text], histories=[histories[i]])[0]
+                                               for i in range(len(expected), len(test) if args.session_modes else 0)]
     del predictor  # the server gets the CPU
     results = {"model_dir": args.model_dir, "backend": args.backend, "server_cpu_threads": args.cpu_threads,
                "requests_per_cell": args.requests, "test_file": args.test_file,
@@ -79,6 +90,12 @@ def main():
         results["modes"][mode] = {"flags": flags, "cells": cells, "server_rss_mb_before": round(rss_before, 1),
                                   "server_rss_mb_after": round(server_rss_mb(proc.pid), 1), "exit_code": stop_server(proc)}
 
+    if args.session_modes:
+        conversations = {}
+        for i, u in enumerate(test):
+            conversations.setdefault(u.session_id, []).append((i, u.text))
+        results["session_modes"] = session_modes(args, list(conversations.values()), session_expected, levels)
+
     one, batched = results["modes"]["one call per request"], results["modes"]["micro-batching (32, no wait)"]
     top, low = levels.index(max(levels)), levels.index(min(levels))
     results["batching_gain_at_max_concurrency"] = round(batched["cells"][top]["throughput_rps"] / one["cells"][top]["throughput_rps"], 2)
@@ -93,6 +110,55 @@ def main():
         sys.exit(f"errors under load, or a server that did not exit cleanly: see {prefix}.json")
 
 
+def session_modes(args, conversations, expected, levels) -> dict:
+    """1 worker with sessions in memory against args.workers workers sharing a local Redis."""
+    import tempfile
+
+    import redis
+
+    import sessions
+
+    port, modes = free_port(), {}
+    with tempfile.TemporaryDirectory() as directory:
+        store = subprocess.Popen(sessions.redis_server_command(port, directory), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.1)
+        try:
+            for mode, flags in {"1 worker, sessions in memory": [],
+                                f"{args.workers} workers, sessions in Redis": ["--workers", str(args.workers), "--session_store",
+                                                                               f"redis://127.0.0.1:{port}/0"]}.items():
+                client.flushall()
+                redis_before = client.info("memory")["used_memory"]
+                proc, url = start_server(args.model_dir, args.backend, args.cpu_threads, flags)
+                asyncio.run(load_sessions(url, conversations[:20], expected, 4))  # warm-up, every worker loaded
+                cells, created = [], 20
+                for concurrency in levels:
+                    latencies, errors, wall = asyncio.run(load_sessions(url, conversations, expected, concurrency))
+                    created += len(conversations)
+                    ms = np.percentile(latencies, [50, 90, 99]) * 1000
+                    cells.append({"concurrency": concurrency, "throughput_rps": round(len(expected) / wall, 1),
+                                  "p50_ms": round(float(ms[0]), 3), "p90_ms": round(float(ms[1]), 3), "p99_ms": round(float(ms[2]), 3),
+                                  "errors": len(errors), "error_examples": errors[:3]})
+                    print(f"{mode}, concurrency {concurrency}: {cells[-1]['throughput_rps']} req/s, p50 {cells[-1]['p50_ms']} ms, "
+                          f"errors {len(errors)}", flush=True)
+                modes[mode] = {"flags": flags, "cells": cells, "rss_mb": process_tree_rss_mb(proc.pid), "exit_code": stop_server(proc)}
+                if "--session_store" in flags:
+                    grown = client.info("memory")["used_memory"] - redis_before
+                    kept = sum(client.llen(key) for key in client.scan_iter("slu:*:turns"))
+                    modes[mode]["redis"] = {"rss_mb": round(server_rss_mb(store.pid), 1), "sessions": created, "turns_kept": kept,
+                                            "bytes_per_session": round(grown / created), "bytes_per_kept_turn": round(grown / max(kept, 1)),
+                                            "sessions_per_gb": int(2**30 / (grown / created))}
+        finally:
+            store.terminate()
+            store.wait(timeout=30)
+    return modes
+
+
 def report(results) -> str:
     rows = [[mode, c["concurrency"], f"{c['throughput_rps']:,.0f}", f"{c['p50_ms']:.2f} / {c['p90_ms']:.2f} / {c['p99_ms']:.2f}",
              c["errors"], c["utterances_per_model_call"], f"{m['server_rss_mb_before']:.0f} → {m['server_rss_mb_after']:.0f}"]
@@ -105,7 +171,23 @@ def report(results) -> str:
                          "server RSS (MB)"], rows, right_aligned_from=1), "",
         f"In process (no HTTP, one call per utterance): p50 {results['in_process_p50_ms']:.3f} ms; HTTP overhead at "
         f"concurrency 1: {results['http_overhead_p50_ms']:.3f} ms. Micro-batching gain at the highest concurrency: "
-        f"{results['batching_gain_at_max_concurrency']}x.", ""])
+        f"{results['batching_gain_at_max_concurrency']}x.", "", *session_report(results.get("session_modes"))])
+
+
+def session_report(modes) -> list:
+    if not modes:
+        return []
+    rows = [[mode, c["concurrency"], f"{c['throughput_rps']:,.0f}", f"{c['p50_ms']:.2f} / {c['p90_ms']:.2f} / {c['p99_ms']:.2f}",
+             c["errors"], ", ".join(f"{v:.0f}" for v in m["rss_mb"].values())] for mode, m in modes.items() for c in m["cells"]]
+    lines = ["Requests that name a session (each client takes whole conversations of the test file, one turn after another):", "",
+             *markdown_table(["mode", "concurrency", "req/s", "p50 / p90 / p99 (ms)", "errors", "RSS per process (MB)"], rows), ""]
+    for mode, m in modes.items():
+        if "redis" in m:
+            r = m["redis"]
+            lines += [f"Redis ({mode}): RSS {r['rss_mb']:.0f} MB; {r['sessions']:,} sessions holding {r['turns_kept']:,} turns took "
+                      f"{r['bytes_per_session']:,} bytes each ({r['bytes_per_kept_turn']:,} per kept turn, keys and expiry included): "
+                      f"about {r['sessions_per_gb']:,} sessions per GiB.", ""]
+    return lines
 
 
 def plot(results, path) -> None:
