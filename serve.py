@@ -2,7 +2,8 @@
 micro-batching. Every answer is predictor.py's result record, the one run_eval.py prints.
 
     python serve.py --model_dir output/demo/infer_model --port 8000   # onnxruntime; --backend: any of backends.py
-    make serve MODEL_DIR=output/demo/infer_model BACKEND=fastdeploy-ort
+    make serve MODEL_DIR=output/demo/infer_model BACKEND=onnxruntime-int8
+    make serve-redis MODEL_DIR=output/demo/infer_model WORKERS=2        # workers sharing sessions in a local Redis
 
     POST /v1/parse           {"text": "取消", "context": ["导航去北京"]}   -> a result record
                              {"text": "取消", "session_id": "..."}         (a session the service keeps)
@@ -16,9 +17,10 @@ micro-batching. Every answer is predictor.py's result record, the one run_eval.p
 
 Context comes from the request itself ("context": earlier utterances of the session, oldest
 first; stateless, so any number of workers behind a load balancer) or from a session the service
-created and keeps (the last K turns in bounded memory: least recently used sessions are dropped
-beyond --max_sessions, idle ones after --session_ttl_s; an unknown or expired id is a 404, never
-a silent start without context). A model trained without context ignores both; /v1/model says so.
+created and keeps (the last K turns, in this process's memory or in Redis with --session_store,
+sessions.py; an unknown or expired id is a 404, never a silent start without context; the store
+down is a 503 for session requests only). A model trained without context ignores both; /v1/model
+says so.
 
 Concurrent requests are grouped into one model call (MicroBatcher): whatever is queued when the
 model is free, up to --max_batch_size utterances, after waiting up to --max_wait_ms for more.
@@ -30,7 +32,8 @@ turn of its session, as everywhere (task.session_histories). SIGTERM or Ctrl-C: 
 accepting, finishes the requests in flight, then exits.
 
 Python entry point: `create_app(predictor, exported, ServeOptions(...))` is a FastAPI app for any
-ASGI server. Runs one model per process; scale with processes and stateless context.
+ASGI server. One model per process; --workers N runs N processes on the port, sharing sessions
+through Redis (docs/service.md#sessions).
 """
 import asyncio
 import collections
