@@ -324,10 +324,11 @@ def model_metadata(predictor: Predictor, exported: export_format.ExportedModel, 
 class Service:
     """What the routes answer with: the predictor, the session store, the batcher and the counters."""
 
-    def __init__(self, predictor: Predictor, options: ServeOptions, store=None):
+    def __init__(self, predictor: Predictor, options: ServeOptions, session_store: str = "memory"):
         self.predictor, self.options = predictor, options
-        self.sessions = store if store is not None else MemoryStore(
-            predictor.task.context_turns, options.max_sessions, options.session_ttl_s, self.build_catalogue)
+        turns = predictor.task.context_turns
+        self.sessions = (MemoryStore(turns, options.max_sessions, options.session_ttl_s, self.build_catalogue) if session_store == "memory"
+                         else RedisStore(session_store, turns, options.session_ttl_s, self.build_catalogue))
         self.batcher = MicroBatcher(lambda texts, histories: predictor.predict(texts, options.max_batch_size, histories),
                                     options.max_batch_size, options.max_wait_ms)
         self.counts = collections.Counter()
@@ -561,9 +562,7 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
                backend: str = "", session_store: str = "memory") -> FastAPI:
     """The service's FastAPI app around a loaded Predictor (backends.open_predictor); sessions in
     this process's memory, or in the Redis server a redis:// URL names (sessions.py)."""
-    service = Service(predictor, options)
-    if session_store != "memory":
-        service.sessions = RedisStore(session_store, predictor.task.context_turns, options.session_ttl_s, service.build_catalogue)
+    service = Service(predictor, options, session_store)
     metadata = {**model_metadata(predictor, exported, backend, options), "session_store": session_store_name(session_store)}
 
     @contextlib.asynccontextmanager
