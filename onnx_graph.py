@@ -252,12 +252,17 @@ def quantize_int8(model):
     return onnx.load_from_string(target.getvalue())
 
 
-def for_onnxruntime(exported: export_format.ExportedModel, int8: bool = False) -> bytes:
-    """The serialized graph the onnxruntime backends load."""
+def onnxruntime_model(exported: export_format.ExportedModel, int8: bool = False):
+    """The graph the onnxruntime backends load, as an onnx.ModelProto."""
     model = fuse_attention(from_paddle(exported))
     if int8:
         model = quantize_int8(model)
-    return fuse_transformer(model).SerializeToString()
+    return fuse_transformer(model)
+
+
+def for_onnxruntime(exported: export_format.ExportedModel, int8: bool = False) -> bytes:
+    """The serialized graph the onnxruntime backends load."""
+    return onnxruntime_model(exported, int8).SerializeToString()
 
 
 def source_stamp(directory: str) -> str:
@@ -267,11 +272,11 @@ def source_stamp(directory: str) -> str:
 
 
 def write_for_onnxruntime(exported: export_format.ExportedModel, precision: str) -> str:
-    """for_onnxruntime's graph written beside the export as ONNX_FILES[precision], stamped with
+    """onnxruntime_model's graph written beside the export as ONNX_FILES[precision], stamped with
     source_stamp; complete or absent. Returns its path."""
     import onnx
 
-    model = onnx.ModelProto.FromString(for_onnxruntime(exported, int8=precision == "int8"))
+    model = onnxruntime_model(exported, int8=precision == "int8")
     onnx.helper.set_model_props(model, {SOURCE_KEY: source_stamp(exported.directory)})
     path = exported.path(ONNX_FILES[precision])
     with atomic_path(path) as tmp:

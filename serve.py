@@ -214,6 +214,10 @@ def shown(value: str, limit: int = 64) -> str:
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
 
 
+def unknown_session(sid: str) -> "RequestError":
+    return RequestError(404, f"unknown or expired session_id {shown(sid)}: start one with POST /v1/sessions")
+
+
 def validate(model, data):
     try:
         return model.model_validate(data)
@@ -346,7 +350,7 @@ class Service:
         try:
             return await self.sessions.get(sid)
         except KeyError:
-            raise RequestError(404, f"unknown or expired session_id {shown(sid)}: start one with POST /v1/sessions") from None
+            raise unknown_session(sid) from None
 
     async def contexts(self, items: Sequence[Utterance]):
         """Each utterance's context, from the request or its session (with the request's earlier
@@ -380,7 +384,7 @@ class Service:
             try:
                 await self.sessions.append(sid, texts)
             except KeyError:  # expired between reading and appending
-                raise RequestError(404, f"unknown or expired session_id {shown(sid)}: start one with POST /v1/sessions") from None
+                raise unknown_session(sid) from None
         return histories, catalogues
 
     async def answer(self, items: Sequence[Utterance]) -> List[dict]:

@@ -41,8 +41,6 @@ class Session:
 class MemoryStore:
     """Sessions in this process's memory: bounded by count (LRU) and idle time."""
 
-    shared = False  # a second worker would not see them
-
     def __init__(self, turns: int, max_sessions: int, ttl_s: float, build_catalogue: BuildCatalogue,
                  clock: Callable[[], float] = time.monotonic):
         self.turns, self.max_sessions, self.ttl_s, self.clock = turns, max_sessions, ttl_s, clock
@@ -109,7 +107,6 @@ class RedisStore:
     session two keys in one hash slot: `slu:{id}:meta` (its catalogue entries, JSON; its existence
     is the session's) and `slu:{id}:turns` (a list of at most K texts)."""
 
-    shared = True
     PREFIX = "slu:"
 
     def __init__(self, url: str, turns: int, ttl_s: float, build_catalogue: BuildCatalogue, timeout_s: float = 1.0,
