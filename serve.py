@@ -52,6 +52,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import export_format
 from predictor import Predictor
@@ -481,11 +482,17 @@ def json_bytes(content) -> bytes:
     return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
+# The longest request target (path and query) served; a session id is far shorter (POST /v1/sessions).
+MAX_REQUEST_TARGET = 16384
+TARGET_TOO_LONG = "serve.target_too_long"  # the scope key by which WholeUrlHttpTools tells ParseRoutes
+
+
 class ParseRoutes:
     """POST /v1/parse and /v1/parse/batch answered as plain ASGI, in front of FastAPI's routing,
     middleware and endpoint machinery, which on the best stage cost about as much as the model
     (docs/performance.md#front-ends). The same answers, refusals and counters as the FastAPI routes
-    they shadow (those stay for the OpenAPI page); every other request goes on to FastAPI."""
+    they shadow (those stay for the OpenAPI page), and the 414 for a request target over
+    MAX_REQUEST_TARGET bytes; every other request goes on to FastAPI."""
 
     def __init__(self, app, service: "Service"):
         self.app, self.service = app, service
@@ -493,11 +500,13 @@ class ParseRoutes:
 
     async def __call__(self, scope, receive, send):
         route = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if route is None:
+        if route is None and TARGET_TOO_LONG not in scope:
             return await self.app(scope, receive, send)
         counts = self.service.counts
         declared = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
         try:
+            if TARGET_TOO_LONG in scope:
+                raise RequestError(414, f"request target of {scope[TARGET_TOO_LONG]} bytes: at most {MAX_REQUEST_TARGET}")
             status, content = 200, await route(parse_body(declared, asgi_chunks(receive), self.service.options.max_request_bytes))
         except RequestError as e:
             counts[f"http_{e.status}"] += 1
@@ -689,6 +698,34 @@ def worker_app() -> FastAPI:
     return build_app(parse_args(json.loads(os.environ[WORKER_ARGV])))
 
 
+class WholeUrlHttpTools(HttpToolsProtocol):
+    """uvicorn 0.16's httptools protocol, parsing the request target once it has all of it.
+
+    httptools hands the request line over in as many pieces as it arrived in reads; uvicorn 0.16 parsed
+    each piece as the whole URL, so a request line split across TCP segments (a slow client, a long
+    URL) was refused and the connection reset (uvicorn issue 1262, fixed upstream in 0.17.5 by pull
+    request 1263 in the same way; the uvicorn pin is held by fastdeploy-tools, requirements.txt). A
+    target over MAX_REQUEST_TARGET bytes is answered 414: httptools' URL parser counts in 16 bits and
+    would hand back a longer one cut short, another path."""
+
+    def on_message_begin(self):
+        self.url, self.headers, self.expect_100_continue = b"", [], False
+
+    def on_url(self, url: bytes):
+        self.url += url
+
+    def on_headers_complete(self):
+        headers, expect_100_continue = self.headers, self.expect_100_continue
+        length = len(self.url)
+        # builds the request's scope (and clears what it read so far)
+        HttpToolsProtocol.on_url(self, self.url if length <= MAX_REQUEST_TARGET else b"/")
+        if length > MAX_REQUEST_TARGET:
+            self.scope[TARGET_TOO_LONG] = length  # ParseRoutes answers 414
+        self.headers = self.scope["headers"] = headers
+        self.expect_100_continue = expect_100_continue
+        super().on_headers_complete()
+
+
 def run_workers(args, argv) -> None:
     """`--workers` processes on one socket, each loading its own model; a worker that dies (killed,
     crashed) is replaced, which uvicorn 0.16's own supervisor does not do. SIGTERM or Ctrl-C stops them
@@ -710,7 +747,7 @@ def run_workers(args, argv) -> None:
 
     os.environ[WORKER_ARGV] = json.dumps(argv)
     config = uvicorn.Config("serve:worker_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                            log_level=args.log_level, access_log=False, log_config=None, loop="uvloop", http="httptools")
+                            log_level=args.log_level, access_log=False, log_config=None, loop="uvloop", http=WholeUrlHttpTools)
     Workers(config, target=uvicorn.Server(config).run, sockets=[config.bind_socket()]).run()
 
 
@@ -725,7 +762,7 @@ def main(argv=None):
         return run_workers(args, argv)
     # uvloop's event loop and httptools' parser (requirements.txt): the pure-Python ones cost more per request than the model
     uvicorn.run(build_app(args), host=args.host, port=args.port, log_level=args.log_level, access_log=False, log_config=None,
-                loop="uvloop", http="httptools")
+                loop="uvloop", http=WholeUrlHttpTools)
 
 
 if __name__ == "__main__":
