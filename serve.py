@@ -230,11 +230,23 @@ def validate(model, data):
 # ----------------------------------------------------------------------------- micro-batching
 
 
+# Below this average of requests waiting for the model (as recent requests found them), the service
+# is one client at a time, and a lone utterance runs on the event loop itself.
+IDLE_LOAD = 1.5
+
+
 class MicroBatcher:
     """Groups the utterances of concurrent requests into one model call. When the model is free it
     takes every queued request (up to `max_batch_size` utterances; a larger request runs alone),
     waits up to `max_wait_ms` for more if the batch is not full, and runs them in its one worker
-    thread, so the event loop keeps answering meanwhile."""
+    thread, so the event loop keeps answering meanwhile.
+
+    A service used one request at a time skips all that: a lone utterance, when nothing else waits,
+    recent requests found nothing waiting either (IDLE_LOAD) and no `max_wait_ms` asks to wait for
+    company, is answered on the event loop
+    without the hop to the worker thread and back, which at concurrency 1 cost about as much as the
+    HTTP itself on the fastest stage (docs/performance.md#front-ends). Under load requests find
+    others waiting, so they are batched as before; the loop is held for at most one utterance."""
 
     def __init__(self, predict: Callable[[List[str], List[List[str]]], List[dict]], max_batch_size: int, max_wait_ms: float):
         self.predict, self.max_batch_size, self.max_wait_s = predict, max_batch_size, max_wait_ms / 1000
@@ -243,6 +255,8 @@ class MicroBatcher:
         self.worker: Optional[asyncio.Task] = None
         self.calls = self.utterances = 0
         self._held = None  # a request taken from the queue that did not fit the last batch
+        self.busy = False  # a batch in the worker thread
+        self.waiting, self.load, self.inline_calls = 0, 1.0, 0
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -258,10 +272,24 @@ class MicroBatcher:
     def running(self) -> bool:
         return self.worker is not None and not self.worker.done()
 
+    def idle(self) -> bool:
+        """Nothing waits for the model but the caller, and the worker thread is free."""
+        return self.waiting == 1 and not self.busy and self.queue.empty() and self._held is None
+
     async def submit(self, texts: List[str], histories: List[List[str]]) -> List[dict]:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, histories, future))
-        return await future
+        self.waiting += 1
+        self.load = 0.9 * self.load + 0.1 * self.waiting  # requests waiting, as recent requests found them
+        try:
+            if len(texts) == 1 and self.max_wait_s == 0 and self.load < IDLE_LOAD and self.idle():
+                await asyncio.sleep(0)  # requests that arrived with this one reach submit first, and are seen
+                if self.idle():
+                    self.calls, self.utterances, self.inline_calls = self.calls + 1, self.utterances + 1, self.inline_calls + 1
+                    return self.predict(texts, histories)
+            future = asyncio.get_running_loop().create_future()
+            await self.queue.put((texts, histories, future))
+            return await future
+        finally:
+            self.waiting -= 1
 
     async def _next_batch(self, first) -> list:
         jobs, size = [first], len(first[0])
@@ -290,6 +318,7 @@ class MicroBatcher:
             jobs = await self._next_batch(first)
             texts = [t for job in jobs for t in job[0]]
             histories = [h for job in jobs for h in job[1]]
+            self.busy = True
             try:
                 records = await loop.run_in_executor(self.executor, self.predict, texts, histories)
             except Exception as e:  # a runtime fault: every waiting request learns it (500), the service goes on
@@ -298,6 +327,8 @@ class MicroBatcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            finally:
+                self.busy = False
             self.calls, self.utterances = self.calls + 1, self.utterances + len(texts)
             start = 0
             for job_texts, _, future in jobs:
@@ -462,7 +493,7 @@ class Service:
         counts, batcher = self.counts, self.batcher
         return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1), "requests": counts["requests"],
                 "utterances": counts["utterances"],
-                "model_calls": batcher.calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
+                "model_calls": batcher.calls, "model_calls_inline": batcher.inline_calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
                 "in_flight": counts["in_flight"], "client_disconnected": counts["client_disconnected"],
                 "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
 

@@ -131,6 +131,27 @@ def test_interleaved_sessions_never_mix(server, model_dir, tmp_path):
     assert status == 422 and error["items"] == [{"index": 0, "error": "give either context or session_id, not both"}]
 
 
+def test_one_request_at_a_time_is_answered_on_the_event_loop(server, model_dir, tmp_path):
+    """A client alone gets its answers without the hop to the model thread (MicroBatcher's inline
+    path) — the same records — unless the service was asked to wait for company (--max_wait_ms, as
+    the module's server is)."""
+    texts = [TEXTS[i % len(TEXTS)] + "吧" * (i % 3) for i in range(12)]
+    expected = run_eval_records(model_dir, tmp_path, *[a for t in texts for a in ("--text", t)])
+    default = Server(model_dir)
+    try:
+        for s, inline_expected in ((default, [1] * len(texts)), (server, [0] * len(texts))):
+            answers, inline = [], []
+            for text in texts:
+                before = s.call("GET", "/v1/stats")[1]["model_calls_inline"]
+                answers.append(s.call("POST", "/v1/parse", {"text": text}))
+                inline.append(s.call("GET", "/v1/stats")[1]["model_calls_inline"] - before)
+            assert [status for status, _ in answers] == [200] * len(texts)
+            assert_same_records([record for _, record in answers], expected)
+            assert inline == inline_expected
+    finally:
+        assert default.stop() == 0
+
+
 def test_concurrent_requests_share_model_calls(server, model_dir, tmp_path):
     texts = [TEXTS[i % len(TEXTS)] + "吧" * (i % 3) for i in range(64)]
     expected = run_eval_records(model_dir, tmp_path, *[a for t in texts for a in ("--text", t)])
