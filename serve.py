@@ -492,8 +492,8 @@ class Service:
     def stats(self) -> dict:
         counts, batcher = self.counts, self.batcher
         return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1), "requests": counts["requests"],
-                "utterances": counts["utterances"],
-                "model_calls": batcher.calls, "model_calls_inline": batcher.inline_calls, "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
+                "utterances": counts["utterances"], "model_calls": batcher.calls, "model_calls_inline": batcher.inline_calls,
+                "utterances_per_call": round(batcher.utterances / max(batcher.calls, 1), 2),
                 "in_flight": counts["in_flight"], "client_disconnected": counts["client_disconnected"],
                 "errors": {k: v for k, v in counts.items() if k.startswith("http_")}}
 
