@@ -56,7 +56,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import export_format
 from predictor import Predictor
-from sessions import MemoryStore, RedisStore, Session, StoreUnavailable
+from sessions import MemoryStore, RedisStore, StoreUnavailable, TurnConflict
 from utils import strict_json_loads
 from values import NONE, Catalogue, check_entry
 
@@ -102,6 +102,8 @@ class Utterance(BaseModel):
     text: str = Field(description="the utterance as recognised (ASR output)", examples=["导航去北京"])
     context: Optional[List[str]] = Field(None, description="earlier utterances of its session, oldest first (stateless use)")
     session_id: Optional[str] = Field(None, max_length=64, description="a session from POST /v1/sessions (the service keeps its turns)")
+    turn: Optional[int] = Field(None, ge=0, description="with session_id: the number of turns the session had before this one; "
+                                "a request sent again after its answer was lost is then taken once (409 if it fits neither)")
 
     @field_validator("text", "session_id")
     @classmethod
@@ -378,45 +380,48 @@ class Service:
             catalogue.add_entry(entry)
         return catalogue
 
-    async def session(self, sid: str) -> Session:
-        try:
-            return await self.sessions.get(sid)
-        except KeyError:
-            raise unknown_session(sid) from None
-
     async def contexts(self, items: Sequence[Utterance]):
         """Each utterance's context, from the request or its session (with the request's earlier
         turns of that session), and its session's own catalogue, after checking every item; the
-        request's turns then join their sessions, in arrival order, before the model answers. A
-        refused request changes no session."""
-        options, histories, catalogues, problems = self.options, [], [], []
-        added = collections.defaultdict(list)  # this request's turns per session
-        sessions = {}
+        request's turns join their sessions (sessions.take_turns, per session in order of first
+        appearance) before the model answers. A refused request changes no session."""
+        options, histories, catalogues, problems = self.options, [None] * len(items), [None] * len(items), []
+        of_session = collections.defaultdict(list)  # the request's items per session, in order
         for i, item in enumerate(items):
             if item.context is not None and item.session_id is not None:
                 problems.append({"index": i, "error": "give either context or session_id, not both"})
             elif item.context is not None and len(item.context) > options.max_context_items:
                 problems.append({"index": i, "error": f"{len(item.context)} context utterances: at most {options.max_context_items}"})
+            elif item.turn is not None and item.session_id is None:
+                problems.append({"index": i, "error": "a turn number goes with a session_id"})
             elif (error := self.predictor.text_error(item.text)) is not None:
                 problems.append({"index": i, "error": error})
             if item.session_id is None:
-                histories.append(list(item.context or []))
-                catalogues.append(None)
-                continue
-            if item.session_id not in sessions:
-                sessions[item.session_id] = await self.session(item.session_id)
-            session = sessions[item.session_id]
-            histories.append(session.turns + added[item.session_id])
-            catalogues.append(session.catalogue)
-            added[item.session_id].append(item.text)
+                histories[i] = list(item.context or [])
+            else:
+                of_session[item.session_id].append(i)
+        for sid, indices in of_session.items():
+            first = items[indices[0]].turn
+            if any(items[i].turn != (None if first is None else first + k) for k, i in enumerate(indices)):
+                problems.append({"index": indices[0], "error": f"the turns of session {shown(sid)} in one request are numbered "
+                                                              "one after another, or not at all"})
         if problems:
             message = problems[0]["error"] if len(items) == 1 else f"{len(problems)} of {len(items)} utterances cannot be answered"
             raise RequestError(422, message, problems)
-        for sid, texts in added.items():
+        if len(of_session) > 1:  # all known before any is changed
+            for sid in of_session:
+                if not await self.sessions.exists(sid):
+                    raise unknown_session(sid)
+        for sid, indices in of_session.items():
+            texts = [items[i].text for i in indices]
             try:
-                await self.sessions.append(sid, texts)
-            except KeyError:  # expired between reading and appending
+                session = await self.sessions.take_turns(sid, texts, items[indices[0]].turn)
+            except KeyError:
                 raise unknown_session(sid) from None
+            except TurnConflict as e:
+                raise RequestError(409, str(e)) from None
+            for k, i in enumerate(indices):
+                histories[i], catalogues[i] = session.turns + texts[:k], session.catalogue
         return histories, catalogues
 
     async def answer(self, items: Sequence[Utterance]) -> List[dict]:

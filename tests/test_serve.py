@@ -295,6 +295,29 @@ def test_a_request_that_arrives_in_pieces_is_answered_whole(server):
     assert status == 414 and error == {"error": f"request target of {len('/v1/sessions/') + 200_000} bytes: at most 16384"}
 
 
+def test_a_numbered_turn_sent_again_is_answered_as_the_first_time(server):
+    """A client that numbers its turns can send a request again when its answer was lost: the same
+    answer, nothing stored twice; a number that fits neither the next turn nor the last request is a
+    409 naming the session's count, a number without a session or out of order in a batch a 422."""
+    sid = server.call("POST", "/v1/sessions")[1]["session_id"]
+    first = server.call("POST", "/v1/parse", {"text": "导航去北京", "session_id": sid, "turn": 0})
+    assert first[0] == 200 and server.call("POST", "/v1/parse", {"text": "导航去北京", "session_id": sid, "turn": 0}) == first
+    second = server.call("POST", "/v1/parse", {"text": "取消", "session_id": sid, "turn": 1})
+    stateless = server.call("POST", "/v1/parse", {"text": "取消", "context": ["导航去北京"]})[1]
+    assert second == (200, {**stateless, "session_id": sid})  # its context: the first turn, once
+    assert server.call("POST", "/v1/parse", {"text": "取消", "session_id": sid, "turn": 1}) == second
+    status, error = server.call("POST", "/v1/parse", {"text": "取消", "session_id": sid, "turn": 5})
+    assert status == 409 and "has had 2 turns" in error["error"]
+    assert server.call("POST", "/v1/parse", {"text": "退出", "session_id": sid, "turn": 1})[0] == 409  # not the last request's text
+    assert server.call("POST", "/v1/parse", {"text": "取消", "context": [], "turn": 0})[0] == 422
+    status, error = server.call("POST", "/v1/parse/batch", {"utterances": [{"text": "一", "session_id": sid, "turn": 2},
+                                                                           {"text": "二", "session_id": sid, "turn": 4}]})
+    assert status == 422 and "one after another" in error["items"][0]["error"]
+    status, answer = server.call("POST", "/v1/parse/batch", {"utterances": [{"text": "一", "session_id": sid, "turn": 2},
+                                                                           {"text": "二", "session_id": sid, "turn": 3}]})
+    assert status == 200 and len(answer["results"]) == 2
+
+
 def test_a_refused_turn_is_no_turn_of_the_session(server, model_dir, tmp_path):
     """The service refuses a blank turn (422) and leaves it out of the session; the turn after it is
     answered as run_eval.py answers a sessions file holding the blank turn (the one definition of a
@@ -360,22 +383,45 @@ def test_memory_store_bounds_memory_and_forgets_idle_sessions():
 
     async def scenario():
         a, b, c = await store.create(), await store.create(), await store.create()
-        for text in ("一", "二", "三"):
-            await store.append(a, [text])
-        assert (await store.get(a)).turns == ["二", "三"] and (await store.get(b)).turns == []  # the last `turns` only
+        assert [(await store.take_turns(a, [text])).turns for text in ("一", "二", "三")] == [[], ["一"], ["一", "二"]]
         d = await store.create(["entry"])  # a fourth: b, the least recently used, goes
         with pytest.raises(KeyError):
-            await store.get(b)
-        assert await store.count() == 3 and (await store.get(c)).turns == [] and (await store.get(d)).catalogue == ["entry"]
+            await store.take_turns(b, ["一"])
+        assert await store.count() == 3 and (await store.take_turns(d, ["一"])).catalogue == ["entry"]
         now[0] = 9.0
-        await store.append(a, ["四"])
-        now[0] = 15.0  # c and d idle for 15 s, a for 6 s
-        with pytest.raises(KeyError):
-            await store.get(c)
-        assert (await store.get(a)).turns == ["三", "四"] and await store.count() == 1
+        assert (await store.take_turns(a, ["四"])).turns == ["二", "三"]  # the last `turns` only
+        now[0] = 15.0  # c and d idle since 0 s, a since 9 s
+        assert not await store.exists(c) and not await store.exists(d) and await store.exists(a)
+        assert (await store.take_turns(a, ["五"])).turns == ["三", "四"] and await store.count() == 1
         assert await store.delete(a) and not await store.delete(a)
 
     asyncio.run(scenario())
+
+
+async def numbered_turns_scenario(store):
+    """What take_turns gives for numbered requests (K = 2): in order, sent again, unnumbered, out of
+    order, the last number with other texts; the same for every store."""
+    a, b = await store.create(), await store.create()
+    got = []
+    for first, texts in ((0, ["一"]), (1, ["二", "三"]), (1, ["二", "三"]), (3, ["四"]), (3, ["四"]), (4, ["五"]),
+                         (4, ["五"]), (None, ["六"]), (3, ["四"]), (2, ["三"]), (6, ["七"]), (9, ["八"]), (6, ["不同"])):
+        try:
+            got.append((await store.take_turns(a, texts, first)).turns)
+        except sessions.TurnConflict as e:
+            got.append(f"409: {e.turns}")
+    with pytest.raises(sessions.TurnConflict):
+        await store.take_turns(b, ["一"], 1)
+    assert (await store.take_turns(b, ["一"], 0)).turns == []
+    return got
+
+
+NUMBERED_TURNS = [[], ["一"], ["一"], ["二", "三"], ["二", "三"], ["三", "四"], ["三", "四"], ["四", "五"], "409: 6", "409: 6",
+                  ["五", "六"], "409: 7", "409: 7"]
+
+
+def test_numbered_turns_are_taken_once():
+    store = sessions.MemoryStore(turns=2, max_sessions=10, ttl_s=60, build_catalogue=lambda entries: entries)
+    assert asyncio.run(numbered_turns_scenario(store)) == NUMBERED_TURNS
 
 
 def test_batcher_groups_requests_in_order_and_survives_a_failing_call():
