@@ -624,7 +624,7 @@ def create_app(predictor: Predictor, exported: export_format.ExportedModel, opti
     app = FastAPI(title="ERNIE 3.0 Tiny SLU", version=str(exported.config["format_version"]), lifespan=lifespan,
                   description="Intent and slots of in-car utterances, with session context (serve.py).")
     install_error_handlers(app, service.counts)
-    errors = {status: {"model": Error} for status in (400, 404, 413, 422, 503)}
+    errors = {status: {"model": Error} for status in (400, 404, 409, 413, 422, 503)}
 
     # answered by ParseRoutes ahead of FastAPI; declared here for the OpenAPI page
     @app.post("/v1/parse", response_model=Record, response_model_exclude_none=True, responses=errors,

@@ -60,13 +60,14 @@ def test_metadata_health_and_openapi(server, model_dir):
         "text",
         "context",
         "session_id",
+        "turn",
     }
     batch_items = schemas["BatchRequest"]["properties"]["utterances"]["items"]
     assert batch_items == {"$ref": "#/components/schemas/Utterance"}
     answer = spec["paths"]["/v1/parse"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert set(schemas[answer["$ref"].split("/")[-1]]["properties"]) == {
         "session_id", "text", "intent", "confidence", "intent_ranking", "slots", "fallback"}
-    assert {"400", "404", "413", "422"} <= set(spec["paths"]["/v1/parse"]["post"]["responses"])
+    assert {"400", "404", "409", "413", "422"} <= set(spec["paths"]["/v1/parse"]["post"]["responses"])
 
 
 def test_edge_cases_answered_as_run_eval(server, model_dir, edge_cases, tmp_path):

@@ -130,8 +130,7 @@ def test_malformed_requests_get_a_4xx_from_every_worker(server):
 
 
 def until_answered(server, method, path, body=None, attempts=50):
-    """(status, answer, whether it was sent more than once): a request that finds no worker (its
-    connection reset or refused) is sent again."""
+    """(status, answer): a request that finds no worker (its connection reset or refused) is sent again."""
     for attempt in range(attempts):
         try:
             status, answer = server.call(method, path, body)
@@ -140,18 +139,15 @@ def until_answered(server, method, path, body=None, attempts=50):
         if status in (200, 201):
             break
         time.sleep(0.1)
-    return status, answer, attempt > 0
+    return status, answer
 
 
-def converse(server, sessions, results, retried):
+def converse(server, sessions, results):
     """Each session's turns in order, one request at a time, numbered."""
     for name, texts in sessions:
         sid = until_answered(server, "POST", "/v1/sessions")[1]["session_id"]
         for i, text in enumerate(texts):
-            status, record, again = until_answered(server, "POST", "/v1/parse", {"text": text, "session_id": sid, "turn": i})
-            if again:
-                retried.add((name, i))
-            results[(name, i)] = (status, record)
+            results[(name, i)] = until_answered(server, "POST", "/v1/parse", {"text": text, "session_id": sid, "turn": i})
 
 
 def test_a_worker_killed_under_load_loses_no_session_and_no_turn(server, model_dir, synthetic_splits, tmp_path):
@@ -170,9 +166,9 @@ def test_a_worker_killed_under_load_loses_no_session_and_no_turn(server, model_d
         expected[(name, seen.get(name, 0))] = record
         seen[name] = seen.get(name, 0) + 1
     groups = [list(by_session.items())[k::4] for k in range(4)]
-    results, retried = {}, set()
+    results = {}
     victim = next(iter(worker_pids(server)))
-    clients = [threading.Thread(target=converse, args=(server, group, results, retried)) for group in groups]
+    clients = [threading.Thread(target=converse, args=(server, group, results)) for group in groups]
     for client in clients:
         client.start()
     deadline = time.time() + 60
