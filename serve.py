@@ -245,10 +245,10 @@ class MicroBatcher:
 
     A service used one request at a time skips all that: a lone utterance, when nothing else waits,
     recent requests found nothing waiting either (IDLE_LOAD) and no `max_wait_ms` asks to wait for
-    company, is answered on the event loop
-    without the hop to the worker thread and back, which at concurrency 1 cost about as much as the
-    HTTP itself on the fastest stage (docs/performance.md#front-ends). Under load requests find
-    others waiting, so they are batched as before; the loop is held for at most one utterance."""
+    company, is answered on the event loop without the hop to the worker thread and back, which at
+    concurrency 1 cost about as much as the HTTP itself on the fastest stage
+    (docs/performance.md#front-ends). Under load requests find others waiting, so they are batched
+    as before; the loop is held for at most one utterance."""
 
     def __init__(self, predict: Callable[[List[str], List[List[str]]], List[dict]], max_batch_size: int, max_wait_ms: float):
         self.predict, self.max_batch_size, self.max_wait_s = predict, max_batch_size, max_wait_ms / 1000
