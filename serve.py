@@ -408,7 +408,10 @@ class Service:
         if problems:
             message = problems[0]["error"] if len(items) == 1 else f"{len(problems)} of {len(items)} utterances cannot be answered"
             raise RequestError(422, message, problems)
-        if len(of_session) > 1:  # all known before any is changed
+        # A request naming several sessions takes their turns one session after another (their keys
+        # live apart in Redis): all are checked to exist first, and a turn number refused on a later
+        # one leaves the earlier ones taken — which sending the numbered request again takes once.
+        if len(of_session) > 1:
             for sid in of_session:
                 if not await self.sessions.exists(sid):
                     raise unknown_session(sid)
