@@ -196,12 +196,14 @@ serve-redis: setup
 
 # Load test of the service (benchmarks/results/serve_load_<backend>.*) on the measured NLPCC model, 1 model thread per
 # worker: on integer kernels (onnxruntime-int8, the fastest; with session requests, 1 worker in memory against 2 workers
-# sharing a local Redis) and on fp32 kernels (onnxruntime, serve.py's default).
-SERVE_LOAD = $(PY) benchmarks/serve_load.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
-	--test_file data/prepared/nlpcc2018/test.txt --requests 2000 --output_dir benchmarks/results
+# sharing a local Redis) and on fp32 kernels (onnxruntime, serve.py's default); with the width-0.5 QAT stage
+# (make compress-nlpcc WIDTH_MULT=0.5), on it too (benchmarks/results/width0.5_qat/).
+SERVE_LOAD = $(PY) benchmarks/serve_load.py --test_file data/prepared/nlpcc2018/test.txt --requests 2000
 serve-load-nlpcc: setup
-	$(SERVE_LOAD) --backend onnxruntime-int8 --session_modes
-	$(SERVE_LOAD) --backend onnxruntime
+	$(SERVE_LOAD) --model_dir output/nlpcc2018-nano-scratch/infer_model --output_dir benchmarks/results --backend onnxruntime-int8 \
+		--session_modes
+	$(SERVE_LOAD) --model_dir output/nlpcc2018-nano-scratch/infer_model --output_dir benchmarks/results --backend onnxruntime
+	$(if $(QAT_WIDTH_05),$(SERVE_LOAD) --model_dir $(QAT_WIDTH_05) --output_dir benchmarks/results/width0.5_qat --backend onnxruntime-int8)
 
 # Every front end (Python API, run_eval.py, service, C++ demo) beside its engine, same model and turns, 3 rounds
 # (benchmarks/results/front_ends.*; docs/performance.md#front-ends).
