@@ -74,6 +74,9 @@ class ModelArguments:
                   "else 32. Ignored without context."},
     )
     slot_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the slot loss next to the intent loss."})
+    intent_label_smoothing: float = field(default=0.0, metadata={
+        "help": "Label smoothing of the intent loss, in [0, 1): the gold intent's target is 1 - this, the rest spread "
+                "evenly (an ablation of docs/results.md)."})
     slot_crf: bool = field(
         default=False,
         metadata={"help": "Slot head as a linear-chain CRF (learned tag transitions, CRF likelihood) instead of "
@@ -261,7 +264,10 @@ def run(argv=None):
     if training_args.do_train and training_args.resume_from_checkpoint:
         check_resume(training_args.resume_from_checkpoint, task)
 
-    trainer = build_trainer(model, task, train_split, dev, training_args, model_args.slot_loss_weight)
+    if not 0.0 <= model_args.intent_label_smoothing < 1.0:
+        raise ValueError(f"--intent_label_smoothing {model_args.intent_label_smoothing}: must be in [0, 1)")
+    trainer = build_trainer(model, task, train_split, dev, training_args, model_args.slot_loss_weight,
+                            model_args.intent_label_smoothing)
     if training_args.do_train:
         train(trainer, model, task, training_args, threads)
 

@@ -213,7 +213,7 @@ class SluTrainer(Trainer):
 
 
 def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance], training_args,
-                  slot_loss_weight: float = 1.0) -> Trainer:
+                  slot_loss_weight: float = 1.0, intent_label_smoothing: float = 0.0) -> Trainer:
     """The Trainer over `task`: every training utterance with its session context, as one row
     (the first window: an utterance longer than the window is truncated, and counted in the log),
     every window of dev, metrics on whole dev utterances."""
@@ -237,7 +237,8 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
     return SluTrainer(
         model=model,
         args=training_args,
-        criterion=JointLoss(task.labels.pad_slot_id, slot_loss_weight, getattr(model, "slot_transitions", None)),
+        criterion=JointLoss(task.labels.pad_slot_id, slot_loss_weight, getattr(model, "slot_transitions", None),
+                            intent_label_smoothing),
         train_dataset=MapDataset(train_rows),
         eval_dataset=MapDataset([row for utt, enc in zip(dev, dev_encoded) for row in task.labelled_rows(utt, enc)]),
         data_collator=make_collator(task.tokenizer.pad_id, task.labels.pad_slot_id),

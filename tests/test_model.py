@@ -115,6 +115,17 @@ def test_loss_is_intent_ce_plus_slot_ce_over_real_tokens(labels):
     assert float(loss2) == pytest.approx(float(loss), rel=1e-5)
 
 
+def test_intent_label_smoothing_spreads_the_target(labels):
+    """ε = 0.1 over 3 intents: target 0.9 + 0.1/3 on the gold intent, 0.1/3 on the others, by hand."""
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], dtype="float32")
+    slot_labels = paddle.full([2, 3], labels.pad_slot_id, dtype="int64")  # no real token: the intent alone
+    loss = JointLoss(labels.pad_slot_id, intent_label_smoothing=0.1)(
+        (paddle.to_tensor(logits), paddle.zeros([2, 3, 5])), (paddle.to_tensor([0, 2]), slot_labels))
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    target = np.eye(3)[[0, 2]] * 0.9 + 0.1 / 3
+    assert float(loss) == pytest.approx(-(target * log_p).sum(1).mean(), rel=1e-5)
+
+
 def test_save_and_load_round_trip(tmp_path, tokenizer, labels):
     model = small_model(tokenizer, labels)
     model.eval()
