@@ -77,7 +77,7 @@ class JointLoss(nn.Layer):
     padding carry the PAD tag and are ignored): per-token cross-entropy, or with `transitions`
     (a CRF head's parameter) the CRF's negative log-likelihood per real token. With
     `intent_label_smoothing` ε the intent's target is (1 - ε) on the gold intent + ε spread evenly
-    over all intents (an ablation of docs/results.md)."""
+    over all intents (a candidate of docs/model-and-context.md, "Toward 86")."""
 
     def __init__(self, pad_slot_id: int, slot_weight: float = 1.0, transitions=None, intent_label_smoothing: float = 0.0):
         super().__init__()

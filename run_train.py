@@ -76,7 +76,7 @@ class ModelArguments:
     slot_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the slot loss next to the intent loss."})
     intent_label_smoothing: float = field(default=0.0, metadata={
         "help": "Label smoothing of the intent loss, in [0, 1): the gold intent's target is 1 - this, the rest spread "
-                "evenly (an ablation of docs/results.md)."})
+                "evenly (a candidate of docs/model-and-context.md, \"Toward 86\")."})
     slot_crf: bool = field(
         default=False,
         metadata={"help": "Slot head as a linear-chain CRF (learned tag transitions, CRF likelihood) instead of "
