@@ -77,26 +77,43 @@ class JointLoss(nn.Layer):
     padding carry the PAD tag and are ignored): per-token cross-entropy, or with `transitions`
     (a CRF head's parameter) the CRF's negative log-likelihood per real token. With
     `intent_label_smoothing` ε the intent's target is (1 - ε) on the gold intent + ε spread evenly
-    over all intents (a candidate of docs/model-and-context.md, "Toward 86")."""
+    over all intents (a candidate of docs/model-and-context.md, "Toward 86").
 
-    def __init__(self, pad_slot_id: int, slot_weight: float = 1.0, transitions=None, intent_label_smoothing: float = 0.0):
+    With an ensemble's targets (teachers.py: `teacher_intent` [B, intents] and `teacher_slots`
+    [B, S, tags], probabilities at `temperature` T) the loss is `distill_alpha` x the above +
+    (1 - distill_alpha) x T^2 x the soft cross-entropy of the intent and, weighted as the slot
+    loss, of each tagged token's slot emissions against them (vanilla KD, as DistillLoss)."""
+
+    def __init__(self, pad_slot_id: int, slot_weight: float = 1.0, transitions=None, intent_label_smoothing: float = 0.0,
+                 distill_alpha: float = 1.0, temperature: float = 1.0):
         super().__init__()
         self.pad_slot_id, self.slot_weight, self.transitions = pad_slot_id, slot_weight, transitions
-        self.intent_label_smoothing = intent_label_smoothing
+        self.intent_label_smoothing, self.distill_alpha, self.temperature = intent_label_smoothing, distill_alpha, temperature
 
-    def forward(self, logits, labels):
+    def forward(self, logits, labels, teacher_intent=None, teacher_slots=None):
         intent_logits, slot_logits = logits
         intent_label, slot_labels = labels
         intent_loss = F.cross_entropy(intent_logits, intent_label, label_smoothing=self.intent_label_smoothing)
+        mask = (slot_labels != self.pad_slot_id).astype("float32")
+        tokens = paddle.clip(mask.sum(), min=1.0)
         if self.transitions is None:
             slot_loss = F.cross_entropy(slot_logits, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id)
         else:
-            mask = (slot_labels != self.pad_slot_id).astype("float32")
             # the CRF's loop runs up to the last tagged position, not over the context
             width = int(mask.sum(1).max()) + 1
-            slot_logits, slot_labels, mask = slot_logits[:, :width], slot_labels[:, :width], mask[:, :width]
-            slot_loss = crf_nll(slot_logits, slot_labels, mask, self.transitions).sum() / paddle.clip(mask.sum(), min=1.0)
-        return intent_loss + self.slot_weight * slot_loss
+            slot_loss = crf_nll(slot_logits[:, :width], slot_labels[:, :width], mask[:, :width], self.transitions).sum() / tokens
+        loss = intent_loss + self.slot_weight * slot_loss
+        if teacher_intent is None:
+            return loss
+        t = self.temperature
+        soft = soft_cross_entropy(intent_logits, teacher_intent, t).mean() + \
+            self.slot_weight * (soft_cross_entropy(slot_logits, teacher_slots, t) * mask).sum() / tokens
+        return self.distill_alpha * loss + (1 - self.distill_alpha) * t * t * soft
+
+
+def soft_cross_entropy(logits, target_probs, temperature: float):
+    """Cross-entropy of softmax(logits / T) against target probabilities, over the last axis."""
+    return -(target_probs * F.log_softmax(logits / temperature, axis=-1)).sum(axis=-1)
 
 
 def crf_nll(emissions, tags, mask, transitions):
@@ -313,7 +330,7 @@ class DistillLoss(nn.Layer):
             slot_term = (((slots - t_slots) ** 2).mean(axis=-1) * token_mask).sum() / tokens
             return intent_term + self.slot_weight * slot_term
         t = self.temperature
-        soft_ce = lambda s, teacher: -(F.softmax(teacher / t, axis=-1) * F.log_softmax(s / t, axis=-1)).sum(axis=-1)
+        soft_ce = lambda s, teacher: soft_cross_entropy(s, F.softmax(teacher / t, axis=-1), t)
         soft = soft_ce(intent, t_intent).mean() + self.slot_weight * (soft_ce(slots, t_slots) * token_mask).sum() / tokens
         intent_label, slot_labels, has_gold = gold
         hard_intent = (F.cross_entropy(intent, intent_label.unsqueeze(-1), reduction="none").squeeze(-1) * has_gold).sum() / paddle.clip(

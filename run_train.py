@@ -12,7 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import paddle
 from paddlenlp.trainer import CompressionArguments, PdArgumentParser
@@ -29,6 +29,7 @@ from exporting import export
 from model import build_from_scratch, load_pretrained, save_safe, slot_transitions
 from predictor import Predictor
 from task import CharTokenizer, LabelMaps, Task
+from teachers import Ensemble
 from training import (
     build_trainer,
     check_checkpoint,
@@ -77,6 +78,15 @@ class ModelArguments:
     intent_label_smoothing: float = field(default=0.0, metadata={
         "help": "Label smoothing of the intent loss, in [0, 1): the gold intent's target is 1 - this, the rest spread "
                 "evenly (a candidate of docs/model-and-context.md, \"Toward 86\")."})
+    teacher_dirs: List[str] = field(default_factory=list, metadata={
+        "help": "Exported models (infer_model/ of earlier runs on the same data, window and context) whose mean "
+                "probabilities the model learns from besides the gold labels: an ensemble distilled into one model "
+                "(teachers.py; a candidate of docs/model-and-context.md, \"Toward 86\")."})
+    distill_alpha: float = field(default=0.5, metadata={
+        "help": "With --teacher_dirs: weight of the gold labels' loss, in [0, 1); the teachers' soft targets take the rest."})
+    distill_temperature: float = field(default=2.0, metadata={"help": "With --teacher_dirs: softmax temperature of the soft targets."})
+    teacher_cache_dir: str = field(default=os.path.join("output", "teacher-logits"), metadata={
+        "help": "With --teacher_dirs: where each teacher's logits on the training rows are kept, keyed by its weights and the rows."})
     slot_crf: bool = field(
         default=False,
         metadata={"help": "Slot head as a linear-chain CRF (learned tag transitions, CRF likelihood) instead of "
@@ -266,8 +276,10 @@ def run(argv=None):
 
     if not 0.0 <= model_args.intent_label_smoothing < 1.0:
         raise ValueError(f"--intent_label_smoothing {model_args.intent_label_smoothing}: must be in [0, 1)")
+    ensemble = Ensemble(model_args.teacher_dirs, model_args.distill_temperature, model_args.distill_alpha,
+                        model_args.teacher_cache_dir, threads) if model_args.teacher_dirs and training_args.do_train else None
     trainer = build_trainer(model, task, train_split, dev, training_args, model_args.slot_loss_weight,
-                            model_args.intent_label_smoothing)
+                            model_args.intent_label_smoothing, ensemble)
     if training_args.do_train:
         train(trainer, model, task, training_args, threads)
 

@@ -4,7 +4,7 @@ import hashlib
 import logging
 import os
 import sys
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -20,6 +20,7 @@ from model import JointLoss, offline_hint, slot_transitions, unwrap
 from decoding import Decoder
 from predictor import LogitsFn, merge_windows, score
 from task import CharTokenizer, Task
+from teachers import Ensemble
 from utils import cpu_threads, file_sha256, load_json, pad_batch, pickle_globals, prefer_avx2_mkl, save_json
 
 logger = logging.getLogger("ernie_tiny_slu")
@@ -89,12 +90,22 @@ def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
 
 
 def make_collator(pad_id: int, pad_slot_id: int):
+    """Rows -> padded arrays; rows with an ensemble's targets (teachers.py) add "teacher_intent"
+    [B, intents] and "teacher_slots" [B, S, tags], zero where a row has no slot tag."""
     def collate(rows):
-        return {
+        batch = {
             "input_ids": pad_batch([r["input_ids"] for r in rows], pad_id),
             "intent_label": np.array([r["intent_label"] for r in rows], dtype="int64"),
             "slot_labels": pad_batch([r["slot_labels"] for r in rows], pad_slot_id),
         }
+        if "teacher_intent" in rows[0]:
+            batch["teacher_intent"] = np.stack([r["teacher_intent"] for r in rows])
+            slots = np.zeros(batch["slot_labels"].shape + rows[0]["teacher_slots"].shape[1:], dtype="float32")
+            tagged = batch["slot_labels"] != pad_slot_id
+            for i, r in enumerate(rows):
+                slots[i, tagged[i]] = r["teacher_slots"]
+            batch["teacher_slots"] = slots
+        return batch
 
     return collate
 
@@ -204,23 +215,34 @@ def check_checkpoint(checkpoint: str) -> None:
 
 
 class SluTrainer(Trainer):
-    """PaddleNLP's Trainer with length-bucketed training batches."""
+    """PaddleNLP's Trainer with length-bucketed training batches, whose loss also takes an
+    ensemble's targets when the batch carries them (training rows with --teacher_dirs)."""
 
     def _get_train_sampler(self):
         lengths = [len(row["input_ids"]) for row in self.train_dataset]
         return LengthBucketSampler(lengths, self.args.per_device_train_batch_size, self.args.seed,
                                    self.args.dataset_world_size, self.args.dataset_rank)
 
+    def compute_loss(self, model, inputs, return_outputs=False):
+        targets = {k: inputs.pop(k) for k in ("teacher_intent", "teacher_slots") if k in inputs}
+        labels = tuple(inputs.pop(name) for name in self.args.label_names)
+        outputs = model(**inputs)
+        loss = self.criterion(outputs, labels, **targets)
+        return (loss, (loss, outputs)) if return_outputs else loss
+
 
 def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance], training_args,
-                  slot_loss_weight: float = 1.0, intent_label_smoothing: float = 0.0) -> Trainer:
+                  slot_loss_weight: float = 1.0, intent_label_smoothing: float = 0.0, ensemble: Optional[Ensemble] = None) -> Trainer:
     """The Trainer over `task`: every training utterance with its session context, as one row
     (the first window: an utterance longer than the window is truncated, and counted in the log),
-    every window of dev, metrics on whole dev utterances."""
+    every window of dev, metrics on whole dev utterances. With an `ensemble` of teachers the
+    training rows carry its targets and the loss learns from them too (teachers.py)."""
     train_rows, truncated = [], 0
     for utt, enc in zip(train, task.encode_corpus(train)):
         train_rows.append(task.labelled_rows(utt, enc)[0])
         truncated += len(enc.windows) > 1
+    if ensemble is not None:
+        ensemble.add_targets(train_rows, task)
     lengths = [len(row["input_ids"]) for row in train_rows]
     logger.info(f"max_seq_length {task.max_seq_length}: {truncated} of {len(train)} training utterances truncated "
                 f"(evaluation scores whole utterances); context_turns {task.context_turns}, max_context_tokens "
@@ -238,7 +260,7 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
         model=model,
         args=training_args,
         criterion=JointLoss(task.labels.pad_slot_id, slot_loss_weight, getattr(model, "slot_transitions", None),
-                            intent_label_smoothing),
+                            intent_label_smoothing, *((ensemble.alpha, ensemble.temperature) if ensemble else ())),
         train_dataset=MapDataset(train_rows),
         eval_dataset=MapDataset([row for utt, enc in zip(dev, dev_encoded) for row in task.labelled_rows(utt, enc)]),
         data_collator=make_collator(task.tokenizer.pad_id, task.labels.pad_slot_id),

@@ -7,7 +7,7 @@ import sys
 import utils
 
 NUMPY_ONLY = ["utils", "task", "decoding", "paddle_format", "export_format", "predictor", "metrics", "analysis", "backends",
-              "onnx_graph", "latency", "sessions", "data.corpus", "data.split", "data.augment", "data.synthetic", "data.labels",
+              "onnx_graph", "latency", "sessions", "teachers", "data.corpus", "data.split", "data.augment", "data.synthetic", "data.labels",
               "data.jsonl", "data.import_rasa"]
 
 

@@ -126,6 +126,31 @@ def test_intent_label_smoothing_spreads_the_target(labels):
     assert float(loss) == pytest.approx(-(target * log_p).sum(1).mean(), rel=1e-5)
 
 
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def test_an_ensembles_targets_enter_the_loss_as_vanilla_kd(labels):
+    """alpha x (intent CE + w x slot CE) + (1 - alpha) x T^2 x (soft intent CE + w x soft slot CE
+    over tagged tokens), by hand; the teachers' slot targets on untagged positions do not matter."""
+    rng = np.random.RandomState(0)
+    pad = labels.pad_slot_id
+    intent, slots = rng.randn(2, 4).astype("float32"), rng.randn(2, 3, 5).astype("float32")
+    slot_labels = np.array([[pad, 1, 2], [pad, 3, pad]])
+    t_intent = softmax(rng.randn(2, 4), axis=-1).astype("float32")
+    t_slots = softmax(rng.randn(2, 3, 5), axis=-1).astype("float32")
+    loss = JointLoss(pad, slot_weight=0.5, distill_alpha=0.3, temperature=2.0)(
+        (paddle.to_tensor(intent), paddle.to_tensor(slots)), (paddle.to_tensor([1, 3]), paddle.to_tensor(slot_labels)),
+        teacher_intent=paddle.to_tensor(t_intent), teacher_slots=paddle.to_tensor(t_slots))
+    log_p = lambda x, t=1.0: np.log(softmax(x / t, axis=-1))
+    gold = -(log_p(intent)[0, 1] + log_p(intent)[1, 3]) / 2 - 0.5 * (
+        log_p(slots)[0, 1, 1] + log_p(slots)[0, 2, 2] + log_p(slots)[1, 1, 3]) / 3
+    soft_slots = -(t_slots * log_p(slots, 2.0)).sum(-1)
+    soft = -(t_intent * log_p(intent, 2.0)).sum(-1).mean() + 0.5 * (soft_slots[0, 1] + soft_slots[0, 2] + soft_slots[1, 1]) / 3
+    assert float(loss) == pytest.approx(0.3 * gold + 0.7 * 4.0 * soft, rel=1e-5)
+
+
 def test_save_and_load_round_trip(tmp_path, tokenizer, labels):
     model = small_model(tokenizer, labels)
     model.eval()

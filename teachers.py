@@ -1,0 +1,119 @@
+"""Soft targets of an ensemble of trained models, for training one model against them
+(run_train.py --teacher_dirs; docs/model-and-context.md, "Toward 86").
+
+Each teacher is an exported model (the infer_model/ of an earlier run) that reads the training
+split exactly as this run does: same vocabulary, labels, window and context. Its intent and slot
+logits on every training row are computed once through ONNX Runtime and cached under
+`cache_dir`, keyed by the teacher's weights and the rows. The ensemble's target for a row is the
+mean over teachers of softmax(logits / T), for the intent and for each utterance token's slot
+tag (context and special tokens carry none)."""
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+import export_format
+from backends import open_predictor
+from task import Task
+from utils import atomic_path, file_sha256, pad_batch
+
+logger = logging.getLogger("ernie_tiny_slu")
+
+BATCH_ROWS = 256
+
+
+def check_reads_like(teacher: Task, task: Task, teacher_dir: str) -> None:
+    """ValueError naming the first setting in which `teacher` reads rows differently from `task`."""
+    for what, mine, theirs in [
+        ("vocabulary", task.tokenizer.vocab, teacher.tokenizer.vocab),
+        ("labels", task.labels, teacher.labels),
+        ("max_seq_length", task.max_seq_length, teacher.max_seq_length),
+        ("context_turns", task.context_turns, teacher.context_turns),
+        ("max_context_tokens", task.max_context_tokens, teacher.max_context_tokens),
+    ]:
+        if mine != theirs:
+            detail = "" if what in ("vocabulary", "labels") else f" ({theirs}, this run {mine})"
+            raise ValueError(f"--teacher_dirs {teacher_dir}: its {what} differs from this run's{detail}; a teacher must read "
+                             "the training rows as the student does (train it on the same --data_dir with the same window and context)")
+
+
+def rows_digest(rows: Sequence[dict]) -> str:
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(np.asarray(row["input_ids"], dtype="int64").tobytes() + b"|")
+    return h.hexdigest()
+
+
+def teacher_logits(teacher_dir: str, rows: Sequence[dict], task: Task, threads: int, cache_dir: str) -> dict:
+    """{"intent": [N, intents], "slots": [tokens, tags]} float32: one teacher's logits on `rows`,
+    the slot logits of the utterance tokens of all rows, in row order; read from the cache when
+    the same weights saw the same rows before."""
+    exported = export_format.read(teacher_dir)
+    check_reads_like(exported.task, task, teacher_dir)
+    key = hashlib.sha256((file_sha256(exported.path(export_format.PARAMS_FILE)) + rows_digest(rows)).encode()).hexdigest()[:24]
+    cache = os.path.join(cache_dir, f"{key}.npz")
+    if os.path.isfile(cache):
+        logger.info(f"teacher {teacher_dir}: logits from {cache}")
+        with np.load(cache) as saved:
+            return {"intent": saved["intent"], "slots": saved["slots"]}
+    logits_fn = open_predictor(teacher_dir, "onnxruntime", threads, warn_uncalibrated=False).logits_fn
+    pad, pad_slot = task.tokenizer.pad_id, task.labels.pad_slot_id
+    intents: List[np.ndarray] = [None] * len(rows)
+    slots: List[np.ndarray] = [None] * len(rows)
+    order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")  # little padding per batch
+    for b in range(0, len(order), BATCH_ROWS):
+        batch = [rows[i] for i in order[b : b + BATCH_ROWS]]
+        intent_logits, slot_logits = logits_fn(pad_batch([r["input_ids"] for r in batch], pad))
+        for j, i in enumerate(order[b : b + BATCH_ROWS]):
+            tagged = np.asarray(rows[i]["slot_labels"]) != pad_slot
+            intents[i], slots[i] = intent_logits[j], slot_logits[j, : len(tagged)][tagged]
+    result = {"intent": np.stack(intents).astype("float32"), "slots": np.concatenate(slots).astype("float32")}
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a bare path
+            np.savez(f, **result)
+    logger.info(f"teacher {teacher_dir}: logits of {len(rows)} training rows, cached in {cache}")
+    return result
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+@dataclass
+class Ensemble:
+    """Teachers whose mean probabilities at `temperature` a model learns from, besides its gold
+    labels (weighted `alpha`; the teachers 1 - alpha, x T^2: model.JointLoss)."""
+
+    teacher_dirs: Sequence[str]
+    temperature: float = 2.0
+    alpha: float = 0.5
+    cache_dir: str = os.path.join("output", "teacher-logits")
+    threads: int = 0
+
+    def __post_init__(self):
+        if not self.teacher_dirs:
+            raise ValueError("an ensemble needs at least one teacher directory")
+        if self.temperature <= 0 or not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"distillation temperature {self.temperature} (must be > 0) and alpha {self.alpha} (must be in [0, 1))")
+
+    def add_targets(self, rows: List[dict], task: Task) -> None:
+        """Adds "teacher_intent" [intents] and "teacher_slots" [utterance tokens, tags] (the
+        teachers' mean probabilities) to every row, in place."""
+        intent = slots = 0.0
+        for teacher_dir in self.teacher_dirs:
+            logits = teacher_logits(teacher_dir, rows, task, self.threads, self.cache_dir)
+            intent = intent + softmax(logits["intent"], self.temperature) / len(self.teacher_dirs)
+            slots = slots + softmax(logits["slots"], self.temperature) / len(self.teacher_dirs)
+        start = 0
+        for row, row_intent in zip(rows, intent):
+            n = sum(tag != task.labels.pad_slot_id for tag in row["slot_labels"])
+            row["teacher_intent"], row["teacher_slots"] = row_intent, slots[start : start + n]
+            start += n
+        gold = np.array([row["intent_label"] for row in rows])
+        logger.info(f"ensemble of {len(self.teacher_dirs)} teachers at T={self.temperature}: its intent is the gold one on "
+                    f"{(intent.argmax(1) == gold).mean():.2%} of the training rows")

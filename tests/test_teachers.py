@@ -1,0 +1,73 @@
+"""teachers.py: an ensemble's soft targets on the training rows (computed in length-sorted
+batches, cached, checked against each row run alone), the collator that carries them, the refusal
+of a teacher that reads rows differently, and run_train.py --teacher_dirs end to end."""
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import export_format
+import training
+from backends import open_predictor
+from data.corpus import read_corpus
+from teachers import Ensemble, softmax
+
+
+@pytest.fixture(scope="module")
+def teacher(trained):
+    return os.path.join(trained, "infer_model")
+
+
+@pytest.fixture(scope="module")
+def rows_and_task(teacher, synthetic_dir):
+    task = export_format.read(teacher).task
+    train = read_corpus(os.path.join(synthetic_dir, "train.txt"), task.labels)[:300]
+    return [task.labelled_rows(u, e)[0] for u, e in zip(train, task.encode_corpus(train))], task
+
+
+def test_targets_are_the_teachers_mean_probabilities_row_by_row(teacher, rows_and_task, tmp_path, caplog):
+    rows, task = rows_and_task
+    rows = [dict(r) for r in rows]
+    caplog.set_level(logging.INFO, logger="ernie_tiny_slu")
+    Ensemble([teacher, teacher], temperature=2.0, cache_dir=str(tmp_path)).add_targets(rows, task)
+    assert len(os.listdir(tmp_path)) == 1 and "logits from" in caplog.text  # the second teacher read the first's cache
+    logits_fn = open_predictor(teacher, "onnxruntime", 1).logits_fn
+    pad = task.labels.pad_slot_id
+    for i in (0, 7, 123, 299):  # each row alone, unpadded: the batches' order and padding changed nothing
+        intent, slots = logits_fn(np.array([rows[i]["input_ids"]]))
+        tagged = np.array(rows[i]["slot_labels"]) != pad
+        assert np.allclose(rows[i]["teacher_intent"], softmax(intent[0], 2.0), atol=1e-5)
+        assert np.allclose(rows[i]["teacher_slots"], softmax(slots[0][tagged], 2.0), atol=1e-5)
+        assert rows[i]["teacher_slots"].shape == (tagged.sum(), len(task.labels.slot_tags))
+
+    batch = training.make_collator(task.tokenizer.pad_id, pad)(rows[:5])
+    tagged = batch["slot_labels"] != pad
+    assert batch["teacher_intent"].shape == (5, len(task.labels.intents))
+    for i in range(5):
+        assert np.array_equal(batch["teacher_slots"][i][tagged[i]], rows[i]["teacher_slots"])
+    assert not batch["teacher_slots"][~tagged].any()  # context, [CLS], [SEP] and padding learn nothing from teachers
+
+
+def test_a_teacher_that_reads_rows_otherwise_is_refused(teacher, rows_and_task, tmp_path):
+    rows, task = rows_and_task
+    other = dataclasses.replace(task, context_turns=2, max_context_tokens=32)
+    with pytest.raises(ValueError, match=r"infer_model: its context_turns differs from this run's \(1, this run 2\)"):
+        Ensemble([teacher], cache_dir=str(tmp_path)).add_targets([dict(r) for r in rows], other)
+    with pytest.raises(ValueError, match="alpha"):
+        Ensemble([teacher], alpha=1.0)
+
+
+def test_run_train_learns_from_teachers(teacher, synthetic_dir, tmp_path):
+    import run_train
+
+    out = str(tmp_path / "student")
+    run_train.main(["--from_scratch", "--model_name_or_path", "ernie-3.0-tiny-nano-v2-zh", "--context_turns", "1",
+                    "--data_dir", synthetic_dir, "--output_dir", out, "--do_train", "--max_steps", "4",
+                    "--evaluation_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                    "--disable_tqdm", "true", "--teacher_dirs", teacher, teacher, "--distill_alpha", "0.3",
+                    "--teacher_cache_dir", str(tmp_path / "cache")])
+    log = open(os.path.join(out, "train.log"), encoding="utf-8").read()
+    assert "ensemble of 2 teachers at T=2.0" in log and os.path.isfile(os.path.join(out, "model.safetensors"))
+    assert len(os.listdir(tmp_path / "cache")) == 1
