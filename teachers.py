@@ -6,7 +6,8 @@ split exactly as this run does: same vocabulary, labels, window and context. Its
 logits on every training row are computed once through ONNX Runtime and cached under
 `cache_dir`, keyed by the teacher's weights and the rows. The ensemble's target for a row is the
 mean over teachers of softmax(logits / T), for the intent and for each utterance token's slot
-tag (context and special tokens carry none)."""
+tag (context and special tokens carry none). `ensemble_predictor` runs such an ensemble as one
+model, to measure what distilling it could reach."""
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ import numpy as np
 
 import export_format
 from backends import open_predictor
+from predictor import Predictor
 from task import Task
 from utils import atomic_path, file_sha256, pad_batch
 
@@ -117,3 +119,29 @@ class Ensemble:
         gold = np.array([row["intent_label"] for row in rows])
         logger.info(f"ensemble of {len(self.teacher_dirs)} teachers at T={self.temperature}: its intent is the gold one on "
                     f"{(intent.argmax(1) == gold).mean():.2%} of the training rows")
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def ensemble_predictor(model_dirs: Sequence[str], backend: str = "onnxruntime", threads: int = 0) -> Predictor:
+    """One Predictor over exported models that read rows alike: the mean of their intent
+    log-probabilities, of their slot emissions and of their CRF transitions (a geometric mean of
+    their distributions), decoded as one model with the first one's calibration. Each utterance
+    costs every member's run: a measure of what distillation could reach, not a model to ship."""
+    members = [open_predictor(d, backend, threads, warn_uncalibrated=False) for d in model_dirs]
+    first = members[0]
+    for d, member in zip(model_dirs[1:], members[1:]):
+        check_reads_like(member.task, first.task, d)
+    transitions = [m.exported.slot_transitions for m in members]
+    if any(t is None for t in transitions) and not all(t is None for t in transitions):
+        raise ValueError(f"{', '.join(model_dirs)}: some have a CRF slot head and some not; they cannot be averaged")
+
+    def logits_fn(input_ids):
+        outputs = [m.logits_fn(input_ids) for m in members]
+        return np.mean([log_softmax(i) for i, _ in outputs], 0), np.mean([s for _, s in outputs], 0)
+
+    return Predictor(first.task, logits_fn, first.exported.config["max_utterance_tokens"], first.exported.calibration,
+                     transitions=None if transitions[0] is None else np.mean(transitions, 0))

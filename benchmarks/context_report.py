@@ -14,7 +14,9 @@ default recipe and a candidate) the cost is measured in this run, one after the
 other on a quiet CPU: training samples/s (run_train.py for --throughput_steps steps, 2 threads,
 the recipe's own flags read from its run) and batch-1 p50 latency (1 thread, a fresh process,
 test utterances with their context). The error breakdown of the chosen recipe's first run says
-where its remaining errors are. Writes context.json, context.md and context.png.
+where its remaining errors are. An --ensemble row scores several runs as one model (the mean of
+their log-probabilities: what distilling them into one model could reach). Writes context.json,
+context.md and context.png.
 """
 import argparse
 import collections
@@ -26,6 +28,7 @@ import tempfile
 import numpy as np
 
 from backends import open_predictor
+from teachers import ensemble_predictor
 from data.corpus import read_corpus
 from latency import measure_in_subprocess
 from metrics import sentence_correct
@@ -49,9 +52,9 @@ def first_turns(utterances):
     return out
 
 
-def evaluate(model_dir: str, utterances, threads: int):
-    """Metrics of one export on one split, and its (intent, tags) per utterance."""
-    predictor = open_predictor(model_dir, "paddle-inference", threads)
+def evaluate(predictor, utterances):
+    """Metrics of one predictor (an export, or an ensemble of them) on one split, and its (intent,
+    tags) per utterance."""
     predictions = predictor.corpus_predictions(utterances)
     labels = predictor.task.labels
     predicted = [(labels.intents[p.intent_id], [labels.slot_tags[t] for t in p.tag_ids]) for p in predictions]
@@ -143,6 +146,8 @@ def main(argv=None):
     parser.add_argument(
         "--recipe", action="append", required=True, help="NAME=RUN_DIR[,RUN_DIR...] (one run per seed; the last = separates)"
     )
+    parser.add_argument("--ensemble", action="append", default=[],
+                        help="NAME=RUN_DIR,RUN_DIR[,...]: those runs as one model (teachers.ensemble_predictor), one row")
     parser.add_argument("--baseline", required=True, help="the recipe compared against: before context, or the default (timed)")
     parser.add_argument("--chosen", required=True, help="the recipe chosen on dev (timed, its errors broken down)")
     parser.add_argument("--data_dir", default="data/prepared/nlpcc2018")
@@ -160,12 +165,20 @@ def main(argv=None):
         for run_dir in dirs.split(","):
             run = {"dir": run_dir, "flags": train_flags(run_dir), "train": load_json(os.path.join(run_dir, "train_results.json"))}
             for split, utts in splits.items():
-                run[split], predicted = evaluate(os.path.join(run_dir, "infer_model"), utts, args.cpu_threads)
+                run[split], predicted = evaluate(open_predictor(os.path.join(run_dir, "infer_model"), "paddle-inference",
+                                                                args.cpu_threads), utts)
                 if split == "test" and name == args.chosen and not runs:
                     report["chosen_errors"] = breakdown(utts, predicted)
             runs.append(run)
             print(f"{name} {run_dir}: dev {run['dev']['sentence_acc']:.4f}, test {run['test']['sentence_acc']:.4f}", flush=True)
         report["recipes"][name] = {"runs": runs}
+    for name, dirs in (e.rsplit("=", 1) for e in args.ensemble):
+        members = dirs.split(",")
+        predictor = ensemble_predictor([os.path.join(d, "infer_model") for d in members], "paddle-inference", args.cpu_threads)
+        run = {"dir": dirs, **{split: evaluate(predictor, utts)[0] for split, utts in splits.items()}}
+        report["recipes"][name] = {"runs": [run], "ensemble_of": len(members)}
+        print(f"{name} (ensemble of {len(members)}): dev {run['dev']['sentence_acc']:.4f}, test {run['test']['sentence_acc']:.4f}",
+              flush=True)
     for name in (args.baseline, args.chosen):
         first = report["recipes"][name]["runs"][0]["dir"]
         cost = {"latency": measure_in_subprocess(os.path.join(first, "infer_model"), "paddle-inference", 1,
@@ -179,7 +192,8 @@ def main(argv=None):
     plot(report, os.path.join(args.output_dir, "context.png"))
     n_test = report["recipes"][args.baseline]["runs"][0]["test"]
     header = ["recipe", "seeds", "dev sentence acc", *[f"test {m.replace('_', ' ')}" for m in METRICS]]
-    rows = [[name, len(r["runs"]), cell([run["dev"]["sentence_acc"] for run in r["runs"]]),
+    rows = [[name, f"ensemble of {r['ensemble_of']}" if "ensemble_of" in r else len(r["runs"]),
+             cell([run["dev"]["sentence_acc"] for run in r["runs"]]),
              *[cell([run["test"][m] for run in r["runs"]]) for m in METRICS]] for name, r in report["recipes"].items()]
     lines = [f"Test split of {args.data_dir} ({n_test['num_utterances']} utterances: " + ", ".join(
         f"{n_test[f'n {s}']} {s}" for s in SUBSETS) + "); accuracies in %, mean ± std over seeds.", ""]

@@ -12,7 +12,7 @@ import export_format
 import training
 from backends import open_predictor
 from data.corpus import read_corpus
-from teachers import Ensemble, softmax
+from teachers import Ensemble, ensemble_predictor, log_softmax, softmax
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,15 @@ def test_run_train_learns_from_teachers(teacher, synthetic_dir, tmp_path):
     log = open(os.path.join(out, "train.log"), encoding="utf-8").read()
     assert "ensemble of 2 teachers at T=2.0" in log and os.path.isfile(os.path.join(out, "model.safetensors"))
     assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_an_ensemble_of_one_model_twice_predicts_as_the_model(teacher, synthetic_splits):
+    """The mean of equal members is the member: same evaluation, intent scores its log-probabilities."""
+    single = open_predictor(teacher, "onnxruntime", 1)
+    ensemble = ensemble_predictor([teacher, teacher], "onnxruntime", 1)
+    test = synthetic_splits["test"]
+    assert ensemble.evaluate(test) == single.evaluate(test)
+    ids = np.array([single.task.encode("导航去北京").windows[0]])
+    (intent, slots), (e_intent, e_slots) = single.logits_fn(ids), ensemble.logits_fn(ids)
+    assert np.allclose(np.exp(e_intent).sum(-1), 1.0, atol=1e-5) and np.allclose(e_intent, log_softmax(intent), atol=1e-5)
+    assert np.allclose(e_slots, slots, atol=1e-6)
