@@ -18,6 +18,7 @@ import numpy as np
 
 import export_format
 from backends import open_predictor
+from decoding import softmax64
 from predictor import Predictor
 from task import Task
 from utils import atomic_path, file_sha256, pad_batch
@@ -80,12 +81,6 @@ def teacher_logits(teacher_dir: str, rows: Sequence[dict], task: Task, threads: 
     return result
 
 
-def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    z = np.exp(z - z.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
-
-
 @dataclass
 class Ensemble:
     """Teachers whose mean probabilities at `temperature` a model learns from, besides its gold
@@ -109,8 +104,8 @@ class Ensemble:
         intent = slots = 0.0
         for teacher_dir in self.teacher_dirs:
             logits = teacher_logits(teacher_dir, rows, task, self.threads, self.cache_dir)
-            intent = intent + softmax(logits["intent"], self.temperature) / len(self.teacher_dirs)
-            slots = slots + softmax(logits["slots"], self.temperature) / len(self.teacher_dirs)
+            intent = intent + softmax64(logits["intent"], self.temperature).astype("float32") / len(self.teacher_dirs)
+            slots = slots + softmax64(logits["slots"], self.temperature).astype("float32") / len(self.teacher_dirs)
         start = 0
         for row, row_intent in zip(rows, intent):
             n = sum(tag != task.labels.pad_slot_id for tag in row["slot_labels"])
@@ -119,11 +114,6 @@ class Ensemble:
         gold = np.array([row["intent_label"] for row in rows])
         logger.info(f"ensemble of {len(self.teacher_dirs)} teachers at T={self.temperature}: its intent is the gold one on "
                     f"{(intent.argmax(1) == gold).mean():.2%} of the training rows")
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def ensemble_predictor(model_dirs: Sequence[str], backend: str = "onnxruntime", threads: int = 0) -> Predictor:
@@ -141,7 +131,7 @@ def ensemble_predictor(model_dirs: Sequence[str], backend: str = "onnxruntime", 
 
     def logits_fn(input_ids):
         outputs = [m.logits_fn(input_ids) for m in members]
-        return np.mean([log_softmax(i) for i, _ in outputs], 0), np.mean([s for _, s in outputs], 0)
+        return np.mean([np.log(softmax64(i, 1.0)) for i, _ in outputs], 0), np.mean([s for _, s in outputs], 0)
 
     return Predictor(first.task, logits_fn, first.exported.config["max_utterance_tokens"], first.exported.calibration,
                      transitions=None if transitions[0] is None else np.mean(transitions, 0))
