@@ -22,7 +22,7 @@ DEMO_EPOCHS ?= 10
 comma := ,
 space := $(subst ,, )
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc compression-runs-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -110,15 +110,16 @@ context-report-nlpcc: setup
 
 # The candidates toward 86 (docs/model-and-context.md), seeds 42-44, each paired with make
 # train-nlpcc's run of the same seed (seed 42 of the default recipe is train-nlpcc's own output):
-# intent label smoothing 0.1, and kd5, the ensemble of five runs (default recipe seeds 42-44, label
-# smoothing 42-43) distilled into one model. ~30 min a run on 2 cores; runs already done are skipped.
+# intent label smoothing 0.1 (seeds 42-43), and kd5, the ensemble of five runs (default recipe seeds
+# 42-44, label smoothing 42-43) distilled into one model. ~30 min a run on 2 cores; runs already done
+# are skipped.
 TOWARD86 = output/nlpcc2018-nano-scratch
 TOWARD86_TEACHERS = $(TOWARD86) $(TOWARD86)-s43 $(TOWARD86)-s44 $(TOWARD86)-ls0.1 $(TOWARD86)-ls0.1-s43
 toward86-runs-nlpcc: CORPUS = auto
 toward86-runs-nlpcc: DATA_DIR = data/prepared/nlpcc2018
 toward86-runs-nlpcc: data
 	test -f $(TOWARD86)/infer_model/inference_config.json || $(MAKE) train-nlpcc
-	for run in s43 s44 ls0.1 ls0.1-s43 ls0.1-s44 kd5-s42 kd5-s43 kd5-s44; do \
+	for run in s43 s44 ls0.1 ls0.1-s43 kd5-s42 kd5-s43 kd5-s44; do \
 		test -f $(TOWARD86)-$$run/infer_model/inference_config.json && continue; \
 		case $$run in *-s4?) seed=$${run##*-s};; s4?) seed=$${run#s};; *) seed=42;; esac; \
 		case $$run in ls0.1*) flags="--intent_label_smoothing 0.1";; \
@@ -129,11 +130,22 @@ toward86-runs-nlpcc: data
 toward86-report-nlpcc: setup
 	$(PY) benchmarks/context_report.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86 \
 		--recipe "K=2, CRF (make train-nlpcc)=$(TOWARD86),$(TOWARD86)-s43,$(TOWARD86)-s44" \
-		--recipe "K=2, CRF + intent label smoothing 0.1=$(TOWARD86)-ls0.1,$(TOWARD86)-ls0.1-s43,$(TOWARD86)-ls0.1-s44" \
+		--recipe "K=2, CRF + intent label smoothing 0.1=$(TOWARD86)-ls0.1,$(TOWARD86)-ls0.1-s43" \
 		--recipe "K=2, CRF + distilled from kd5's five teachers=$(TOWARD86)-kd5-s42,$(TOWARD86)-kd5-s43,$(TOWARD86)-kd5-s44" \
 		--ensemble "kd5's five teachers as one model (not shippable: five runs per utterance)=$(subst $(space),$(comma),$(TOWARD86_TEACHERS))" \
-		--baseline "K=2, CRF (make train-nlpcc)" --chosen "$(TOWARD86_CHOSEN)"
-TOWARD86_CHOSEN ?= K=2, CRF + distilled from kd5's five teachers
+		--baseline "K=2, CRF (make train-nlpcc)" --chosen "$(TOWARD86_CHOSEN)" \
+		--chosen_train_flags "--teacher_dirs $(addsuffix /infer_model,$(TOWARD86_TEACHERS))"
+TOWARD86_CHOSEN = K=2, CRF + distilled from kd5's five teachers
+
+# The width-0.5 stage compression after compression (docs/compression.md): the default recipe's model at
+# both learning rates, and kd5's students (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_LR=2e-4
+# NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first); runs not there are left out.
+COMPRESSION_RUNS = --run "default recipe, seed 42, lr 5e-5=$(TOWARD86)-compress-width0.5" \
+	--run "default recipe, seed 42, lr 2e-4=$(TOWARD86)-compress-width0.5-lr2e-4" \
+	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(TOWARD86)-kd5-s$(s)-compress-width0.5-lr2e-4")
+compression-runs-nlpcc: setup
+	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86 \
+		--skip_missing $(COMPRESSION_RUNS)
 
 # Decoding and confidence report (greedy vs constrained vs CRF, calibration, abstaining, decoding
 # time in Python and C++): of the demo model, and of the two NLPCC models (after train-nlpcc and

@@ -97,12 +97,12 @@ def train_flags(run_dir: str) -> list:
     return flags + (["--slot_crf"] if config.get("slot_crf") else [])
 
 
-def training_throughput(run_dir: str, data_dir: str, steps: int) -> float:
+def training_throughput(run_dir: str, data_dir: str, steps: int, extra_flags=()) -> float:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, os.path.join(PROJECT_DIR, "run_train.py"), "--from_scratch", "--data_dir", data_dir,
                         "--output_dir", out, "--do_train", "--max_steps", str(steps), "--cpu_threads", "2", "--seed", "42",
                         "--evaluation_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-                        "--logging_steps", str(steps), "--disable_tqdm", "true", *train_flags(run_dir)],
+                        "--logging_steps", str(steps), "--disable_tqdm", "true", *train_flags(run_dir), *extra_flags],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return load_json(os.path.join(out, "train_results.json"))["train_samples_per_second"]
 
@@ -150,6 +150,9 @@ def main(argv=None):
                         help="NAME=RUN_DIR,RUN_DIR[,...]: those runs as one model (teachers.ensemble_predictor), one row")
     parser.add_argument("--baseline", required=True, help="the recipe compared against: before context, or the default (timed)")
     parser.add_argument("--chosen", required=True, help="the recipe chosen on dev (timed, its errors broken down)")
+    parser.add_argument("--chosen_train_flags", default="",
+                        help="run_train.py flags of the chosen recipe that its saved files do not record (e.g. --teacher_dirs ...), "
+                        "for timing its training")
     parser.add_argument("--data_dir", default="data/prepared/nlpcc2018")
     parser.add_argument("--output_dir", default="benchmarks/results")
     parser.add_argument("--throughput_steps", type=int, default=100, help="training steps timed per recipe (0: skip)")
@@ -184,7 +187,8 @@ def main(argv=None):
         cost = {"latency": measure_in_subprocess(os.path.join(first, "infer_model"), "paddle-inference", 1,
                                                  os.path.join(args.data_dir, "test.txt"), args.latency_utterances)}
         if args.throughput_steps:
-            cost["train_samples_per_s"] = training_throughput(first, args.data_dir, args.throughput_steps)
+            extra = args.chosen_train_flags.split() if name == args.chosen else []
+            cost["train_samples_per_s"] = training_throughput(first, args.data_dir, args.throughput_steps, extra)
         report["recipes"][name]["cost"] = cost
 
     os.makedirs(args.output_dir, exist_ok=True)
