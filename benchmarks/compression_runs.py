@@ -48,7 +48,7 @@ def main(argv=None):
     save_json(os.path.join(args.output_dir, "compression_runs.json"), {"backend": args.backend, "data_dir": args.data_dir,
                                                                        "runs": runs})
     stage_names = [s for s in runs[0]["stages"] if s != "fp32"]
-    header = ["run", "fp32", *stage_names, f"QAT int8 on {args.backend}", "QAT int8 − fp32"]
+    header = ["run", "fp32", *stage_names, f"QAT int8 on {args.backend}", "that − fp32"]
     rows = [[r["name"], f"{100 * r['fp32']:.2f}", *[f"{100 * r['stages'].get(s, float('nan')):.2f}" for s in stage_names],
              f"{100 * r['qat_on_backend']:.2f}", f"{100 * (r['qat_on_backend'] - r['fp32']):+.2f}"] for r in runs]
     lines = [f"Strict test sentence accuracy (%) of each stage, {args.data_dir}; stages scored by Paddle Inference "
