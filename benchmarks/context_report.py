@@ -28,11 +28,11 @@ import tempfile
 import numpy as np
 
 from backends import open_predictor
-from teachers import ensemble_predictor
 from data.corpus import read_corpus
 from latency import measure_in_subprocess
 from metrics import sentence_correct
 from predictor import score
+from teachers import ensemble_predictor
 from utils import PROJECT_DIR, load_json, markdown_table, save_figure, save_json, write_text
 
 SUBSETS = {
