@@ -79,7 +79,7 @@ class JointLoss(nn.Layer):
     `intent_label_smoothing` ε the intent's target is (1 - ε) on the gold intent + ε spread evenly
     over all intents (a candidate of docs/model-and-context.md, "Toward 86").
 
-    With an ensemble's targets (teachers.py: `teacher_intent` [B, intents] and `teacher_slots`
+    With an ensemble's targets (teachers.py: `ensemble_intent` [B, intents] and `ensemble_slots`
     [B, S, tags], probabilities at `temperature` T) the loss is `distill_alpha` x the above +
     (1 - distill_alpha) x T^2 x the soft cross-entropy of the intent and, weighted as the slot
     loss, of each tagged token's slot emissions against them (vanilla KD, as DistillLoss)."""
@@ -90,7 +90,7 @@ class JointLoss(nn.Layer):
         self.pad_slot_id, self.slot_weight, self.transitions = pad_slot_id, slot_weight, transitions
         self.intent_label_smoothing, self.distill_alpha, self.temperature = intent_label_smoothing, distill_alpha, temperature
 
-    def forward(self, logits, labels, teacher_intent=None, teacher_slots=None):
+    def forward(self, logits, labels, ensemble_intent=None, ensemble_slots=None):
         intent_logits, slot_logits = logits
         intent_label, slot_labels = labels
         intent_loss = F.cross_entropy(intent_logits, intent_label, label_smoothing=self.intent_label_smoothing)
@@ -103,11 +103,11 @@ class JointLoss(nn.Layer):
             width = int(mask.sum(1).max()) + 1
             slot_loss = crf_nll(slot_logits[:, :width], slot_labels[:, :width], mask[:, :width], self.transitions).sum() / tokens
         loss = intent_loss + self.slot_weight * slot_loss
-        if teacher_intent is None:
+        if ensemble_intent is None:
             return loss
         t = self.temperature
-        soft = soft_cross_entropy(intent_logits, teacher_intent, t).mean() + \
-            self.slot_weight * (soft_cross_entropy(slot_logits, teacher_slots, t) * mask).sum() / tokens
+        soft = soft_cross_entropy(intent_logits, ensemble_intent, t).mean() + \
+            self.slot_weight * (soft_cross_entropy(slot_logits, ensemble_slots, t) * mask).sum() / tokens
         return self.distill_alpha * loss + (1 - self.distill_alpha) * t * t * soft
 
 

@@ -99,7 +99,7 @@ class Ensemble:
             raise ValueError(f"distillation temperature {self.temperature} (must be > 0) and alpha {self.alpha} (must be in [0, 1))")
 
     def add_targets(self, rows: List[dict], task: Task) -> None:
-        """Adds "teacher_intent" [intents] and "teacher_slots" [utterance tokens, tags] (the
+        """Adds "ensemble_intent" [intents] and "ensemble_slots" [utterance tokens, tags] (the
         teachers' mean probabilities) to every row, in place."""
         intent = slots = 0.0
         for teacher_dir in self.teacher_dirs:
@@ -109,7 +109,7 @@ class Ensemble:
         start = 0
         for row, row_intent in zip(rows, intent):
             n = sum(tag != task.labels.pad_slot_id for tag in row["slot_labels"])
-            row["teacher_intent"], row["teacher_slots"] = row_intent, slots[start : start + n]
+            row["ensemble_intent"], row["ensemble_slots"] = row_intent, slots[start : start + n]
             start += n
         gold = np.array([row["intent_label"] for row in rows])
         logger.info(f"ensemble of {len(self.teacher_dirs)} teachers at T={self.temperature}: its intent is the gold one on "

@@ -90,21 +90,22 @@ def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
 
 
 def make_collator(pad_id: int, pad_slot_id: int):
-    """Rows -> padded arrays; rows with an ensemble's targets (teachers.py) add "teacher_intent"
-    [B, intents] and "teacher_slots" [B, S, tags], zero where a row has no slot tag."""
+    """Rows -> padded arrays; rows with an ensemble's targets (teachers.py) add "ensemble_intent"
+    [B, intents] and "ensemble_slots" [B, S, tags], zero where a row has no slot tag (run_distill.py's
+    rows carry their teacher's raw logits as "teacher_*" and pad those itself)."""
     def collate(rows):
         batch = {
             "input_ids": pad_batch([r["input_ids"] for r in rows], pad_id),
             "intent_label": np.array([r["intent_label"] for r in rows], dtype="int64"),
             "slot_labels": pad_batch([r["slot_labels"] for r in rows], pad_slot_id),
         }
-        if "teacher_intent" in rows[0]:
-            batch["teacher_intent"] = np.stack([r["teacher_intent"] for r in rows])
-            slots = np.zeros(batch["slot_labels"].shape + rows[0]["teacher_slots"].shape[1:], dtype="float32")
+        if "ensemble_intent" in rows[0]:
+            batch["ensemble_intent"] = np.stack([r["ensemble_intent"] for r in rows])
+            slots = np.zeros(batch["slot_labels"].shape + rows[0]["ensemble_slots"].shape[1:], dtype="float32")
             tagged = batch["slot_labels"] != pad_slot_id
             for i, r in enumerate(rows):
-                slots[i, tagged[i]] = r["teacher_slots"]
-            batch["teacher_slots"] = slots
+                slots[i, tagged[i]] = r["ensemble_slots"]
+            batch["ensemble_slots"] = slots
         return batch
 
     return collate
@@ -224,7 +225,7 @@ class SluTrainer(Trainer):
                                    self.args.dataset_world_size, self.args.dataset_rank)
 
     def compute_loss(self, model, inputs, return_outputs=False):
-        targets = {k: inputs.pop(k) for k in ("teacher_intent", "teacher_slots") if k in inputs}
+        targets = {k: inputs.pop(k) for k in ("ensemble_intent", "ensemble_slots") if k in inputs}
         labels = tuple(inputs.pop(name) for name in self.args.label_names)
         outputs = model(**inputs)
         loss = self.criterion(outputs, labels, **targets)

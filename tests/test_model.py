@@ -142,7 +142,7 @@ def test_an_ensembles_targets_enter_the_loss_as_vanilla_kd(labels):
     t_slots = softmax(rng.randn(2, 3, 5), axis=-1).astype("float32")
     loss = JointLoss(pad, slot_weight=0.5, distill_alpha=0.3, temperature=2.0)(
         (paddle.to_tensor(intent), paddle.to_tensor(slots)), (paddle.to_tensor([1, 3]), paddle.to_tensor(slot_labels)),
-        teacher_intent=paddle.to_tensor(t_intent), teacher_slots=paddle.to_tensor(t_slots))
+        ensemble_intent=paddle.to_tensor(t_intent), ensemble_slots=paddle.to_tensor(t_slots))
     log_p = lambda x, t=1.0: np.log(softmax(x / t, axis=-1))
     gold = -(log_p(intent)[0, 1] + log_p(intent)[1, 3]) / 2 - 0.5 * (
         log_p(slots)[0, 1, 1] + log_p(slots)[0, 2, 2] + log_p(slots)[1, 1, 3]) / 3

@@ -39,16 +39,16 @@ def test_targets_are_the_teachers_mean_probabilities_row_by_row(teacher, rows_an
     for i in (0, 7, 123, 299):  # each row alone, unpadded: the batches' order and padding changed nothing
         intent, slots = logits_fn(np.array([rows[i]["input_ids"]]))
         tagged = np.array(rows[i]["slot_labels"]) != pad
-        assert np.allclose(rows[i]["teacher_intent"], softmax64(intent[0], 2.0), atol=1e-5)
-        assert np.allclose(rows[i]["teacher_slots"], softmax64(slots[0][tagged], 2.0), atol=1e-5)
-        assert rows[i]["teacher_slots"].shape == (tagged.sum(), len(task.labels.slot_tags))
+        assert np.allclose(rows[i]["ensemble_intent"], softmax64(intent[0], 2.0), atol=1e-5)
+        assert np.allclose(rows[i]["ensemble_slots"], softmax64(slots[0][tagged], 2.0), atol=1e-5)
+        assert rows[i]["ensemble_slots"].shape == (tagged.sum(), len(task.labels.slot_tags))
 
     batch = training.make_collator(task.tokenizer.pad_id, pad)(rows[:5])
     tagged = batch["slot_labels"] != pad
-    assert batch["teacher_intent"].shape == (5, len(task.labels.intents))
+    assert batch["ensemble_intent"].shape == (5, len(task.labels.intents))
     for i in range(5):
-        assert np.array_equal(batch["teacher_slots"][i][tagged[i]], rows[i]["teacher_slots"])
-    assert not batch["teacher_slots"][~tagged].any()  # context, [CLS], [SEP] and padding learn nothing from teachers
+        assert np.array_equal(batch["ensemble_slots"][i][tagged[i]], rows[i]["ensemble_slots"])
+    assert not batch["ensemble_slots"][~tagged].any()  # context, [CLS], [SEP] and padding learn nothing from teachers
 
 
 def test_a_teacher_that_reads_rows_otherwise_is_refused(teacher, rows_and_task, tmp_path):
