@@ -50,13 +50,13 @@ def rows_digest(rows: Sequence[dict]) -> str:
     return h.hexdigest()
 
 
-def teacher_logits(teacher_dir: str, rows: Sequence[dict], task: Task, threads: int, cache_dir: str) -> dict:
+def teacher_logits(teacher_dir: str, rows: Sequence[dict], task: Task, threads: int, cache_dir: str, digest: str = "") -> dict:
     """{"intent": [N, intents], "slots": [tokens, tags]} float32: one teacher's logits on `rows`,
     the slot logits of the utterance tokens of all rows, in row order; read from the cache when
-    the same weights saw the same rows before."""
+    the same weights saw the same rows before (`digest`: rows_digest(rows), when already known)."""
     exported = export_format.read(teacher_dir)
     check_reads_like(exported.task, task, teacher_dir)
-    key = hashlib.sha256((file_sha256(exported.path(export_format.PARAMS_FILE)) + rows_digest(rows)).encode()).hexdigest()[:24]
+    key = hashlib.sha256((file_sha256(exported.path(export_format.PARAMS_FILE)) + (digest or rows_digest(rows))).encode()).hexdigest()[:24]
     cache = os.path.join(cache_dir, f"{key}.npz")
     if os.path.isfile(cache):
         logger.info(f"teacher {teacher_dir}: logits from {cache}")
@@ -102,8 +102,9 @@ class Ensemble:
         """Adds "ensemble_intent" [intents] and "ensemble_slots" [utterance tokens, tags] (the
         teachers' mean probabilities) to every row, in place."""
         intent = slots = 0.0
+        digest = rows_digest(rows)  # once, not once per teacher
         for teacher_dir in self.teacher_dirs:
-            logits = teacher_logits(teacher_dir, rows, task, self.threads, self.cache_dir)
+            logits = teacher_logits(teacher_dir, rows, task, self.threads, self.cache_dir, digest)
             intent = intent + softmax64(logits["intent"], self.temperature).astype("float32") / len(self.teacher_dirs)
             slots = slots + softmax64(logits["slots"], self.temperature).astype("float32") / len(self.teacher_dirs)
         start = 0
