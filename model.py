@@ -82,7 +82,8 @@ class JointLoss(nn.Layer):
     With an ensemble's targets (teachers.py: `ensemble_intent` [B, intents] and `ensemble_slots`
     [B, S, tags], probabilities at `temperature` T) the loss is `distill_alpha` x the above +
     (1 - distill_alpha) x T^2 x the soft cross-entropy of the intent and, weighted as the slot
-    loss, of each tagged token's slot emissions against them (vanilla KD, as DistillLoss)."""
+    loss, of each tagged token's slot emissions against them (vanilla KD, as DistillLoss). Rows
+    with `has_gold` 0 ([B]: the ensemble's augmented transfer rows) learn from the ensemble alone."""
 
     def __init__(self, pad_slot_id: int, slot_weight: float = 1.0, transitions=None, intent_label_smoothing: float = 0.0,
                  distill_alpha: float = 1.0, temperature: float = 1.0):
@@ -90,24 +91,29 @@ class JointLoss(nn.Layer):
         self.pad_slot_id, self.slot_weight, self.transitions = pad_slot_id, slot_weight, transitions
         self.intent_label_smoothing, self.distill_alpha, self.temperature = intent_label_smoothing, distill_alpha, temperature
 
-    def forward(self, logits, labels, ensemble_intent=None, ensemble_slots=None):
+    def forward(self, logits, labels, ensemble_intent=None, ensemble_slots=None, has_gold=None):
         intent_logits, slot_logits = logits
         intent_label, slot_labels = labels
-        intent_loss = F.cross_entropy(intent_logits, intent_label, label_smoothing=self.intent_label_smoothing)
         mask = (slot_labels != self.pad_slot_id).astype("float32")
-        tokens = paddle.clip(mask.sum(), min=1.0)
+        # rows with has_gold 0 (augmented copies, labelled by the ensemble alone) carry no gold loss
+        gold = paddle.ones([intent_label.shape[0]], "float32") if has_gold is None else has_gold
+        gold_tokens = paddle.clip((mask * gold.unsqueeze(-1)).sum(), min=1.0)
+        intent_loss = F.cross_entropy(intent_logits, intent_label, label_smoothing=self.intent_label_smoothing, reduction="none")
+        intent_loss = (intent_loss.reshape([-1]) * gold).sum() / paddle.clip(gold.sum(), min=1.0)
         if self.transitions is None:
-            slot_loss = F.cross_entropy(slot_logits, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id)
+            slot_loss = F.cross_entropy(slot_logits, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id, reduction="none")
+            slot_loss = (slot_loss.squeeze(-1) * mask * gold.unsqueeze(-1)).sum() / gold_tokens
         else:
             # the CRF's loop runs up to the last tagged position, not over the context
             width = int(mask.sum(1).max()) + 1
-            slot_loss = crf_nll(slot_logits[:, :width], slot_labels[:, :width], mask[:, :width], self.transitions).sum() / tokens
+            nll = crf_nll(slot_logits[:, :width], slot_labels[:, :width], mask[:, :width], self.transitions)
+            slot_loss = (nll * gold).sum() / gold_tokens
         loss = intent_loss + self.slot_weight * slot_loss
         if ensemble_intent is None:
             return loss
         t = self.temperature
         soft = soft_cross_entropy(intent_logits, ensemble_intent, t).mean() + \
-            self.slot_weight * (soft_cross_entropy(slot_logits, ensemble_slots, t) * mask).sum() / tokens
+            self.slot_weight * (soft_cross_entropy(slot_logits, ensemble_slots, t) * mask).sum() / paddle.clip(mask.sum(), min=1.0)
         return self.distill_alpha * loss + (1 - self.distill_alpha) * t * t * soft
 
 

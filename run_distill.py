@@ -140,7 +140,6 @@ def make_batch(rows, task: Task):
     tokenizer, labels = task.tokenizer, task.labels
     batch = make_collator(tokenizer.pad_id, labels.pad_slot_id)(rows)
     ids = batch["input_ids"]
-    batch["has_gold"] = np.array([r["has_gold"] for r in rows], dtype="float32")
     # the utterance's characters: after [CLS], before the first [SEP] (not the context, not padding)
     batch["token_mask"] = ((np.cumsum(ids == tokenizer.sep_id, axis=1) == 0) & (ids != tokenizer.cls_id)).astype("float32")
     batch = {name: paddle.to_tensor(value) for name, value in batch.items()}

@@ -85,6 +85,9 @@ class ModelArguments:
     distill_alpha: float = field(default=0.5, metadata={
         "help": "With --teacher_dirs: weight of the gold labels' loss, in [0, 1); the teachers' soft targets take the rest."})
     distill_temperature: float = field(default=2.0, metadata={"help": "With --teacher_dirs: softmax temperature of the soft targets."})
+    augment_copies: int = field(default=0, metadata={
+        "help": "With --teacher_dirs: seeded, slot-preserving augmented copies of every training utterance (data/augment.py) "
+                "added to the training rows, labelled by the teachers alone."})
     teacher_cache_dir: str = field(default=os.path.join("output", "teacher-logits"), metadata={
         "help": "With --teacher_dirs: where each teacher's logits on the training rows are kept, keyed by its weights and the rows."})
     slot_crf: bool = field(
@@ -276,8 +279,12 @@ def run(argv=None):
 
     if not 0.0 <= model_args.intent_label_smoothing < 1.0:
         raise ValueError(f"--intent_label_smoothing {model_args.intent_label_smoothing}: must be in [0, 1)")
-    ensemble = Ensemble(model_args.teacher_dirs, model_args.distill_temperature, model_args.distill_alpha,
-                        model_args.teacher_cache_dir, threads) if model_args.teacher_dirs and training_args.do_train else None
+    if model_args.augment_copies and not model_args.teacher_dirs:
+        raise ValueError("--augment_copies: augmented rows are labelled by teachers alone; give --teacher_dirs too")
+    ensemble = None
+    if model_args.teacher_dirs and training_args.do_train:
+        ensemble = Ensemble(model_args.teacher_dirs, model_args.distill_temperature, model_args.distill_alpha,
+                            model_args.teacher_cache_dir, threads, model_args.augment_copies, training_args.seed)
     trainer = build_trainer(model, task, train_split, dev, training_args, model_args.slot_loss_weight,
                             model_args.intent_label_smoothing, ensemble)
     if training_args.do_train:

@@ -6,7 +6,8 @@ split exactly as this run does: same vocabulary, labels, window and context. Its
 logits on every training row are computed once through ONNX Runtime and cached under
 `cache_dir`, keyed by the teacher's weights and the rows. The ensemble's target for a row is the
 mean over teachers of softmax(logits / T), for the intent and for each utterance token's slot
-tag (context and special tokens carry none). `ensemble_predictor` runs such an ensemble as one
+tag (context and special tokens carry none). With `augment_copies` the ensemble also labels
+augmented copies of the training utterances, which the model learns from it alone. `ensemble_predictor` runs such an ensemble as one
 model, to measure what distilling it could reach."""
 import hashlib
 import logging
@@ -18,6 +19,8 @@ import numpy as np
 
 import export_format
 from backends import open_predictor
+from data.augment import augment_corpus
+from data.corpus import Utterance
 from decoding import softmax64
 from predictor import Predictor
 from task import Task
@@ -91,12 +94,27 @@ class Ensemble:
     alpha: float = 0.5
     cache_dir: str = os.path.join("output", "teacher-logits")
     threads: int = 0
+    augment_copies: int = 0
+    seed: int = 42
 
     def __post_init__(self):
         if not self.teacher_dirs:
             raise ValueError("an ensemble needs at least one teacher directory")
-        if self.temperature <= 0 or not 0.0 <= self.alpha < 1.0:
-            raise ValueError(f"distillation temperature {self.temperature} (must be > 0) and alpha {self.alpha} (must be in [0, 1))")
+        if self.temperature <= 0 or not 0.0 <= self.alpha < 1.0 or self.augment_copies < 0:
+            raise ValueError(f"distillation temperature {self.temperature} (must be > 0), alpha {self.alpha} (must be in [0, 1)) "
+                             f"and augmented copies {self.augment_copies} (must be >= 0)")
+
+    def augmented_rows(self, train: Sequence[Utterance], task: Task) -> List[dict]:
+        """`augment_copies` seeded, slot-preserving copies of every training utterance
+        (data/augment.py), each as one row with its source's session context and has_gold 0:
+        what the ensemble labels and the model learns from the ensemble alone."""
+        if not self.augment_copies:
+            return []
+        histories = task.corpus_histories(train)
+        augmented = augment_corpus(train, self.augment_copies, self.seed)
+        logger.info(f"augmentation: {len(augmented)} rows from {len(train)} training utterances x {self.augment_copies}, "
+                    "labelled by the ensemble alone")
+        return [{**task.labelled_rows(u, task.encode(u.text, histories[i]))[0], "has_gold": 0.0} for i, u in augmented]
 
     def add_targets(self, rows: List[dict], task: Task) -> None:
         """Adds "ensemble_intent" [intents] and "ensemble_slots" [utterance tokens, tags] (the

@@ -92,7 +92,8 @@ def pretrained_tokenizer(name_or_dir: str) -> CharTokenizer:
 def make_collator(pad_id: int, pad_slot_id: int):
     """Rows -> padded arrays; rows with an ensemble's targets (teachers.py) add "ensemble_intent"
     [B, intents] and "ensemble_slots" [B, S, tags], zero where a row has no slot tag (run_distill.py's
-    rows carry their teacher's raw logits as "teacher_*" and pad those itself)."""
+    rows carry their teacher's raw logits as "teacher_*" and pad those itself); batches with
+    augmented rows add "has_gold" [B] (0 for those rows)."""
     def collate(rows):
         batch = {
             "input_ids": pad_batch([r["input_ids"] for r in rows], pad_id),
@@ -106,6 +107,8 @@ def make_collator(pad_id: int, pad_slot_id: int):
             for i, r in enumerate(rows):
                 slots[i, tagged[i]] = r["ensemble_slots"]
             batch["ensemble_slots"] = slots
+        if any("has_gold" in r for r in rows):  # a row without the key is a gold one
+            batch["has_gold"] = np.array([r.get("has_gold", 1.0) for r in rows], dtype="float32")
         return batch
 
     return collate
@@ -225,7 +228,7 @@ class SluTrainer(Trainer):
                                    self.args.dataset_world_size, self.args.dataset_rank)
 
     def compute_loss(self, model, inputs, return_outputs=False):
-        targets = {k: inputs.pop(k) for k in ("ensemble_intent", "ensemble_slots") if k in inputs}
+        targets = {k: inputs.pop(k) for k in ("ensemble_intent", "ensemble_slots", "has_gold") if k in inputs}
         labels = tuple(inputs.pop(name) for name in self.args.label_names)
         outputs = model(**inputs)
         loss = self.criterion(outputs, labels, **targets)
@@ -237,12 +240,14 @@ def build_trainer(model, task: Task, train: List[Utterance], dev: List[Utterance
     """The Trainer over `task`: every training utterance with its session context, as one row
     (the first window: an utterance longer than the window is truncated, and counted in the log),
     every window of dev, metrics on whole dev utterances. With an `ensemble` of teachers the
-    training rows carry its targets and the loss learns from them too (teachers.py)."""
+    training rows carry its targets and the loss learns from them too, on the ensemble's augmented
+    copies of the training utterances from them alone (teachers.py)."""
     train_rows, truncated = [], 0
     for utt, enc in zip(train, task.encode_corpus(train)):
         train_rows.append(task.labelled_rows(utt, enc)[0])
         truncated += len(enc.windows) > 1
     if ensemble is not None:
+        train_rows += ensemble.augmented_rows(train, task)
         ensemble.add_targets(train_rows, task)
     lengths = [len(row["input_ids"]) for row in train_rows]
     logger.info(f"max_seq_length {task.max_seq_length}: {truncated} of {len(train)} training utterances truncated "

@@ -150,6 +150,29 @@ def test_an_ensembles_targets_enter_the_loss_as_vanilla_kd(labels):
     soft = -(t_intent * log_p(intent, 2.0)).sum(-1).mean() + 0.5 * (soft_slots[0, 1] + soft_slots[0, 2] + soft_slots[1, 1]) / 3
     assert float(loss) == pytest.approx(0.3 * gold + 0.7 * 4.0 * soft, rel=1e-5)
 
+    # a row without gold labels (an augmented copy) leaves the gold loss to the other row, not the soft one
+    loss = JointLoss(pad, slot_weight=0.5, distill_alpha=0.3, temperature=2.0)(
+        (paddle.to_tensor(intent), paddle.to_tensor(slots)), (paddle.to_tensor([1, 3]), paddle.to_tensor(slot_labels)),
+        ensemble_intent=paddle.to_tensor(t_intent), ensemble_slots=paddle.to_tensor(t_slots), has_gold=paddle.to_tensor([1.0, 0.0]))
+    gold = -log_p(intent)[0, 1] - 0.5 * (log_p(slots)[0, 1, 1] + log_p(slots)[0, 2, 2]) / 2
+    assert float(loss) == pytest.approx(0.3 * gold + 0.7 * 4.0 * soft, rel=1e-5)
+
+
+def test_a_crf_gold_loss_skips_rows_without_gold(labels):
+    """With a CRF head, has_gold [1, 0] gives row 0's loss alone, as a batch of that row does."""
+    rng = np.random.RandomState(1)
+    pad, tags = labels.pad_slot_id, len(labels.slot_tags)
+    transitions = paddle.to_tensor(rng.randn(tags, tags).astype("float32"))
+    intent, slots = rng.randn(2, 4).astype("float32"), rng.randn(2, 4, tags).astype("float32")
+    slot_labels = np.array([[pad, 1, 2, pad], [pad, 3, 4, 5]])
+    crf_loss = JointLoss(pad, transitions=transitions)
+    both = crf_loss((paddle.to_tensor(intent), paddle.to_tensor(slots)), (paddle.to_tensor([1, 3]), paddle.to_tensor(slot_labels)),
+                    has_gold=paddle.to_tensor([1.0, 0.0]))
+    alone = crf_loss((paddle.to_tensor(intent[:1]), paddle.to_tensor(slots[:1, :3])),
+                     (paddle.to_tensor([1]), paddle.to_tensor(slot_labels[:1, :3])))
+    everything = crf_loss((paddle.to_tensor(intent), paddle.to_tensor(slots)), (paddle.to_tensor([1, 3]), paddle.to_tensor(slot_labels)))
+    assert float(both) == pytest.approx(float(alone), rel=1e-5) and abs(float(everything) - float(alone)) > 1e-3
+
 
 def test_save_and_load_round_trip(tmp_path, tokenizer, labels):
     model = small_model(tokenizer, labels)

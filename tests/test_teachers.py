@@ -4,6 +4,7 @@ of a teacher that reads rows differently, and run_train.py --teacher_dirs end to
 import dataclasses
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -51,6 +52,24 @@ def test_targets_are_the_teachers_mean_probabilities_row_by_row(teacher, rows_an
     assert not batch["ensemble_slots"][~tagged].any()  # context, [CLS], [SEP] and padding learn nothing from teachers
 
 
+def test_augmented_rows_learn_from_the_ensemble_alone(teacher, synthetic_dir, rows_and_task, tmp_path):
+    """Augmented copies: one row each, with their source's context, has_gold 0, the ensemble's
+    targets; the collator marks them so in a batch with gold rows."""
+    gold_rows, task = rows_and_task
+    train = read_corpus(os.path.join(synthetic_dir, "train.txt"), task.labels)[:300]
+    ensemble = Ensemble([teacher], cache_dir=str(tmp_path), augment_copies=2, seed=7)
+    augmented = ensemble.augmented_rows(train, task)
+    assert 300 <= len(augmented) <= 600 and all(r["has_gold"] == 0.0 for r in augmented)
+    assert [r["input_ids"] for r in augmented] == [r["input_ids"] for r in ensemble.augmented_rows(train, task)]  # seeded
+    rows = [dict(r) for r in gold_rows[:3]] + augmented[:2]
+    ensemble.add_targets(rows, task)
+    assert all(len(r["ensemble_slots"]) == sum(t != task.labels.pad_slot_id for t in r["slot_labels"]) for r in rows)
+    batch = training.make_collator(task.tokenizer.pad_id, task.labels.pad_slot_id)(rows)
+    assert batch["has_gold"].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    sep = task.tokenizer.sep_id  # a copy reads its source's context: the session's earlier turns after the [SEP]
+    assert any(list(r["input_ids"]).count(sep) > 1 for r in augmented)
+
+
 def test_a_teacher_that_reads_rows_otherwise_is_refused(teacher, rows_and_task, tmp_path):
     rows, task = rows_and_task
     other = dataclasses.replace(task, context_turns=2, max_context_tokens=32)
@@ -68,9 +87,10 @@ def test_run_train_learns_from_teachers(teacher, synthetic_dir, tmp_path):
                     "--data_dir", synthetic_dir, "--output_dir", out, "--do_train", "--max_steps", "4",
                     "--evaluation_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
                     "--disable_tqdm", "true", "--teacher_dirs", teacher, teacher, "--distill_alpha", "0.3",
-                    "--teacher_cache_dir", str(tmp_path / "cache")])
+                    "--teacher_cache_dir", str(tmp_path / "cache"), "--augment_copies", "1"])
     log = open(os.path.join(out, "train.log"), encoding="utf-8").read()
     assert "ensemble of 2 teachers at T=2.0" in log and os.path.isfile(os.path.join(out, "model.safetensors"))
+    assert re.search(r"augmentation: \d+ rows from \d+ training utterances x 1", log)
     assert len(os.listdir(tmp_path / "cache")) == 1
 
 
