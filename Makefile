@@ -22,7 +22,7 @@ DEMO_EPOCHS ?= 10
 comma := ,
 space := $(subst ,, )
 
-.PHONY: setup data demo test train-dist train-throughput train-nlpcc train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc compression-runs-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput nlpcc-runs train-nlpcc train-nlpcc-plain train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc compression-runs-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -73,11 +73,38 @@ NLPCC_TRAIN = $(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-t
 # Session context of the measured model: chosen on dev (docs/model-and-context.md).
 CONTEXT_TURNS ?= 2
 
-# The measured from-scratch run of docs/results.md on the real NLPCC 2018 Task 4 corpus.
-train-nlpcc: CORPUS = auto
-train-nlpcc: DATA_DIR = data/prepared/nlpcc2018
-train-nlpcc: data
-	$(NLPCC_TRAIN) --context_turns $(CONTEXT_TURNS) --output_dir output/nlpcc2018-nano-scratch --seed 42
+# NLPCC 2018 Task 4 runs by name, each in $(NLPCC_PLAIN)-<name> (s42's is $(NLPCC_PLAIN) itself), from scratch:
+# s<seed>: the plain recipe; ls0.1[-s<seed>]: with intent label smoothing 0.1; kd5-s<seed>: trained against the
+# five runs of NLPCC_TEACHER_RUNS (run_train.py --teacher_dirs), -a0.2- with alpha 0.2, -aug1- with one augmented
+# copy of each training utterance labelled by them alone (seed 42 where none is named). Runs already exported
+# are skipped; ~30 min a run on 2 cores (~1 h with augmentation).
+NLPCC_PLAIN = output/nlpcc2018-nano-scratch
+NLPCC_TEACHER_RUNS = s42 s43 s44 ls0.1 ls0.1-s43
+NLPCC_TEACHERS = $(NLPCC_PLAIN) $(addprefix $(NLPCC_PLAIN)-,$(filter-out s42,$(NLPCC_TEACHER_RUNS)))
+nlpcc-runs: CORPUS = auto
+nlpcc-runs: DATA_DIR = data/prepared/nlpcc2018
+nlpcc-runs: data
+	for run in $(RUNS); do \
+		dir=$(NLPCC_PLAIN)-$$run; [ $$run = s42 ] && dir=$(NLPCC_PLAIN); \
+		test -f $$dir/infer_model/inference_config.json && continue; \
+		case $$run in *-s4?) seed=$${run##*-s};; s4?) seed=$${run#s};; *) seed=42;; esac; \
+		case $$run in ls0.1*) flags="--intent_label_smoothing 0.1";; \
+			kd5*) flags="--teacher_dirs $(addsuffix /infer_model,$(NLPCC_TEACHERS))";; *) flags=;; esac; \
+		case $$run in *-a0.2-*) flags="$$flags --distill_alpha 0.2";; *-aug1-*) flags="$$flags --augment_copies 1";; esac; \
+		$(NLPCC_TRAIN) --context_turns $(CONTEXT_TURNS) --seed $$seed $$flags --output_dir $$dir || exit 1; \
+	done
+
+# The shipped NLPCC model (docs/results.md; chosen on dev in docs/model-and-context.md, "Toward 86"): five
+# teachers, then seed 42 of the model trained against them: six runs, ~2 h 40 min on 2 cores.
+# make train-nlpcc-plain: one run of the plain recipe (seed 42, the first teacher).
+NLPCC_RUN = $(NLPCC_PLAIN)-kd5-s42
+# The model the NLPCC targets below compress, benchmark, serve and analyse (default: the shipped one).
+NLPCC_MODEL ?= $(NLPCC_RUN)
+train-nlpcc:
+	$(MAKE) nlpcc-runs RUNS="$(NLPCC_TEACHER_RUNS) kd5-s42"
+
+train-nlpcc-plain:
+	$(MAKE) nlpcc-runs RUNS=s42
 
 # The same recipe with the per-token (softmax) slot head, as measured for the decoding report
 # (one utterance at a time, the reference's window of 16).
@@ -85,7 +112,7 @@ train-nlpcc-tokenwise: CORPUS = auto
 train-nlpcc-tokenwise: DATA_DIR = data/prepared/nlpcc2018
 train-nlpcc-tokenwise: data
 	$(PY) run_train.py --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh --max_seq_length 16 \
-		--data_dir $(DATA_DIR) --output_dir output/nlpcc2018-nano-scratch-tokenwise --do_train --do_eval --do_export \
+		--data_dir $(DATA_DIR) --output_dir $(NLPCC_PLAIN)-tokenwise --do_train --do_eval --do_export \
 		--num_train_epochs 10 --learning_rate 5e-4 --warmup_ratio 0.1 --cpu_threads $(CPU_THREADS) --seed 42
 
 # Every run of the context table (hours on 2 cores: ~45 min a run, two at a time with
@@ -108,41 +135,29 @@ context-report-nlpcc: setup
 		--recipe "K=2=output/ctx/k2-s42,output/ctx/k2-s43,output/ctx/k2-s44" \
 		--baseline "K=0, window 16 (before)" --chosen "K=$(CONTEXT_TURNS)"
 
-# The candidates toward 86 (docs/model-and-context.md), seeds 42-44, each paired with make
-# train-nlpcc's run of the same seed (seed 42 of the default recipe is train-nlpcc's own output):
-# intent label smoothing 0.1 (seeds 42-43), and kd5, the ensemble of five runs (default recipe seeds
-# 42-44, label smoothing 42-43) distilled into one model. ~30 min a run on 2 cores; runs already done
-# are skipped.
-TOWARD86 = output/nlpcc2018-nano-scratch
-TOWARD86_TEACHERS = $(TOWARD86) $(TOWARD86)-s43 $(TOWARD86)-s44 $(TOWARD86)-ls0.1 $(TOWARD86)-ls0.1-s43
-toward86-runs-nlpcc: CORPUS = auto
-toward86-runs-nlpcc: DATA_DIR = data/prepared/nlpcc2018
-toward86-runs-nlpcc: data
-	test -f $(TOWARD86)/infer_model/inference_config.json || $(MAKE) train-nlpcc
-	for run in s43 s44 ls0.1 ls0.1-s43 kd5-s42 kd5-s43 kd5-s44; do \
-		test -f $(TOWARD86)-$$run/infer_model/inference_config.json && continue; \
-		case $$run in *-s4?) seed=$${run##*-s};; s4?) seed=$${run#s};; *) seed=42;; esac; \
-		case $$run in ls0.1*) flags="--intent_label_smoothing 0.1";; \
-			kd5*) flags="--teacher_dirs $(addsuffix /infer_model,$(TOWARD86_TEACHERS))";; *) flags=;; esac; \
-		$(NLPCC_TRAIN) --context_turns $(CONTEXT_TURNS) --seed $$seed $$flags --output_dir $(TOWARD86)-$$run || exit 1; \
-	done
+# The candidates toward 86 (docs/model-and-context.md), each paired with the plain recipe's run of the same
+# seed: intent label smoothing 0.1 (seeds 42-43), kd5 (seeds 42-44), and on seed 42 kd5 with alpha 0.2 and with
+# augmentation.
+toward86-runs-nlpcc:
+	$(MAKE) nlpcc-runs RUNS="$(NLPCC_TEACHER_RUNS) kd5-s42 kd5-s43 kd5-s44 kd5-a0.2-s42 kd5-aug1-s42"
 
 toward86-report-nlpcc: setup
 	$(PY) benchmarks/context_report.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86 \
-		--recipe "K=2, CRF (make train-nlpcc)=$(TOWARD86),$(TOWARD86)-s43,$(TOWARD86)-s44" \
-		--recipe "K=2, CRF + intent label smoothing 0.1=$(TOWARD86)-ls0.1,$(TOWARD86)-ls0.1-s43" \
-		--recipe "K=2, CRF + distilled from kd5's five teachers=$(TOWARD86)-kd5-s42,$(TOWARD86)-kd5-s43,$(TOWARD86)-kd5-s44" \
-		--ensemble "kd5's five teachers as one model (not shippable: five runs per utterance)=$(subst $(space),$(comma),$(TOWARD86_TEACHERS))" \
-		--baseline "K=2, CRF (make train-nlpcc)" --chosen "$(TOWARD86_CHOSEN)" \
-		--chosen_train_flags "--teacher_dirs $(addsuffix /infer_model,$(TOWARD86_TEACHERS))"
-TOWARD86_CHOSEN = K=2, CRF + distilled from kd5's five teachers
+		--recipe "K=2, CRF (make train-nlpcc-plain)=$(NLPCC_PLAIN),$(NLPCC_PLAIN)-s43,$(NLPCC_PLAIN)-s44" \
+		--recipe "K=2, CRF + intent label smoothing 0.1=$(NLPCC_PLAIN)-ls0.1,$(NLPCC_PLAIN)-ls0.1-s43" \
+		--recipe "$(TOWARD86_CHOSEN)=$(NLPCC_PLAIN)-kd5-s42,$(NLPCC_PLAIN)-kd5-s43,$(NLPCC_PLAIN)-kd5-s44" \
+		--recipe "kd5, alpha 0.2=$(NLPCC_PLAIN)-kd5-a0.2-s42" --recipe "kd5 + one augmented copy=$(NLPCC_PLAIN)-kd5-aug1-s42" \
+		--ensemble "kd5's five teachers as one model (not shippable: five runs per utterance)=$(subst $(space),$(comma),$(NLPCC_TEACHERS))" \
+		--baseline "K=2, CRF (make train-nlpcc-plain)" --chosen "$(TOWARD86_CHOSEN)" \
+		--chosen_train_flags "--teacher_dirs $(addsuffix /infer_model,$(NLPCC_TEACHERS))"
+TOWARD86_CHOSEN = K=2, CRF + distilled from kd5's five teachers (make train-nlpcc)
 
 # The width-0.5 stage compression after compression (docs/compression.md): the default recipe's model at
 # both learning rates, and kd5's students (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_LR=2e-4
 # NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first); runs not there are left out.
-COMPRESSION_RUNS = --run "default recipe, seed 42, lr 5e-5=$(TOWARD86)-compress-width0.5" \
-	--run "default recipe, seed 42, lr 2e-4=$(TOWARD86)-compress-width0.5-lr2e-4" \
-	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(TOWARD86)-kd5-s$(s)-compress-width0.5-lr2e-4")
+COMPRESSION_RUNS = --run "default recipe, seed 42, lr 5e-5=$(NLPCC_PLAIN)-compress-width0.5" \
+	--run "default recipe, seed 42, lr 2e-4=$(NLPCC_PLAIN)-compress-width0.5-lr2e-4" \
+	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(NLPCC_PLAIN)-kd5-s$(s)-compress-width0.5-lr2e-4")
 compression-runs-nlpcc: setup
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86 \
 		--skip_missing $(COMPRESSION_RUNS)
@@ -154,13 +169,13 @@ decoding-report: setup cpp
 	$(PY) benchmarks/decoding_report.py --model_dir $(OUTPUT_DIR)/infer_model --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-decoding
 
 decoding-report-nlpcc: setup cpp
-	$(PY) benchmarks/decoding_report.py --model_dir output/nlpcc2018-nano-scratch-tokenwise/infer_model \
-		--crf_model_dir output/nlpcc2018-nano-scratch/infer_model --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results
+	$(PY) benchmarks/decoding_report.py --model_dir $(NLPCC_PLAIN)-tokenwise/infer_model \
+		--crf_model_dir $(NLPCC_PLAIN)/infer_model --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results
 
 # The same report on the measured CRF model alone (constrained vs greedy on its logits, calibration,
 # abstaining; its timing line: decoding in numpy, through ctypes and in C++).
 decoding-report-nlpcc-crf: setup cpp
-	$(PY) benchmarks/decoding_report.py --model_dir output/nlpcc2018-nano-scratch/infer_model --data_dir data/prepared/nlpcc2018 \
+	$(PY) benchmarks/decoding_report.py --model_dir $(NLPCC_MODEL)/infer_model --data_dir data/prepared/nlpcc2018 \
 		--output_dir benchmarks/results/decoding-crf
 
 # Compression (vocabulary pruning + DynaBERT + QAT + int8 embeddings) of the demo model, and of
@@ -173,10 +188,14 @@ compress: setup
 
 WIDTH_MULT ?= 0.75
 # NLPCC_MODEL: the trained run to compress; COMPRESS_LR: the learning rate of the DynaBERT and QAT epochs
-# (docs/compression.md measures 2e-4 against 5e-5 at width 0.5). Either, when not the default, names the output.
-NLPCC_MODEL ?= output/nlpcc2018-nano-scratch
-COMPRESS_LR ?= 5e-5
-NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))
+# (2e-4 held the width-0.5 stage better than 5e-5: docs/compression.md). The output directory names the width when not
+# 0.75 and the learning rate when not 5e-5.
+COMPRESS_LR ?= 2e-4
+COMPRESS_LR_NAME = $(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))
+NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(COMPRESS_LR_NAME)
+# what the targets below read: the stages of the width-0.75 and the width-0.5 compression of NLPCC_MODEL
+NLPCC_STAGES = $(NLPCC_MODEL)-compress$(COMPRESS_LR_NAME)/compress/stages
+NLPCC_STAGES_05 = $(NLPCC_MODEL)-compress-width0.5$(COMPRESS_LR_NAME)/compress/stages
 compress-nlpcc: setup
 	$(PY) run_train.py --model_name_or_path $(NLPCC_MODEL) --data_dir data/prepared/nlpcc2018 \
 		--output_dir $(NLPCC_COMPRESS_DIR) --do_compress --strategy 'dynabert+qat+embeddings' --width_mult_list $(WIDTH_MULT) \
@@ -195,17 +214,17 @@ benchmark: setup
 		--output_dir $(OUTPUT_DIR)-benchmark
 
 benchmark-nlpcc: setup
-	$(PY) benchmarks/ceiling.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
+	$(PY) benchmarks/ceiling.py --stages_dir $(NLPCC_STAGES) \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results $(if $(DISTILLED),--extra_stage $(DISTILLED))
-	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
+	$(PY) benchmarks/inference.py --stages_dir $(NLPCC_STAGES) \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results $(if $(DISTILLED),--extra_stage $(DISTILLED))
 
 # docs/performance.md's target check: the fp32 baseline (FastDeploy's ONNX Runtime) against the compressed QAT
 # stages (width 0.75, and 0.5 after `make compress-nlpcc WIDTH_MULT=0.5`) on ONNX Runtime, 1 and 2
 # threads, in 3 rounds that take the cells in turn (benchmarks/results/targets/).
-QAT_WIDTH_05 := $(wildcard output/nlpcc2018-nano-scratch-compress-width0.5/compress/stages/width_mult_0.5-int8)
+QAT_WIDTH_05 := $(wildcard $(NLPCC_STAGES_05)/width_mult_0.5-int8)
 benchmark-targets-nlpcc: setup
-	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress/compress/stages \
+	$(PY) benchmarks/inference.py --stages_dir $(NLPCC_STAGES) \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results/targets \
 		--only_stages fp32,width_mult_0.75-int8,width_mult_0.5-int8 $(if $(QAT_WIDTH_05),--extra_stage $(QAT_WIDTH_05)) \
 		--backends fastdeploy-ort,onnxruntime,onnxruntime-int8 --threads 1,2 --rounds 3
@@ -213,7 +232,7 @@ benchmark-targets-nlpcc: setup
 # The batch-1 target alone, in 5 rounds: the fp32 model and the width-0.5 QAT stage on FastDeploy-ORT
 # and onnxruntime-int8, 1 thread (5 min).
 benchmark-targets-batch1-nlpcc: setup
-	$(PY) benchmarks/inference.py --stages_dir output/nlpcc2018-nano-scratch-compress-width0.5/compress/stages \
+	$(PY) benchmarks/inference.py --stages_dir $(NLPCC_STAGES_05) \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results/targets/batch1 \
 		--only_stages fp32,width_mult_0.5-int8 --backends fastdeploy-ort,onnxruntime-int8 --threads 1 --rounds 5
 
@@ -245,9 +264,9 @@ serve-redis: setup
 # (make compress-nlpcc WIDTH_MULT=0.5), on it too (benchmarks/results/width0.5_qat/).
 SERVE_LOAD = $(PY) benchmarks/serve_load.py --test_file data/prepared/nlpcc2018/test.txt --requests 2000
 serve-load-nlpcc: setup
-	$(SERVE_LOAD) --model_dir output/nlpcc2018-nano-scratch/infer_model --output_dir benchmarks/results --backend onnxruntime-int8 \
+	$(SERVE_LOAD) --model_dir $(NLPCC_MODEL)/infer_model --output_dir benchmarks/results --backend onnxruntime-int8 \
 		--session_modes
-	$(SERVE_LOAD) --model_dir output/nlpcc2018-nano-scratch/infer_model --output_dir benchmarks/results --backend onnxruntime
+	$(SERVE_LOAD) --model_dir $(NLPCC_MODEL)/infer_model --output_dir benchmarks/results --backend onnxruntime
 	$(if $(QAT_WIDTH_05),$(SERVE_LOAD) --model_dir $(QAT_WIDTH_05) --output_dir benchmarks/results/width0.5_qat --backend onnxruntime-int8)
 
 # Every front end (Python API, run_eval.py, service, C++ demo) beside its engine, same model and turns, 3 rounds
@@ -256,7 +275,7 @@ serve-load-nlpcc: setup
 # Inference's oneDNN int8 (benchmarks/results/width0.5_qat/).
 QAT_FRONT_END_BACKENDS = onnxruntime-int8,paddle-inference
 front-ends-nlpcc: setup cpp
-	$(PY) benchmarks/front_ends.py --model_dir output/nlpcc2018-nano-scratch/infer_model --test_file data/prepared/nlpcc2018/test.txt \
+	$(PY) benchmarks/front_ends.py --model_dir $(NLPCC_MODEL)/infer_model --test_file data/prepared/nlpcc2018/test.txt \
 		--output_dir benchmarks/results
 	$(if $(QAT_WIDTH_05),$(PY) benchmarks/front_ends.py --model_dir $(QAT_WIDTH_05) --test_file data/prepared/nlpcc2018/test.txt \
 		--backends $(QAT_FRONT_END_BACKENDS) --output_dir benchmarks/results/width0.5_qat)
@@ -264,7 +283,7 @@ front-ends-nlpcc: setup cpp
 # Why Paddle Inference is slower than ONNX Runtime at batch 1: its settings, at batch 1 and 32
 # (benchmarks/results/paddle_inference_settings.*; docs/performance.md#paddle-inference-at-batch-1).
 paddle-inference-settings-nlpcc: setup
-	$(PY) benchmarks/paddle_inference_settings.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
+	$(PY) benchmarks/paddle_inference_settings.py --model_dir $(NLPCC_MODEL)/infer_model \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
 	$(if $(QAT_WIDTH_05),$(PY) benchmarks/paddle_inference_settings.py --model_dir $(QAT_WIDTH_05) \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results/width0.5_qat)
@@ -272,7 +291,7 @@ paddle-inference-settings-nlpcc: setup
 # Whether an answer depends on the rest of its batch on onnxruntime-int8 (one call per batch against each
 # row alone, as the backend runs), and what rows alone cost (docs/reliability.md).
 batch-independence-nlpcc: setup
-	$(PY) benchmarks/batch_independence.py --model_dir output/nlpcc2018-nano-scratch/infer_model \
+	$(PY) benchmarks/batch_independence.py --model_dir $(NLPCC_MODEL)/infer_model \
 		--test_file data/prepared/nlpcc2018/test.txt --output_dir benchmarks/results
 
 # Your own data (docs/data.md#your-own-data): test accuracy by training-set size, from scratch, on the
@@ -293,7 +312,7 @@ label-change-nlpcc: CORPUS = auto
 label-change-nlpcc: DATA_DIR = data/prepared/nlpcc2018
 label-change-nlpcc: data
 	$(PY) benchmarks/label_change.py --data_dir data/prepared/nlpcc2018 --hold_out $(HOLD_OUT) \
-		--baseline_dir output/nlpcc2018-nano-scratch --work_dir output/label-change --output_dir benchmarks/results
+		--baseline_dir $(NLPCC_PLAIN) --work_dir output/label-change --output_dir benchmarks/results
 
 # Slot values (docs/decoding.md#slot-values): resolution on the gold slots of dev and test, the ASR-like check,
 # a 100,000-entry catalogue's speed; the complete-catalogue stand-in goes to output/ (corpus values stay out of git).
@@ -307,14 +326,16 @@ value-resolution-nlpcc: data
 notebook: setup
 	$(PY) notebooks/execute.py
 
-# Error analysis of the measured NLPCC model (train-nlpcc) on the test split, against the earlier
-# context-free recipe when context-runs-nlpcc trained it (output/nlpcc2018-analysis/: analysis.json,
-# analysis.md, confusion.png, errors.png). They quote test utterances: keep them out of the repository
-# (docs/evaluation.md shows the two plots, copied to benchmarks/results/analysis_*.png).
-BEFORE_CONTEXT = output/ctx/k0-w16-s42/infer_model
+# Error analysis of NLPCC_MODEL on the test split (output/nlpcc2018-analysis/: analysis.json, analysis.md,
+# confusion.png, errors.png), against COMPARE_MODEL when it is there: by default the plain recipe's model,
+# which the shipped one was distilled beside; docs/evaluation.md's first table compared the plain model with
+# the context-free recipe (COMPARE_MODEL=output/ctx/k0-w16-s42/infer_model, from context-runs-nlpcc). The
+# outputs quote test utterances: keep them out of the repository (docs/evaluation.md shows two plots,
+# copied to benchmarks/results/analysis_*.png).
+COMPARE_MODEL ?= $(NLPCC_PLAIN)/infer_model
 analysis-nlpcc: setup
-	$(PY) run_eval.py --model_dir output/nlpcc2018-nano-scratch/infer_model --eval_file data/prepared/nlpcc2018/test.txt \
-		--analysis_dir output/nlpcc2018-analysis $(if $(wildcard $(BEFORE_CONTEXT)),--compare_model_dir $(BEFORE_CONTEXT)) > /dev/null
+	$(PY) run_eval.py --model_dir $(NLPCC_MODEL)/infer_model --eval_file data/prepared/nlpcc2018/test.txt \
+		--analysis_dir output/nlpcc2018-analysis $(if $(wildcard $(COMPARE_MODEL)),--compare_model_dir $(COMPARE_MODEL)) > /dev/null
 
 # C++ demo (deploy/cpp) against the OpenVINO C++ runtime of the openvino pip wheel and the ONNX Runtime
 # library of the onnxruntime pip wheel (its C API headers are vendored in deploy/cpp/third_party/onnxruntime).
@@ -329,9 +350,9 @@ distill: setup
 		$(if $(wildcard $(OUTPUT_DIR)-compress/compress/stages/width_mult_0.75-quant_emb),--compressed_dir $(OUTPUT_DIR)-compress/compress/stages/width_mult_0.75-quant_emb)
 
 distill-nlpcc: setup
-	$(PY) run_distill.py --teacher_dir output/nlpcc2018-nano-scratch-compress/compress/stages/fp32 --data_dir data/prepared/nlpcc2018 \
+	$(PY) run_distill.py --teacher_dir $(NLPCC_STAGES)/fp32 --data_dir data/prepared/nlpcc2018 \
 		--output_dir output/nlpcc2018-distill --teacher_logits_file output/nlpcc2018-teacher-logits.npz \
-		--compressed_dir output/nlpcc2018-nano-scratch-compress/compress/stages/width_mult_0.75-quant_emb $(DISTILL_FLAGS)
+		--compressed_dir $(NLPCC_STAGES)/width_mult_0.75-quant_emb $(DISTILL_FLAGS)
 
 # Paddle Lite (.nb) model for the Android app, converted and verified on x86 against Paddle Inference.
 # MODEL_DIR: any exported stage (default: the demo's final compressed stage).
