@@ -152,11 +152,11 @@ toward86-report-nlpcc: setup
 		--chosen_train_flags "--teacher_dirs $(addsuffix /infer_model,$(NLPCC_TEACHERS))"
 TOWARD86_CHOSEN = K=2, CRF + distilled from kd5's five teachers (make train-nlpcc)
 
-# The width-0.5 stage compression after compression (docs/compression.md): the default recipe's model at
+# The width-0.5 stage compression after compression (docs/compression.md): the plain recipe's model at
 # both learning rates, and kd5's students (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_LR=2e-4
 # NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first); runs not there are left out.
-COMPRESSION_RUNS = --run "default recipe, seed 42, lr 5e-5=$(NLPCC_PLAIN)-compress-width0.5" \
-	--run "default recipe, seed 42, lr 2e-4=$(NLPCC_PLAIN)-compress-width0.5-lr2e-4" \
+COMPRESSION_RUNS = --run "plain recipe, seed 42, lr 5e-5=$(NLPCC_PLAIN)-compress-width0.5" \
+	--run "plain recipe, seed 42, lr 2e-4=$(NLPCC_PLAIN)-compress-width0.5-lr2e-4" \
 	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(NLPCC_PLAIN)-kd5-s$(s)-compress-width0.5-lr2e-4")
 compression-runs-nlpcc: setup
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86 \
