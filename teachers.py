@@ -7,8 +7,8 @@ logits on every training row are computed once through ONNX Runtime and cached u
 `cache_dir`, keyed by the teacher's weights and the rows. The ensemble's target for a row is the
 mean over teachers of softmax(logits / T), for the intent and for each utterance token's slot
 tag (context and special tokens carry none). With `augment_copies` the ensemble also labels
-augmented copies of the training utterances, which the model learns from it alone. `ensemble_predictor` runs such an ensemble as one
-model, to measure what distilling it could reach."""
+augmented copies of the training utterances, which the model learns from it alone.
+`ensemble_predictor` runs such an ensemble as one model, to measure what distilling it could reach."""
 import hashlib
 import logging
 import os
@@ -131,8 +131,9 @@ class Ensemble:
             row["ensemble_intent"], row["ensemble_slots"] = row_intent, slots[start : start + n]
             start += n
         gold = np.array([row["intent_label"] for row in rows])
+        labelled = np.array([row.get("has_gold", 1.0) == 1.0 for row in rows])  # not the augmented copies
         logger.info(f"ensemble of {len(self.teacher_dirs)} teachers at T={self.temperature}: its intent is the gold one on "
-                    f"{(intent.argmax(1) == gold).mean():.2%} of the training rows")
+                    f"{(intent.argmax(1) == gold)[labelled].mean():.2%} of the {labelled.sum()} labelled training rows")
 
 
 def ensemble_predictor(model_dirs: Sequence[str], backend: str = "onnxruntime", threads: int = 0) -> Predictor:
