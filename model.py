@@ -339,12 +339,7 @@ class DistillLoss(nn.Layer):
         soft_ce = lambda s, teacher: soft_cross_entropy(s, F.softmax(teacher / t, axis=-1), t)
         soft = soft_ce(intent, t_intent).mean() + self.slot_weight * (soft_ce(slots, t_slots) * token_mask).sum() / tokens
         intent_label, slot_labels, has_gold = gold
-        hard_intent = (F.cross_entropy(intent, intent_label.unsqueeze(-1), reduction="none").squeeze(-1) * has_gold).sum() / paddle.clip(
-            has_gold.sum(), min=1.0
-        )
-        slot_ce = F.cross_entropy(slots, slot_labels.unsqueeze(-1), ignore_index=self.pad_slot_id, reduction="none").squeeze(-1)
-        gold_tokens = (slot_labels != self.pad_slot_id).astype("float32") * has_gold.unsqueeze(-1)
-        hard = hard_intent + self.slot_weight * (slot_ce * gold_tokens).sum() / paddle.clip(gold_tokens.sum(), min=1.0)
+        hard = JointLoss(self.pad_slot_id, self.slot_weight)(logits, (intent_label, slot_labels), has_gold=has_gold)
         return self.alpha * hard + (1 - self.alpha) * t * t * soft
 
 
