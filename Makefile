@@ -153,14 +153,17 @@ toward86-report-nlpcc: setup
 TOWARD86_CHOSEN = K=2, CRF + distilled from kd5's five teachers (make train-nlpcc)
 
 # The width-0.5 stage compression after compression (docs/compression.md): the plain recipe's model at
-# both learning rates, and kd5's students (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_LR=2e-4
-# NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first); runs not there are left out.
+# both learning rates, and the students (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN
+# first); runs not there are left out. Then the shipped model's width-0.75 compression (make compress-nlpcc).
 COMPRESSION_RUNS = --run "plain recipe, seed 42, lr 5e-5=$(NLPCC_PLAIN)-compress-width0.5" \
 	--run "plain recipe, seed 42, lr 2e-4=$(NLPCC_PLAIN)-compress-width0.5-lr2e-4" \
-	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(NLPCC_PLAIN)-kd5-s$(s)-compress-width0.5-lr2e-4")
+	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(NLPCC_PLAIN)-kd5-s$(s)-compress-width0.5-lr2e-4") \
+	--run "kd5 + augmentation student, seed 42, lr 2e-4=$(NLPCC_PLAIN)-kd5-aug1-s42-compress-width0.5-lr2e-4"
 compression-runs-nlpcc: setup
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86 \
 		--skip_missing $(COMPRESSION_RUNS)
+	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/width0.75 \
+		--skip_missing --run "shipped model (kd5 student, seed 42), lr 2e-4=$(NLPCC_RUN)-compress-lr2e-4"
 
 # Decoding and confidence report (greedy vs constrained vs CRF, calibration, abstaining, decoding
 # time in Python and C++): of the demo model, and of the two NLPCC models (after train-nlpcc and
