@@ -40,6 +40,7 @@ from latency import measure_in_subprocess
 from model import BiLSTMJoint, DistillLoss, JointLoss
 from predictor import Predictor
 from task import Task
+from teachers import session_rows
 from training import (
     configure_cpu,
     dynamic_logits_fn,
@@ -90,13 +91,6 @@ class DistillArguments:
     latency_backends: str = field(default="paddle-inference,fastdeploy-ort",
                                   metadata={"help": f"Backends of the latency comparison, comma-separated, from {', '.join(BACKENDS)}."})
     latency_utterances: int = field(default=1000, metadata={"help": "Test utterances timed at batch 1 per model."})
-
-
-def gold_rows(utterances, histories, task: Task, has_gold: bool) -> List[dict]:
-    """One training row per utterance with its session's earlier turns as context (a context
-    teacher's task): its first window (a window shorter than the utterance truncates, as run_train.py)."""
-    rows = [task.labelled_rows(u, task.encode(u.text, h))[0] for u, h in zip(utterances, histories)]
-    return [{**row, "has_gold": float(has_gold)} for row in rows]
 
 
 def teacher_logits(teacher: Predictor, teacher_dir: str, rows: List[dict], cache: str) -> None:
@@ -234,7 +228,7 @@ def main(argv=None):
                                       args.embedding_dim, args.hidden_size, args.dropout)
 
     histories = task.corpus_histories(train)
-    gold = gold_rows(train, histories, task, has_gold=True)
+    gold = session_rows(train, histories, task, has_gold=True)
     joint_loss = JointLoss(task.labels.pad_slot_id)
     paddle.seed(args.seed)
     alone = fit("student alone", new_student(), gold, lambda m, b: joint_loss(m(b["input_ids"]), (b["intent_label"], b["slot_labels"])),
@@ -244,7 +238,7 @@ def main(argv=None):
                                p_substitute=args.p_substitute, p_ngram=args.p_ngram)
     logger.info(f"augmentation: {len(augmented)} new rows from {len(train)} training utterances x {args.augment_copies}")
     # an augmented copy reads the context of its source utterance
-    rows = gold + gold_rows([u for _, u in augmented], [histories[i] for i, _ in augmented], task, has_gold=False)
+    rows = gold + session_rows([u for _, u in augmented], [histories[i] for i, _ in augmented], task, has_gold=False)
     teacher_logits(teacher, args.teacher_dir, rows, args.teacher_logits_file or os.path.join(args.output_dir, "teacher_logits.npz"))
     distill_loss = DistillLoss(task.labels.pad_slot_id, args.objective, args.temperature, args.alpha)
     paddle.seed(args.seed)

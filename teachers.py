@@ -84,6 +84,14 @@ def teacher_logits(teacher_dir: str, rows: Sequence[dict], task: Task, threads: 
     return result
 
 
+def session_rows(utterances: Sequence[Utterance], histories: Sequence[Sequence[str]], task: Task, has_gold: bool) -> List[dict]:
+    """One training row per utterance with its session's earlier turns as context: its first
+    window (a window shorter than the utterance truncates, as run_train.py), marked has_gold 1 or 0
+    (an augmented copy, which learns from teachers alone)."""
+    rows = [task.labelled_rows(u, task.encode(u.text, h))[0] for u, h in zip(utterances, histories)]
+    return [{**row, "has_gold": float(has_gold)} for row in rows]
+
+
 @dataclass
 class Ensemble:
     """Teachers whose mean probabilities at `temperature` a model learns from, besides its gold
@@ -114,7 +122,7 @@ class Ensemble:
         augmented = augment_corpus(train, self.augment_copies, self.seed)
         logger.info(f"augmentation: {len(augmented)} rows from {len(train)} training utterances x {self.augment_copies}, "
                     "labelled by the ensemble alone")
-        return [{**task.labelled_rows(u, task.encode(u.text, histories[i]))[0], "has_gold": 0.0} for i, u in augmented]
+        return session_rows([u for _, u in augmented], [histories[i] for i, _ in augmented], task, has_gold=False)
 
     def add_targets(self, rows: List[dict], task: Task) -> None:
         """Adds "ensemble_intent" [intents] and "ensemble_slots" [utterance tokens, tags] (the

@@ -12,6 +12,7 @@ import backends
 import run_distill
 import utils
 from model import BiLSTMJoint, DistillLoss
+from teachers import session_rows
 
 
 def test_mse_objective_on_hand_computed_values():
@@ -68,7 +69,7 @@ def test_teacher_logits_are_cached_and_reused(trained, synthetic_splits, labels,
     teacher = backends.open_predictor(os.path.join(trained, "infer_model"))
     dev = synthetic_splits["dev"][:40]
     histories = teacher.task.corpus_histories(dev)
-    rows = run_distill.gold_rows(dev, histories, teacher.task, has_gold=True)
+    rows = session_rows(dev, histories, teacher.task, has_gold=True)
     assert sum(len(r["input_ids"]) > len(u.token_tags()) + 2 for r, u in zip(rows, dev)) > 20  # with the previous turn
     # distillation matches slot logits on the utterance's characters only, not on the context
     mask = run_distill.make_batch(rows, teacher.task)["token_mask"].numpy()
