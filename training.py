@@ -218,14 +218,18 @@ def check_checkpoint(checkpoint: str) -> None:
                                      "a checkpoint of this project holds arrays only: refused before loading it")
 
 
-class SluTrainer(Trainer):
-    """PaddleNLP's Trainer with length-bucketed training batches, whose loss also takes an
-    ensemble's targets when the batch carries them (training rows with --teacher_dirs)."""
+class BucketTrainer(Trainer):
+    """PaddleNLP's Trainer with length-bucketed training batches (LengthBucketSampler)."""
 
     def _get_train_sampler(self):
         lengths = [len(row["input_ids"]) for row in self.train_dataset]
         return LengthBucketSampler(lengths, self.args.per_device_train_batch_size, self.args.seed,
                                    self.args.dataset_world_size, self.args.dataset_rank)
+
+
+class SluTrainer(BucketTrainer):
+    """The task's Trainer, whose loss also takes an ensemble's targets when the batch carries
+    them (training rows with --teacher_dirs)."""
 
     def compute_loss(self, model, inputs, return_outputs=False):
         targets = {k: inputs.pop(k) for k in ("ensemble_intent", "ensemble_slots", "has_gold") if k in inputs}
