@@ -164,7 +164,7 @@ def markdown(result: dict, title: str, comparison: Optional[dict] = None, top: i
             "## Against the other model",
             "",
             *markdown_table(
-                ["category", "sentence acc", "other", "delta (points)"],
+                ["category", "sentence acc", "other", "other − this (points)"],
                 [
                     [k, *(f"{100 * v[x]:.2f}" if v[x] is not None else "" for x in ("sentence_acc", "other_sentence_acc", "delta"))]
                     for k, v in comparison["by_category"].items()
