@@ -22,7 +22,7 @@ DEMO_EPOCHS ?= 10
 comma := ,
 space := $(subst ,, )
 
-.PHONY: setup data demo test train-dist train-throughput nlpcc-runs train-nlpcc train-nlpcc-plain train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc compression-runs-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput nlpcc-runs train-nlpcc train-nlpcc-plain train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc mlm-report-nlpcc compression-runs-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -161,6 +161,16 @@ toward86-report-nlpcc: setup
 		--baseline "K=2, CRF (make train-nlpcc-plain)" --chosen "$(TOWARD86_CHOSEN)" \
 		--chosen_train_flags "--teacher_dirs $(addsuffix /infer_model,$(NLPCC_TEACHERS))"
 TOWARD86_CHOSEN = K=2, CRF + distilled from kd5's five teachers (make train-nlpcc)
+
+# Masked-LM pretraining on the training text (NLPCC_MLM), fine-tuned with the plain recipe (seeds 42-44), against
+# the plain recipe's seed 42; seeds not trained are left out. `make nlpcc-runs RUNS="mlm-s42 mlm-s43 mlm-s44 s42"` first.
+mlm-report-nlpcc: setup
+	$(PY) benchmarks/context_report.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm \
+		--recipe "K=2, CRF (make train-nlpcc-plain)=$(NLPCC_PLAIN)" \
+		--recipe "$(MLM_RECIPE)=$(NLPCC_PLAIN)-mlm-s42,$(NLPCC_PLAIN)-mlm-s43,$(NLPCC_PLAIN)-mlm-s44" \
+		--baseline "K=2, CRF (make train-nlpcc-plain)" --chosen "$(MLM_RECIPE)" --skip_missing
+	cp $(NLPCC_MLM)/pretrain_results.json benchmarks/results/toward86/mlm/pretrain_results.json
+MLM_RECIPE = K=2, CRF, fine-tuned from the masked-LM encoder ($(PRETRAIN_EPOCHS) epochs of pretraining)
 
 # The width-0.5 stage compression after compression (docs/compression.md): the plain recipe's model at
 # both learning rates, and the students (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN

@@ -158,6 +158,8 @@ def main(argv=None):
     parser.add_argument("--throughput_steps", type=int, default=100, help="training steps timed per recipe (0: skip)")
     parser.add_argument("--latency_utterances", type=int, default=1000)
     parser.add_argument("--cpu_threads", type=int, default=2)
+    parser.add_argument("--skip_missing", action="store_true",
+                        help="leave out runs not trained (no infer_model/), each named; a recipe keeps the seeds that are there")
     args = parser.parse_args(argv)
 
     splits = {name: read_corpus(os.path.join(args.data_dir, f"{name}.txt")) for name in ("dev", "test")}
@@ -166,6 +168,9 @@ def main(argv=None):
     for name, dirs in recipes.items():
         runs = []
         for run_dir in dirs.split(","):
+            if args.skip_missing and not os.path.isfile(os.path.join(run_dir, "infer_model", "inference_config.json")):
+                print(f"{name}: {run_dir} left out (not trained)", flush=True)
+                continue
             run = {"dir": run_dir, "flags": train_flags(run_dir), "train": load_json(os.path.join(run_dir, "train_results.json"))}
             for split, utts in splits.items():
                 run[split], predicted = evaluate(open_predictor(os.path.join(run_dir, "infer_model"), "paddle-inference",
@@ -174,7 +179,11 @@ def main(argv=None):
                     report["chosen_errors"] = breakdown(utts, predicted)
             runs.append(run)
             print(f"{name} {run_dir}: dev {run['dev']['sentence_acc']:.4f}, test {run['test']['sentence_acc']:.4f}", flush=True)
-        report["recipes"][name] = {"runs": runs}
+        if runs:
+            report["recipes"][name] = {"runs": runs}
+    missing = [name for name in (args.baseline, args.chosen) if name not in report["recipes"]]
+    if missing:
+        raise SystemExit(f"no trained run of {missing}: the baseline and the chosen recipe need one each")
     for name, dirs in (e.rsplit("=", 1) for e in args.ensemble):
         members = dirs.split(",")
         predictor = ensemble_predictor([os.path.join(d, "infer_model") for d in members], "paddle-inference", args.cpu_threads)
