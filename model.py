@@ -14,7 +14,7 @@ import safetensors.numpy
 from paddlenlp.transformers import ErnieConfig, ErnieModel, ErniePretrainedModel
 
 import export_format
-from task import LabelMaps, Task
+from task import CharTokenizer, LabelMaps, Task
 
 logger = logging.getLogger("ernie_tiny_slu")  # the project's log (training.setup_logging)
 
@@ -235,16 +235,22 @@ def save_safe(model, directory: str) -> None:
         os.remove(os.path.join(directory, PICKLED_WEIGHTS))
 
 
-def build_from_scratch(architecture: str, task: Task, **config_overrides) -> JointErnie:
-    """A randomly initialised JointErnie with the published architecture of `architecture`
-    (e.g. ernie-3.0-tiny-nano-v2-zh: 4 layers, hidden 312, 12 heads, FFN 1248), the task's
-    vocabulary and labels. No pretrained weight is involved."""
+def scratch_config(architecture: str, tokenizer: CharTokenizer, **config_overrides) -> ErnieConfig:
+    """The published architecture of `architecture` (e.g. ernie-3.0-tiny-nano-v2-zh: 4 layers,
+    hidden 312, 12 heads, FFN 1248) over `tokenizer`'s vocabulary. No pretrained weight is involved."""
     known = ErnieConfig.pretrained_init_configuration
     if architecture not in known:
         sizes = sorted(k for k in known if k.startswith("ernie-3.0-tiny"))
         raise ValueError(f"unknown architecture {architecture!r}; ERNIE 3.0 Tiny sizes: {', '.join(sizes)}")
     config = ErnieConfig(**{**known[architecture], **config_overrides})
-    config.vocab_size, config.pad_token_id, config.sep_token_id = len(task.tokenizer), task.tokenizer.pad_id, task.tokenizer.sep_id
+    config.vocab_size, config.pad_token_id, config.sep_token_id = len(tokenizer), tokenizer.pad_id, tokenizer.sep_id
+    return config
+
+
+def build_from_scratch(architecture: str, task: Task, **config_overrides) -> JointErnie:
+    """A randomly initialised JointErnie of `architecture` (scratch_config) with the task's
+    vocabulary and labels."""
+    config = scratch_config(architecture, task.tokenizer, **config_overrides)
     config.num_intents, config.num_slot_tags = len(task.labels.intents), len(task.labels.slot_tags)
     return JointErnie(config)
 

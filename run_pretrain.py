@@ -25,14 +25,14 @@ from paddlenlp.datasets import MapDataset
 from paddlenlp.trainer import PdArgumentParser
 from paddlenlp.trainer import TrainingArguments as PaddleTrainingArguments
 from paddlenlp.trainer.trainer_utils import set_seed
-from paddlenlp.transformers import ErnieConfig, ErnieForMaskedLM
+from paddlenlp.transformers import ErnieForMaskedLM
 
 import compat
 import export_format
 from data.corpus import read_split
 from data.labels import derive_labels, read_data_labels
 from data.split import intent_slot_types
-from model import save_safe
+from model import save_safe, scratch_config, segment_ids
 from task import SPECIAL_TOKENS, CharTokenizer, Task
 from training import BucketTrainer, configure_cpu, logger, setup_logging
 from utils import save_json
@@ -88,12 +88,6 @@ def mask_tokens(ids: List[int], tokenizer: CharTokenizer, mask_prob: float, rng:
     return masked, labels
 
 
-def segment_ids_np(ids: np.ndarray, sep_id: int) -> np.ndarray:
-    """model.segment_ids in numpy: 0 up to the first [SEP], 1 after it."""
-    is_sep = (ids == sep_id).astype("int64")
-    return np.clip(np.cumsum(is_sep, axis=1) - is_sep, 0, 1)
-
-
 def make_mlm_collator(tokenizer: CharTokenizer, mask_prob: float, seed: int):
     """Rows -> padded input_ids, token_type_ids, masked_positions (flat indices into the batch's
     tokens: the prediction head runs on those alone) and their labels. Rows that carry their own
@@ -107,7 +101,9 @@ def make_mlm_collator(tokenizer: CharTokenizer, mask_prob: float, seed: int):
                  for r in rows]
         input_ids, labels = pad_ids([p[0] for p in pairs]), pad_labels([p[1] for p in pairs]).reshape(-1)
         positions = np.flatnonzero(labels != IGNORE)
-        return {"input_ids": input_ids, "token_type_ids": segment_ids_np(input_ids, tokenizer.sep_id),
+        # the segments the fine-tuned model derives from the same ids
+        token_type_ids = segment_ids(paddle.to_tensor(input_ids), tokenizer.sep_id).numpy()
+        return {"input_ids": input_ids, "token_type_ids": token_type_ids,
                 "masked_positions": positions, "labels": labels[positions]}
 
     return collate
@@ -144,14 +140,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                 f"{len(dev_rows)} dev rows, vocabulary of {len(tokenizer)}")
 
     set_seed(training_args.seed)
-    known = ErnieConfig.pretrained_init_configuration
-    if args.model_name_or_path not in known:
-        raise ValueError(f"unknown architecture {args.model_name_or_path!r}; ERNIE 3.0 Tiny sizes: "
-                         f"{', '.join(sorted(k for k in known if k.startswith('ernie-3.0-tiny')))}")
-    config = ErnieConfig(**known[args.model_name_or_path])
-    config.vocab_size, config.pad_token_id, config.sep_token_id = len(tokenizer), tokenizer.pad_id, tokenizer.sep_id
-    # saved in config.json: run_train.py reads rows the same way unless its flags say otherwise
-    config.context_turns, config.max_context_tokens = task.context_turns, task.max_context_tokens
+    # the context settings go into config.json: run_train.py reads rows the same way unless its flags say otherwise
+    config = scratch_config(args.model_name_or_path, tokenizer, context_turns=task.context_turns,
+                            max_context_tokens=task.max_context_tokens)
     model = ErnieForMaskedLM(config)
     if task.max_row_length > config.max_position_embeddings:
         raise ValueError(f"rows of {task.max_row_length} tokens do not fit the model's {config.max_position_embeddings} positions")
