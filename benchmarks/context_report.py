@@ -148,7 +148,8 @@ def main(argv=None):
     )
     parser.add_argument("--ensemble", action="append", default=[],
                         help="NAME=RUN_DIR,RUN_DIR[,...]: those runs as one model (teachers.ensemble_predictor), one row")
-    parser.add_argument("--baseline", required=True, help="the recipe compared against: before context, or the default (timed)")
+    parser.add_argument("--baseline", help="the recipe compared against: before context, or the default (timed; none: the "
+                        "chosen recipe is timed alone)")
     parser.add_argument("--chosen", required=True, help="the recipe chosen on dev (timed, its errors broken down)")
     parser.add_argument("--chosen_train_flags", default="",
                         help="run_train.py flags of the chosen recipe that its saved files do not record (e.g. --teacher_dirs ...), "
@@ -181,7 +182,8 @@ def main(argv=None):
             print(f"{name} {run_dir}: dev {run['dev']['sentence_acc']:.4f}, test {run['test']['sentence_acc']:.4f}", flush=True)
         if runs:
             report["recipes"][name] = {"runs": runs}
-    missing = [name for name in (args.baseline, args.chosen) if name not in report["recipes"]]
+    timed = [name for name in (args.baseline, args.chosen) if name]
+    missing = [name for name in timed if name not in report["recipes"]]
     if missing:
         raise SystemExit(f"no trained run of {missing}: the baseline and the chosen recipe need one each")
     for name, dirs in (e.rsplit("=", 1) for e in args.ensemble):
@@ -191,7 +193,7 @@ def main(argv=None):
         report["recipes"][name] = {"runs": [run], "ensemble_of": len(members)}
         print(f"{name} (ensemble of {len(members)}): dev {run['dev']['sentence_acc']:.4f}, test {run['test']['sentence_acc']:.4f}",
               flush=True)
-    for name in (args.baseline, args.chosen):
+    for name in timed:
         first = report["recipes"][name]["runs"][0]["dir"]
         cost = {"latency": measure_in_subprocess(os.path.join(first, "infer_model"), "paddle-inference", 1,
                                                  os.path.join(args.data_dir, "test.txt"), args.latency_utterances)}
@@ -203,7 +205,7 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     save_json(os.path.join(args.output_dir, "context.json"), report)
     plot(report, os.path.join(args.output_dir, "context.png"))
-    n_test = report["recipes"][args.baseline]["runs"][0]["test"]
+    n_test = report["recipes"][timed[0]]["runs"][0]["test"]
     header = ["recipe", "seeds", "dev sentence acc", *[f"test {m.replace('_', ' ')}" for m in METRICS]]
     rows = [[name, f"ensemble of {r['ensemble_of']}" if "ensemble_of" in r else len(r["runs"]),
              cell([run["dev"]["sentence_acc"] for run in r["runs"]]),
@@ -213,9 +215,10 @@ def main(argv=None):
     lines += markdown_table(header, rows) + [""]
     cost_rows = [[name, f"{c['train_samples_per_s']:.1f}" if "train_samples_per_s" in c else "-",
                   f"{c['latency']['latency_ms']['p50']:.2f}" if "latency_ms" in c["latency"] else c["latency"].get("error")]
-                 for name in (args.baseline, args.chosen) for c in [report["recipes"][name]["cost"]]]
-    lines += ["What the baseline and the chosen recipe cost (measured one after the other in this run, this CPU): training "
-              "samples/s with 2 threads "
+                 for name in timed for c in [report["recipes"][name]["cost"]]]
+    lines += [("What the baseline and the chosen recipe cost (measured one after the other in this run, this CPU): training "
+               if args.baseline else "What the chosen recipe costs (measured in this run, this CPU): training ")
+              + "samples/s with 2 threads "
               f"({args.throughput_steps} steps), batch-1 p50 latency with 1 thread (Paddle Inference, test utterances with "
               "their context).", ""] + markdown_table(["recipe", "training samples/s", "batch-1 p50 (ms)"], cost_rows) + [""]
     errors = report.get("chosen_errors")
