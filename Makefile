@@ -22,7 +22,7 @@ DEMO_EPOCHS ?= 10
 comma := ,
 space := $(subst ,, )
 
-.PHONY: setup data demo test train-dist train-throughput nlpcc-runs train-nlpcc train-nlpcc-plain train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc mlm-report-nlpcc compression-runs-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
+.PHONY: setup data demo test train-dist train-throughput nlpcc-runs train-nlpcc train-nlpcc-plain train-nlpcc-tokenwise context-runs-nlpcc context-report-nlpcc toward86-runs-nlpcc toward86-report-nlpcc mlm-report-nlpcc compression-runs-nlpcc toward86-compression-runs-nlpcc decoding-report decoding-report-nlpcc decoding-report-nlpcc-crf compress compress-nlpcc benchmark benchmark-nlpcc benchmark-targets-nlpcc benchmark-targets-batch1-nlpcc serve serve-redis serve-load-nlpcc front-ends-nlpcc paddle-inference-settings-nlpcc batch-independence-nlpcc training-size training-size-nlpcc label-change-nlpcc value-resolution-nlpcc notebook analysis-nlpcc cpp lite-setup android-model distill distill-nlpcc clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.10 not found: install it (e.g. pyenv install 3.10) or pass PYTHON=/path/to/python3.10"; exit 1; }
@@ -104,14 +104,14 @@ nlpcc-runs: data
 		$(NLPCC_TRAIN) $$init --context_turns $(CONTEXT_TURNS) --seed $$seed $$flags --output_dir $$dir || exit 1; \
 	done
 
-# The shipped NLPCC model (docs/results.md; chosen on dev in docs/model-and-context.md, "Toward 86"): five
-# teachers, then seed 42 of the model trained against them: six runs, ~2 h 40 min on 2 cores.
-# make train-nlpcc-plain: one run of the plain recipe (seed 42, the first teacher).
-NLPCC_RUN = $(NLPCC_PLAIN)-kd5-s42
+# The shipped NLPCC model (docs/results.md; chosen in docs/model-and-context.md, "Toward 86"): the encoder
+# pretrained as a masked language model on the training text, then seed 42 of the plain recipe on it:
+# ~1 h 20 min on 2 cores. make train-nlpcc-plain: one run of the plain recipe from random initialisation.
+NLPCC_RUN = $(NLPCC_PLAIN)-mlm-s42
 # The model the NLPCC targets below compress, benchmark, serve and analyse (default: the shipped one).
 NLPCC_MODEL ?= $(NLPCC_RUN)
 train-nlpcc:
-	$(MAKE) nlpcc-runs RUNS="$(NLPCC_TEACHER_RUNS) kd5-s42"
+	$(MAKE) nlpcc-runs RUNS=mlm-s42
 
 train-nlpcc-plain:
 	$(MAKE) nlpcc-runs RUNS=s42
@@ -172,18 +172,28 @@ mlm-report-nlpcc: setup
 	cp $(NLPCC_MLM)/pretrain_results.json benchmarks/results/toward86/mlm/pretrain_results.json
 MLM_RECIPE = K=2, CRF, fine-tuned from the masked-LM encoder ($(PRETRAIN_EPOCHS) epochs of pretraining)
 
-# The width-0.5 stage compression after compression (docs/compression.md): the plain recipe's model at
-# both learning rates, and the students (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN
-# first); runs not there are left out. Then the shipped model's width-0.75 compression (make compress-nlpcc).
-COMPRESSION_RUNS = --run "plain recipe, seed 42, lr 5e-5=$(NLPCC_PLAIN)-compress-width0.5" \
+# The width-0.5 stage compression after compression (docs/compression.md): the shipped model compressed three
+# times (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_SEED=42, 43, 44 first), and its width-0.75 compression
+# (make compress-nlpcc); compressions not there are left out.
+compression-runs-nlpcc: setup
+	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm \
+		--skip_missing $(foreach s,42 43 44,--run "shipped model (masked-LM encoder, seed 42), compression seed $(s)=$\
+		$(NLPCC_RUN)-compress-width0.5-lr2e-4$(if $(filter-out 42,$(s)),-seed$(s))")
+	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm/width0.75 \
+		--skip_missing --run "shipped model (masked-LM encoder, seed 42), compression seed 42=$(NLPCC_RUN)-compress-lr2e-4"
+
+# The same for the candidates toward 86: the plain recipe's model at both learning rates and the distilled students
+# (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first), and the kd5 student's
+# width-0.75 compression.
+TOWARD86_COMPRESSION_RUNS = --run "plain recipe, seed 42, lr 5e-5=$(NLPCC_PLAIN)-compress-width0.5" \
 	--run "plain recipe, seed 42, lr 2e-4=$(NLPCC_PLAIN)-compress-width0.5-lr2e-4" \
 	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(NLPCC_PLAIN)-kd5-s$(s)-compress-width0.5-lr2e-4") \
 	--run "kd5 + augmentation student, seed 42, lr 2e-4=$(NLPCC_PLAIN)-kd5-aug1-s42-compress-width0.5-lr2e-4"
-compression-runs-nlpcc: setup
+toward86-compression-runs-nlpcc: setup
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86 \
-		--skip_missing $(COMPRESSION_RUNS)
+		--skip_missing $(TOWARD86_COMPRESSION_RUNS)
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/width0.75 \
-		--skip_missing --run "shipped model (kd5 student, seed 42), lr 2e-4=$(NLPCC_RUN)-compress-lr2e-4"
+		--skip_missing --run "kd5 student, seed 42, lr 2e-4=$(NLPCC_PLAIN)-kd5-s42-compress-lr2e-4"
 
 # Decoding and confidence report (greedy vs constrained vs CRF, calibration, abstaining, decoding
 # time in Python and C++): of the demo model, and of the two NLPCC models (after train-nlpcc and
@@ -211,11 +221,13 @@ compress: setup
 
 WIDTH_MULT ?= 0.75
 # NLPCC_MODEL: the trained run to compress; COMPRESS_LR: the learning rate of the DynaBERT and QAT epochs
-# (2e-4 held the width-0.5 stage better than 5e-5: docs/compression.md). The output directory names the width when not
-# 0.75 and the learning rate when not 5e-5.
+# (2e-4 held the width-0.5 stage better than 5e-5: docs/compression.md); COMPRESS_SEED: their data order and dropout
+# (another seed is another compression of the same model). The output directory names the width when not 0.75, the
+# learning rate when not 5e-5 and the seed when not 42.
 COMPRESS_LR ?= 2e-4
+COMPRESS_SEED ?= 42
 COMPRESS_LR_NAME = $(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))
-NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(COMPRESS_LR_NAME)
+NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(COMPRESS_LR_NAME)$(if $(filter-out 42,$(COMPRESS_SEED)),-seed$(COMPRESS_SEED))
 # what the targets below read: the stages of the width-0.75 and the width-0.5 compression of NLPCC_MODEL
 NLPCC_STAGES = $(NLPCC_MODEL)-compress$(COMPRESS_LR_NAME)/compress/stages
 NLPCC_STAGES_05 = $(NLPCC_MODEL)-compress-width0.5$(COMPRESS_LR_NAME)/compress/stages
@@ -223,7 +235,7 @@ compress-nlpcc: setup
 	$(PY) run_train.py --model_name_or_path $(NLPCC_MODEL) --data_dir data/prepared/nlpcc2018 \
 		--output_dir $(NLPCC_COMPRESS_DIR) --do_compress --strategy 'dynabert+qat+embeddings' --width_mult_list $(WIDTH_MULT) \
 		--prune_embeddings --max_vocab_size 2000 --num_train_epochs 1 --learning_rate $(COMPRESS_LR) --save_steps 100 \
-		--cpu_threads $(CPU_THREADS) --seed 42
+		--cpu_threads $(CPU_THREADS) --seed $(COMPRESS_SEED)
 
 # Inference benchmark: first this CPU's ceiling (benchmarks/ceiling.py: GEMM peaks per precision, the
 # work per utterance), then stage x backend x threads (benchmarks/inference.py; JSON, Markdown, PNG,

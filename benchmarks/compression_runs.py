@@ -44,6 +44,8 @@ def main(argv=None):
         print(f"{name}: fp32 {runs[-1]['fp32']:.4f}, {qat} {stages[qat]['sentence_acc']:.4f}, on {args.backend} {on_backend:.4f}",
               flush=True)
 
+    if not runs:  # nothing to compare: the results already there stay as they are
+        sys.exit(f"no compress/compress_report.json under any of: {', '.join(d for _, d in (r.rsplit('=', 1) for r in args.run))}")
     os.makedirs(args.output_dir, exist_ok=True)
     save_json(os.path.join(args.output_dir, "compression_runs.json"), {"backend": args.backend, "data_dir": args.data_dir,
                                                                        "runs": runs})

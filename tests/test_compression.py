@@ -212,3 +212,35 @@ def test_stage_transitions_come_from_the_saved_width_else_the_input_model(tmp_pa
     paddle.save({"slot_transitions": paddle.to_tensor(np.ones((2, 2), dtype="float32")), "other": paddle.zeros([1])},
                 str(tmp_path / "model_state.pdparams"))
     assert compression.stage_transitions(str(tmp_path), fallback).tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_compression_runs_sets_compressions_side_by_side(compressed, synthetic_dir, synthetic_splits, tmp_path):
+    """benchmarks/compression_runs.py: each stage's figure as its run reported it, the QAT stage scored
+    again on onnxruntime-int8, a missing run left out; with no run at all it stops and writes nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compression_runs", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "compression_runs.py"))
+    compression_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compression_runs)
+    run_dir = os.path.dirname(compressed)
+    out = str(tmp_path / "results")
+    compression_runs.main(["--data_dir", synthetic_dir, "--output_dir", out, "--skip_missing",
+                           "--run", f"this one={run_dir}", "--run", f"not trained={tmp_path / 'missing'}"])
+    result = utils.load_json(os.path.join(out, "compression_runs.json"))
+    report = utils.load_json(os.path.join(compressed, "compress_report.json"))
+    [run] = result["runs"]
+    assert run["name"] == "this one" and run["qat_stage"] == "width_mult_0.75-int8"
+    assert run["stages"] == {s["stage"]: s["sentence_acc"] for s in report["stages"]}
+    qat = os.path.join(compressed, "stages", "width_mult_0.75-int8")
+    assert run["qat_on_backend"] == backends.open_predictor(qat, "onnxruntime-int8", 2).evaluate(
+        synthetic_splits["test"])["sentence_acc"]
+    table = open(os.path.join(out, "compression_runs.md"), encoding="utf-8").read()
+    assert f"| this one | {100 * run['fp32']:.2f} |" in table and "not trained" not in table
+    assert f"{100 * (run['qat_on_backend'] - run['fp32']):+.2f} |" in table
+
+    empty = str(tmp_path / "empty")
+    with pytest.raises(SystemExit, match="no compress/compress_report.json under any of"):
+        compression_runs.main(["--data_dir", synthetic_dir, "--output_dir", empty, "--skip_missing",
+                               "--run", f"not trained={tmp_path / 'missing'}"])
+    assert not os.path.exists(empty)
