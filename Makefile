@@ -222,11 +222,13 @@ compress: setup
 WIDTH_MULT ?= 0.75
 # NLPCC_MODEL: the trained run to compress; COMPRESS_LR: the learning rate of the DynaBERT and QAT epochs
 # (2e-4 held the width-0.5 stage better than 5e-5: docs/compression.md); COMPRESS_SEED: their data order and dropout
-# (another seed is another compression of the same model). The output directory names the width when not 0.75, the
-# learning rate when not 5e-5 and the seed when not 42.
+# (another seed is another compression of the same model); COMPRESS_EPOCHS: epochs of DynaBERT, and of QAT (PaddleNLP's
+# compress API runs both for --num_train_epochs). The output directory names the width when not 0.75, the learning rate
+# when not 5e-5, the epochs when not 1 and the seed when not 42.
 COMPRESS_LR ?= 2e-4
 COMPRESS_SEED ?= 42
-COMPRESS_LR_NAME = $(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))
+COMPRESS_EPOCHS ?= 1
+COMPRESS_LR_NAME = $(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))$(if $(filter-out 1,$(COMPRESS_EPOCHS)),-ep$(COMPRESS_EPOCHS))
 NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(COMPRESS_LR_NAME)$(if $(filter-out 42,$(COMPRESS_SEED)),-seed$(COMPRESS_SEED))
 # what the targets below read: the stages of the width-0.75 and the width-0.5 compression of NLPCC_MODEL
 NLPCC_STAGES = $(NLPCC_MODEL)-compress$(COMPRESS_LR_NAME)/compress/stages
@@ -234,7 +236,7 @@ NLPCC_STAGES_05 = $(NLPCC_MODEL)-compress-width0.5$(COMPRESS_LR_NAME)/compress/s
 compress-nlpcc: setup
 	$(PY) run_train.py --model_name_or_path $(NLPCC_MODEL) --data_dir data/prepared/nlpcc2018 \
 		--output_dir $(NLPCC_COMPRESS_DIR) --do_compress --strategy 'dynabert+qat+embeddings' --width_mult_list $(WIDTH_MULT) \
-		--prune_embeddings --max_vocab_size 2000 --num_train_epochs 1 --learning_rate $(COMPRESS_LR) --save_steps 100 \
+		--prune_embeddings --max_vocab_size 2000 --num_train_epochs $(COMPRESS_EPOCHS) --learning_rate $(COMPRESS_LR) --save_steps 100 \
 		--cpu_threads $(CPU_THREADS) --seed $(COMPRESS_SEED)
 
 # Inference benchmark: first this CPU's ceiling (benchmarks/ceiling.py: GEMM peaks per precision, the
