@@ -173,14 +173,14 @@ mlm-report-nlpcc: setup
 MLM_RECIPE = K=2, CRF, fine-tuned from the masked-LM encoder ($(PRETRAIN_EPOCHS) epochs of pretraining)
 
 # The width-0.5 stage compression after compression (docs/compression.md): the shipped model compressed three
-# times (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_SEED=42, 43, 44 first), and its width-0.75 compression
-# (make compress-nlpcc); compressions not there are left out.
+# times with one and with two epochs (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_SEED=42, 43, 44 [COMPRESS_EPOCHS=2]
+# first), and its width-0.75 compression (make compress-nlpcc); compressions not there are left out.
 compression-runs-nlpcc: setup
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm \
-		--skip_missing $(foreach s,42 43 44,--run "shipped model (masked-LM encoder, seed 42), compression seed $(s)=$\
-		$(NLPCC_RUN)-compress-width0.5-lr2e-4$(if $(filter-out 42,$(s)),-seed$(s))")
+		--skip_missing $(foreach e,1 2,$(foreach s,42 43 44,--run "shipped model, $(e) + $(e) epochs, compression seed $(s)=$\
+		$(NLPCC_RUN)-compress-width0.5-lr2e-4$(if $(filter-out 1,$(e)),-ep$(e))$(if $(filter-out 42,$(s)),-seed$(s))"))
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm/width0.75 \
-		--skip_missing --run "shipped model (masked-LM encoder, seed 42), compression seed 42=$(NLPCC_RUN)-compress-lr2e-4"
+		--skip_missing --run "shipped model, 1 + 1 epochs, compression seed 42=$(NLPCC_RUN)-compress-lr2e-4"
 
 # The same for the candidates toward 86: the plain recipe's model at both learning rates and the distilled students
 # (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first), and the kd5 student's
