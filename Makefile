@@ -228,11 +228,11 @@ WIDTH_MULT ?= 0.75
 COMPRESS_LR ?= 2e-4
 COMPRESS_SEED ?= 42
 COMPRESS_EPOCHS ?= 1
-COMPRESS_LR_NAME = $(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))$(if $(filter-out 1,$(COMPRESS_EPOCHS)),-ep$(COMPRESS_EPOCHS))
-NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(COMPRESS_LR_NAME)$(if $(filter-out 42,$(COMPRESS_SEED)),-seed$(COMPRESS_SEED))
+COMPRESS_NAME = $(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))$(if $(filter-out 1,$(COMPRESS_EPOCHS)),-ep$(COMPRESS_EPOCHS))
+NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(COMPRESS_NAME)$(if $(filter-out 42,$(COMPRESS_SEED)),-seed$(COMPRESS_SEED))
 # what the targets below read: the stages of the width-0.75 and the width-0.5 compression of NLPCC_MODEL
-NLPCC_STAGES = $(NLPCC_MODEL)-compress$(COMPRESS_LR_NAME)/compress/stages
-NLPCC_STAGES_05 = $(NLPCC_MODEL)-compress-width0.5$(COMPRESS_LR_NAME)/compress/stages
+NLPCC_STAGES = $(NLPCC_MODEL)-compress$(COMPRESS_NAME)/compress/stages
+NLPCC_STAGES_05 = $(NLPCC_MODEL)-compress-width0.5$(COMPRESS_NAME)/compress/stages
 compress-nlpcc: setup
 	$(PY) run_train.py --model_name_or_path $(NLPCC_MODEL) --data_dir data/prepared/nlpcc2018 \
 		--output_dir $(NLPCC_COMPRESS_DIR) --do_compress --strategy 'dynabert+qat+embeddings' --width_mult_list $(WIDTH_MULT) \

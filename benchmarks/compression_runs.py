@@ -30,7 +30,8 @@ def main(argv=None):
 
     test = read_corpus(os.path.join(args.data_dir, "test.txt"))
     runs = []
-    for name, directory in (r.rsplit("=", 1) for r in args.run):
+    named_dirs = [r.rsplit("=", 1) for r in args.run]
+    for name, directory in named_dirs:
         report_file = os.path.join(directory, "compress", "compress_report.json")
         if args.skip_missing and not os.path.isfile(report_file):
             print(f"{name}: no {report_file}, left out", file=sys.stderr)
@@ -45,7 +46,7 @@ def main(argv=None):
               flush=True)
 
     if not runs:  # nothing to compare: the results already there stay as they are
-        sys.exit(f"no compress/compress_report.json under any of: {', '.join(d for _, d in (r.rsplit('=', 1) for r in args.run))}")
+        sys.exit(f"no compress/compress_report.json under any of: {', '.join(d for _, d in named_dirs)}")
     os.makedirs(args.output_dir, exist_ok=True)
     save_json(os.path.join(args.output_dir, "compression_runs.json"), {"backend": args.backend, "data_dir": args.data_dir,
                                                                        "runs": runs})
