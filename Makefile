@@ -74,7 +74,7 @@ NLPCC_SCRATCH = --from_scratch --model_name_or_path ernie-3.0-tiny-nano-v2-zh
 # Session context of the measured model: chosen on dev (docs/model-and-context.md).
 CONTEXT_TURNS ?= 2
 # The nano encoder pretrained as a masked language model on the NLPCC training split's own text (run_pretrain.py),
-# from random initialisation, no external text: what the mlm-* runs below start from (~30 min on 2 cores).
+# from random initialisation, no external text: what the mlm-* runs below start from (~50 min on 2 cores).
 NLPCC_MLM = $(NLPCC_PLAIN)-mlm-pretrained
 PRETRAIN_EPOCHS ?= 15
 PRETRAIN_NLPCC = $(PY) run_pretrain.py --data_dir data/prepared/nlpcc2018 --context_turns $(CONTEXT_TURNS) \
@@ -106,7 +106,7 @@ nlpcc-runs: data
 
 # The shipped NLPCC model (docs/results.md; chosen in docs/model-and-context.md, "Toward 86"): the encoder
 # pretrained as a masked language model on the training text, then seed 42 of the plain recipe on it:
-# ~1 h 20 min on 2 cores. make train-nlpcc-plain: one run of the plain recipe from random initialisation.
+# ~1 h 25 min on 2 cores. make train-nlpcc-plain: one run of the plain recipe from random initialisation.
 NLPCC_RUN = $(NLPCC_PLAIN)-mlm-s42
 # The model the NLPCC targets below compress, benchmark, serve and analyse (default: the shipped one).
 NLPCC_MODEL ?= $(NLPCC_RUN)
