@@ -178,9 +178,9 @@ MLM_RECIPE = K=2, CRF, fine-tuned from the masked-LM encoder ($(PRETRAIN_EPOCHS)
 compression-runs-nlpcc: setup
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm \
 		--skip_missing $(foreach e,1 2,$(foreach s,42 43 44,--run "shipped model, $(e) + $(e) epochs, compression seed $(s)=$\
-		$(NLPCC_RUN)-compress-width0.5-lr2e-4$(if $(filter-out 1,$(e)),-ep$(e))$(if $(filter-out 42,$(s)),-seed$(s))"))
+		$(call compress_dir,$(NLPCC_RUN),0.5,2e-4,$(e),$(s))"))
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm/width0.75 \
-		--skip_missing --run "shipped model, 1 + 1 epochs, compression seed 42=$(NLPCC_RUN)-compress-lr2e-4"
+		--skip_missing --run "shipped model, 1 + 1 epochs, compression seed 42=$(call compress_dir,$(NLPCC_RUN),0.75,2e-4,1,42)"
 
 # The same for the candidates toward 86: the plain recipe's model at both learning rates and the distilled students
 # (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first), and the kd5 student's
@@ -228,11 +228,12 @@ WIDTH_MULT ?= 0.75
 COMPRESS_LR ?= 2e-4
 COMPRESS_SEED ?= 42
 COMPRESS_EPOCHS ?= 1
-COMPRESS_NAME = $(if $(filter-out 5e-5,$(COMPRESS_LR)),-lr$(COMPRESS_LR))$(if $(filter-out 1,$(COMPRESS_EPOCHS)),-ep$(COMPRESS_EPOCHS))
-NLPCC_COMPRESS_DIR = $(NLPCC_MODEL)-compress$(if $(filter-out 0.75,$(WIDTH_MULT)),-width$(WIDTH_MULT))$(COMPRESS_NAME)$(if $(filter-out 42,$(COMPRESS_SEED)),-seed$(COMPRESS_SEED))
+# $(call compress_dir,MODEL,WIDTH,LR,EPOCHS,SEED): the one place compression directories are named
+compress_dir = $(1)-compress$(if $(filter-out 0.75,$(2)),-width$(2))$(if $(filter-out 5e-5,$(3)),-lr$(3))$(if $(filter-out 1,$(4)),-ep$(4))$(if $(filter-out 42,$(5)),-seed$(5))
+NLPCC_COMPRESS_DIR = $(call compress_dir,$(NLPCC_MODEL),$(WIDTH_MULT),$(COMPRESS_LR),$(COMPRESS_EPOCHS),$(COMPRESS_SEED))
 # what the targets below read: the stages of the width-0.75 and the width-0.5 compression of NLPCC_MODEL
-NLPCC_STAGES = $(NLPCC_MODEL)-compress$(COMPRESS_NAME)/compress/stages
-NLPCC_STAGES_05 = $(NLPCC_MODEL)-compress-width0.5$(COMPRESS_NAME)/compress/stages
+NLPCC_STAGES = $(call compress_dir,$(NLPCC_MODEL),0.75,$(COMPRESS_LR),$(COMPRESS_EPOCHS),42)/compress/stages
+NLPCC_STAGES_05 = $(call compress_dir,$(NLPCC_MODEL),0.5,$(COMPRESS_LR),$(COMPRESS_EPOCHS),42)/compress/stages
 compress-nlpcc: setup
 	$(PY) run_train.py --model_name_or_path $(NLPCC_MODEL) --data_dir data/prepared/nlpcc2018 \
 		--output_dir $(NLPCC_COMPRESS_DIR) --do_compress --strategy 'dynabert+qat+embeddings' --width_mult_list $(WIDTH_MULT) \
