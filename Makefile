@@ -224,21 +224,30 @@ WIDTH_MULT ?= 0.75
 # (2e-4 held the width-0.5 stage better than 5e-5: docs/compression.md); COMPRESS_SEED: their data order and dropout
 # (another seed is another compression of the same model); COMPRESS_EPOCHS: epochs of DynaBERT, and of QAT (PaddleNLP's
 # compress API runs both for --num_train_epochs). The output directory names the width when not 0.75, the learning rate
-# when not 5e-5, the epochs when not 1 and the seed when not 42.
+# when not 5e-5, the epochs when not 1, the seed when not 42 and QAT_DISTILL_ALPHA when not 1.
+# QAT_DISTILL_ALPHA: weight of the gold labels in QAT's loss; the rest learns the compressed model's own soft targets
+# (run_train.py --qat_distill_alpha; 1 = gold labels alone). DYNABERT_UTTERANCE_TOKENS=true: DynaBERT distils the slot
+# logits on the utterance's tokens only (run_train.py --dynabert_utterance_tokens; directory suffix -utt).
 COMPRESS_LR ?= 2e-4
 COMPRESS_SEED ?= 42
 COMPRESS_EPOCHS ?= 1
-# $(call compress_dir,MODEL,WIDTH,LR,EPOCHS,SEED): the one place compression directories are named
-compress_dir = $(1)-compress$(if $(filter-out 0.75,$(2)),-width$(2))$(if $(filter-out 5e-5,$(3)),-lr$(3))$(if $(filter-out 1,$(4)),-ep$(4))$(if $(filter-out 42,$(5)),-seed$(5))
-NLPCC_COMPRESS_DIR = $(call compress_dir,$(NLPCC_MODEL),$(WIDTH_MULT),$(COMPRESS_LR),$(COMPRESS_EPOCHS),$(COMPRESS_SEED))
+QAT_DISTILL_ALPHA ?= 1
+DYNABERT_UTTERANCE_TOKENS ?= false
+# $(call compress_dir,MODEL,WIDTH,LR,EPOCHS,SEED[,QAT_DISTILL_ALPHA[,DYNABERT_UTTERANCE_TOKENS]]): the one place
+# compression directories are named
+compress_dir = $(1)-compress$(if $(filter-out 0.75,$(2)),-width$(2))$(if $(filter-out 5e-5,$(3)),-lr$(3))$(if $(filter-out 1,$(4)),-ep$(4))$\
+	$(if $(filter-out 42,$(5)),-seed$(5))$(if $(filter-out 1,$(6)),-qatkd$(6))$(if $(filter true,$(7)),-utt)
+NLPCC_COMPRESS_DIR = $(call compress_dir,$(NLPCC_MODEL),$(WIDTH_MULT),$(COMPRESS_LR),$(COMPRESS_EPOCHS),$(COMPRESS_SEED),$\
+	$(QAT_DISTILL_ALPHA),$(DYNABERT_UTTERANCE_TOKENS))
 # what the targets below read: the stages of the width-0.75 and the width-0.5 compression of NLPCC_MODEL
-NLPCC_STAGES = $(call compress_dir,$(NLPCC_MODEL),0.75,$(COMPRESS_LR),$(COMPRESS_EPOCHS),42)/compress/stages
-NLPCC_STAGES_05 = $(call compress_dir,$(NLPCC_MODEL),0.5,$(COMPRESS_LR),$(COMPRESS_EPOCHS),42)/compress/stages
+NLPCC_STAGES = $(call compress_dir,$(NLPCC_MODEL),0.75,$(COMPRESS_LR),$(COMPRESS_EPOCHS),42,$(QAT_DISTILL_ALPHA),$(DYNABERT_UTTERANCE_TOKENS))/compress/stages
+NLPCC_STAGES_05 = $(call compress_dir,$(NLPCC_MODEL),0.5,$(COMPRESS_LR),$(COMPRESS_EPOCHS),42,$(QAT_DISTILL_ALPHA),$(DYNABERT_UTTERANCE_TOKENS))/compress/stages
 compress-nlpcc: setup
 	$(PY) run_train.py --model_name_or_path $(NLPCC_MODEL) --data_dir data/prepared/nlpcc2018 \
 		--output_dir $(NLPCC_COMPRESS_DIR) --do_compress --strategy 'dynabert+qat+embeddings' --width_mult_list $(WIDTH_MULT) \
 		--prune_embeddings --max_vocab_size 2000 --num_train_epochs $(COMPRESS_EPOCHS) --learning_rate $(COMPRESS_LR) --save_steps 100 \
-		--cpu_threads $(CPU_THREADS) --seed $(COMPRESS_SEED)
+		--cpu_threads $(CPU_THREADS) --seed $(COMPRESS_SEED) --qat_distill_alpha $(QAT_DISTILL_ALPHA) \
+		--dynabert_utterance_tokens $(DYNABERT_UTTERANCE_TOKENS)
 
 # Inference benchmark: first this CPU's ceiling (benchmarks/ceiling.py: GEMM peaks per precision, the
 # work per utterance), then stage x backend x threads (benchmarks/inference.py; JSON, Markdown, PNG,
@@ -384,13 +393,13 @@ cpp: setup
 
 # Distillation into a Bi-LSTM student (run_distill.py), of the demo model and of the NLPCC one.
 distill: setup
-	$(PY) run_distill.py --teacher_dir $(OUTPUT_DIR)/infer_model --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-distill \
+	$(PY) run_distill.py --teacher_dir $(OUTPUT_DIR)/infer_model --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR)-distill --cpu_threads $(CPU_THREADS) \
 		$(if $(wildcard $(OUTPUT_DIR)-compress/compress/stages/width_mult_0.75-quant_emb),--compressed_dir $(OUTPUT_DIR)-compress/compress/stages/width_mult_0.75-quant_emb)
 
 distill-nlpcc: setup
 	$(PY) run_distill.py --teacher_dir $(NLPCC_STAGES)/fp32 --data_dir data/prepared/nlpcc2018 \
 		--output_dir output/nlpcc2018-distill --teacher_logits_file output/nlpcc2018-teacher-logits.npz \
-		--compressed_dir $(NLPCC_STAGES)/width_mult_0.75-quant_emb $(DISTILL_FLAGS)
+		--compressed_dir $(NLPCC_STAGES)/width_mult_0.75-quant_emb --cpu_threads $(CPU_THREADS) $(DISTILL_FLAGS)
 
 # Paddle Lite (.nb) model for the Android app, converted and verified on x86 against Paddle Inference.
 # MODEL_DIR: any exported stage (default: the demo's final compressed stage).

@@ -5,8 +5,10 @@ test split through Paddle Inference, and reported (compress_report.json / .md).
 
 The fixes the pinned PaddleNLP / PaddleSlim need are in compat.py."""
 import collections
+import contextlib
 import copy
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -23,6 +25,7 @@ from exporting import export, export_graph, save_static_graph
 from model import JointErnie, save_safe, slot_transitions
 from predictor import merge_windows, run_windows, score
 from task import SPECIAL_TOKENS, CharTokenizer, Task
+from teachers import Ensemble
 from training import build_trainer, dynamic_logits_fn, logger
 from utils import markdown_table, save_json, write_text
 
@@ -179,8 +182,75 @@ def qat_agreement(qat_model, task: Task, test, int8_stage: str, threads: int) ->
     return same / len(test)
 
 
-def compress(model, task: Task, train, dev, test, training_args, max_vocab_size: int, model_info: dict, threads: int) -> dict:
-    """Vocabulary pruning (--prune_embeddings), then trainer.compress with --strategy; returns the report."""
+@contextlib.contextmanager
+def slot_distillation_on_utterance_tokens(pad_slot_id: int):
+    """Within it, PaddleNLP's DynaBERT loop distils the slot logits on the utterance's tokens only.
+
+    That loop's logit loss is its soft cross-entropy of each output against the teacher's, averaged
+    over every position: for [B, S, tags] slot logits that is padding, [CLS], [SEP] and the
+    session context too, where the teacher was never trained (their tag is PAD) and the student
+    would spend its reduced width imitating noise. Here each batch's slot labels (not PAD: the
+    utterance's tokens, as JointLoss counts them) mask that average; the intent's is unchanged."""
+    from paddlenlp.trainer import trainer_compress
+
+    training, soft_cross_entropy = trainer_compress._dynabert_training, trainer_compress.soft_cross_entropy
+    current = {}
+
+    class BatchesRecordingTheirTokens:  # the loop iterates it once per epoch
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            for batch in self.loader:
+                current["mask"] = (batch["slot_labels"] != pad_slot_id).astype("float32")
+                yield batch
+
+    def masked_soft_cross_entropy(logits, teacher_logits):
+        if logits.ndim != 3:
+            return soft_cross_entropy(logits, teacher_logits)
+        per_token = -(paddle.nn.functional.log_softmax(logits, axis=-1) * paddle.nn.functional.softmax(teacher_logits, axis=-1)).sum(-1)
+        mask = current["mask"]
+        return (per_token * mask).sum() / paddle.clip(mask.sum(), min=1.0)
+
+    def dynabert_training(self, ofa_model, model, teacher_model, train_dataloader, *args, **kwargs):
+        return training(self, ofa_model, model, teacher_model, BatchesRecordingTheirTokens(train_dataloader), *args, **kwargs)
+
+    trainer_compress._dynabert_training, trainer_compress.soft_cross_entropy = dynabert_training, masked_soft_cross_entropy
+    try:
+        yield
+    finally:
+        trainer_compress._dynabert_training, trainer_compress.soft_cross_entropy = training, soft_cross_entropy
+
+
+def qat_with_soft_targets(quant, trainer):
+    """trainer.quant whose QAT also learns from the soft targets the training rows carry (the
+    input model's own: `compress` with qat_distill_alpha < 1). PaddleNLP's QAT loop hands its
+    criterion only the batch fields that label_names names, so for QAT they name those too; the
+    other steps (DynaBERT's head importance reads dev, which has none) see the names as before."""
+    def run(model_dir, strategy):
+        if strategy != "qat":
+            return quant(model_dir, strategy)
+        names, criterion = trainer.args.label_names, trainer.criterion
+        trainer.args.label_names = list(names) + ["ensemble_intent", "ensemble_slots"]
+        trainer.criterion = lambda logits, labels: criterion(logits, labels[:2], ensemble_intent=labels[2], ensemble_slots=labels[3])
+        try:
+            return quant(model_dir, strategy)
+        finally:
+            trainer.args.label_names, trainer.criterion = names, criterion
+    return run
+
+
+def compress(model, task: Task, train, dev, test, training_args, max_vocab_size: int, model_info: dict, threads: int,
+             qat_distill_alpha: float = 1.0, distill_temperature: float = 2.0,
+             teacher_cache_dir: str = os.path.join("output", "teacher-logits"), utterance_token_distillation: bool = False) -> dict:
+    """Vocabulary pruning (--prune_embeddings), then trainer.compress with --strategy; returns the report.
+    With `qat_distill_alpha` < 1, QAT's loss is that weight x the gold labels' + the rest x the soft
+    targets (at `distill_temperature`) of the model as it entered DynaBERT and QAT (its last stage
+    before them: the pruned vocabulary's, else fp32), as run_train.py --teacher_dirs learns from an
+    ensemble (docs/compression.md)."""
     check_strategy(training_args.strategy)
     compress_dir = os.path.join(training_args.output_dir, "compress")
     stages_dir = os.path.join(compress_dir, "stages")
@@ -198,11 +268,20 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
 
     args = copy.copy(training_args)  # compress() rewrites fields of its arguments
     args.output_dir = compress_dir
-    trainer = build_trainer(model, task, train, dev, args)
+    self_teacher = None
+    if qat_distill_alpha < 1.0:
+        self_teacher = Ensemble([stages[-1]], distill_temperature, qat_distill_alpha, teacher_cache_dir, threads)
+        logger.info(f"QAT learns from the gold labels (x {qat_distill_alpha}) and from {stages[-1]}'s soft targets "
+                    f"at T={distill_temperature}")
+    trainer = build_trainer(model, task, train, dev, args, ensemble=self_teacher)
     steps = args.max_steps if args.max_steps > 0 else int(len(trainer.get_train_dataloader()) * args.num_train_epochs)
-    if args.save_steps > steps:  # DynaBERT and QAT evaluate (and keep a best model) only every save_steps
-        logger.info(f"--save_steps {args.save_steps} > {steps} steps per compression stage: evaluating every {steps}")
-        args.save_steps = steps
+    # DynaBERT and QAT evaluate (and keep a best model) only every save_steps: space the evaluations
+    # evenly over the stage, so that the last one falls on (or just before) its last step, where the
+    # learning rate has decayed, instead of up to save_steps - 1 steps earlier
+    spaced = steps // max(1, math.ceil(steps / args.save_steps))
+    if spaced != args.save_steps:
+        logger.info(f"--save_steps {args.save_steps}: {steps} steps per compression stage, evaluating every {spaced}")
+        args.save_steps = spaced
 
     def timed(quant):
         def run(model_dir, strategy):
@@ -212,16 +291,19 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
             return result
         return run
 
-    trainer.quant = timed(trainer.quant)
+    trainer.quant = timed(qat_with_soft_targets(trainer.quant, trainer) if self_teacher else trainer.quant)
     original = copy.deepcopy(model)  # DynaBERT converts the model in place
     start = time.time()
-    trainer.compress(custom_evaluate=make_custom_evaluate(dev, task))
+    with (slot_distillation_on_utterance_tokens(task.labels.pad_slot_id) if utterance_token_distillation else contextlib.nullcontext()):
+        trainer.compress(custom_evaluate=make_custom_evaluate(dev, task))
     if "dynabert" in args.strategy:
         seconds["dynabert"] = time.time() - start - sum(v for k, v in seconds.items() if k != "pruned_vocab")
         export_dynabert_widths(original, args)
 
     stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy, slot_transitions(original), dev, threads)
     report = {"strategy": args.strategy, "prune_embeddings": training_args.prune_embeddings, "stages": []}
+    if self_teacher:
+        report["qat_distill"] = {"alpha": qat_distill_alpha, "temperature": distill_temperature, "teacher": self_teacher.teacher_dirs[0]}
     for stage in stages:
         metrics = open_predictor(stage, "paddle-inference", threads).evaluate(test)
         name = os.path.basename(stage)

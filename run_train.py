@@ -84,12 +84,20 @@ class ModelArguments:
                 "(teachers.py; a candidate of docs/model-and-context.md, \"Toward 86\")."})
     distill_alpha: float = field(default=0.5, metadata={
         "help": "With --teacher_dirs: weight of the gold labels' loss, in [0, 1); the teachers' soft targets take the rest."})
-    distill_temperature: float = field(default=2.0, metadata={"help": "With --teacher_dirs: softmax temperature of the soft targets."})
+    distill_temperature: float = field(default=2.0, metadata={
+        "help": "With --teacher_dirs or --qat_distill_alpha: softmax temperature of the soft targets."})
     augment_copies: int = field(default=0, metadata={
         "help": "With --teacher_dirs: seeded, slot-preserving augmented copies of every training utterance (data/augment.py) "
                 "added to the training rows, labelled by the teachers alone."})
     teacher_cache_dir: str = field(default=os.path.join("output", "teacher-logits"), metadata={
         "help": "With --teacher_dirs: where each teacher's logits on the training rows are kept, keyed by its weights and the rows."})
+    qat_distill_alpha: float = field(default=1.0, metadata={
+        "help": "With --do_compress and QAT: weight of the gold labels' loss during QAT, in (0, 1]; the rest learns the "
+                "soft targets (at --distill_temperature) of the model being compressed. 1 = gold labels alone, as "
+                "PaddleNLP's QAT (docs/compression.md)."})
+    dynabert_utterance_tokens: bool = field(default=False, metadata={
+        "help": "With --do_compress and DynaBERT: distil the slot logits on the utterance's tokens only, not on padding, "
+                "[CLS], [SEP] and the context, where the model being compressed was never trained (docs/compression.md)."})
     slot_crf: bool = field(
         default=False,
         metadata={"help": "Slot head as a linear-chain CRF (learned tag transitions, CRF likelihood) instead of "
@@ -279,6 +287,8 @@ def run(argv=None):
 
     if not 0.0 <= model_args.intent_label_smoothing < 1.0:
         raise ValueError(f"--intent_label_smoothing {model_args.intent_label_smoothing}: must be in [0, 1)")
+    if not 0.0 < model_args.qat_distill_alpha <= 1.0:
+        raise ValueError(f"--qat_distill_alpha {model_args.qat_distill_alpha}: must be in (0, 1]")
     if model_args.augment_copies and not model_args.teacher_dirs:
         raise ValueError("--augment_copies: augmented rows are labelled by teachers alone; give --teacher_dirs too")
     ensemble = None
@@ -302,7 +312,9 @@ def run(argv=None):
             logger.info(json.dumps(record, ensure_ascii=False))
 
     if training_args.do_compress:
-        compress(model, task, train_split, dev, test, training_args, model_args.max_vocab_size, model_info, threads)
+        compress(model, task, train_split, dev, test, training_args, model_args.max_vocab_size, model_info, threads,
+                 model_args.qat_distill_alpha, model_args.distill_temperature, model_args.teacher_cache_dir,
+                 model_args.dynabert_utterance_tokens)
 
 
 if __name__ == "__main__":

@@ -24,24 +24,39 @@ LABELS = SYNTHETIC_LABELS
 STAGES = ["fp32", "pruned_vocab", "width_mult_0.75-model", "width_mult_0.75-int8", "width_mult_0.75-quant_emb"]
 
 
+LOSS_CALLS = []  # JointLoss calls during the `compressed` run: (ensemble_intent or None, loss, gold-only loss, alpha)
+
+
 @pytest.fixture(scope="module")
 def compressed(trained, tmp_path_factory):
-    # A larger test split than the shared one: QAT flips predictions only at near-ties (about
-    # 0.5 % of them on this toy model), so ~2,400 test utterances are needed to measure the
-    # >= 99 % agreement reliably; 299 or 800 left it within run-to-run noise. A small train split:
+    # The shipped recipe: QAT also learns the model's own soft targets, DynaBERT distils slots on
+    # the utterance's tokens. A larger test split than the shared one: QAT flips predictions only
+    # at near-ties (about 0.5 % of them on this toy model), so ~2,400 test utterances are needed to
+    # measure the >= 99 % agreement reliably; 299 or 800 left it within run-to-run noise. A small train split:
     # PaddleNLP's QAT runs whole epochs whatever --max_steps says (1,200 utterances: 19 steps).
+    import model as model_module
     from data import prepare_data
 
     data_dir = str(tmp_path_factory.mktemp("synthetic4000"))
     prepare_data.main(["--synthetic", "--synthetic_size", "4000", "--train_fraction", "0.3", "--dev_fraction", "0.05",
                        "--output_dir", data_dir])
     out = str(tmp_path_factory.mktemp("compressed"))
-    run_train.main([
-        "--model_name_or_path", trained, "--data_dir", data_dir, "--output_dir", out,
-        "--do_compress", "--strategy", "dynabert+qat+embeddings", "--prune_embeddings", "--max_vocab_size", "250",
-        "--max_steps", "8", "--save_steps", "4", "--per_device_train_batch_size", "64", "--learning_rate", "5e-5",
-        "--logging_steps", "4", "--seed", "42",
-    ])
+    forward = model_module.JointLoss.forward
+
+    def recording(self, logits, labels, ensemble_intent=None, ensemble_slots=None, has_gold=None):
+        loss = forward(self, logits, labels, ensemble_intent, ensemble_slots, has_gold)
+        LOSS_CALLS.append((ensemble_intent, float(loss), float(forward(self, logits, labels)), self.distill_alpha))
+        return loss
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_module.JointLoss, "forward", recording)
+        run_train.main([
+            "--model_name_or_path", trained, "--data_dir", data_dir, "--output_dir", out,
+            "--do_compress", "--strategy", "dynabert+qat+embeddings", "--prune_embeddings", "--max_vocab_size", "250",
+            "--max_steps", "8", "--save_steps", "4", "--per_device_train_batch_size", "64", "--learning_rate", "5e-5",
+            "--logging_steps", "4", "--seed", "42", "--qat_distill_alpha", "0.25", "--distill_temperature", "3",
+            "--teacher_cache_dir", os.path.join(out, "teacher-logits"), "--dynabert_utterance_tokens", "true",
+        ])
     return os.path.join(out, "compress")
 
 
@@ -244,3 +259,72 @@ def test_compression_runs_sets_compressions_side_by_side(compressed, synthetic_d
         compression_runs.main(["--data_dir", synthetic_dir, "--output_dir", empty, "--skip_missing",
                                "--run", f"not trained={tmp_path / 'missing'}"])
     assert not os.path.exists(empty)
+
+
+def test_qat_learns_the_compressed_models_soft_targets(compressed):
+    """--qat_distill_alpha: QAT's loss also learns the soft targets at T of the model as it entered
+    DynaBERT and QAT (the pruned-vocabulary stage), and is the weighted sum JointLoss defines."""
+    report = utils.load_json(os.path.join(compressed, "compress_report.json"))
+    assert report["qat_distill"] == {"alpha": 0.25, "temperature": 3.0, "teacher": os.path.join(compressed, "stages", "pruned_vocab")}
+    cache = os.path.join(os.path.dirname(compressed), "teacher-logits")
+    [cached] = os.listdir(cache)
+    with np.load(os.path.join(cache, cached)) as saved:  # the teacher's logits on the training rows
+        teacher = saved["intent"] / 3.0
+    teacher = np.exp(teacher - teacher.max(1, keepdims=True))
+    teacher /= teacher.sum(1, keepdims=True)
+    distilled = [c for c in LOSS_CALLS if c[0] is not None]
+    assert len(distilled) >= 19  # every QAT step (a whole epoch of 19 batches)
+    for ensemble_intent, loss, gold_loss, alpha in distilled:
+        # each row's target is the teacher's softmax at T = 3 of some training row
+        assert np.abs(ensemble_intent.numpy()[:, None, :] - teacher[None]).max(-1).min(-1).max() < 1e-5
+        assert alpha == 0.25 and loss != pytest.approx(gold_loss)  # the soft targets' share is in it
+
+
+def test_dynabert_distils_slots_on_the_utterance_tokens_only(monkeypatch):
+    """slot_distillation_on_utterance_tokens: inside DynaBERT's loop (a stand-in that iterates its
+    loader for two epochs and takes PaddleNLP's soft cross-entropy, as the real one does) the slot
+    logits' soft cross-entropy averages over the batch's non-PAD tokens only, the intent's is
+    PaddleNLP's, and both functions are PaddleNLP's again afterwards."""
+    from paddlenlp.trainer import trainer_compress
+
+    seen = []
+
+    def loop(self, ofa_model, model, teacher_model, train_dataloader, eval_dataloader, num_train_epochs):
+        for _ in range(num_train_epochs):
+            for batch in train_dataloader:
+                seen.append((len(train_dataloader),
+                             float(trainer_compress.soft_cross_entropy(batch["slots"], batch["teacher_slots"])),
+                             float(trainer_compress.soft_cross_entropy(batch["intent"], batch["teacher_intent"]))))
+
+    monkeypatch.setattr(trainer_compress, "_dynabert_training", loop)
+    paddle_soft_cross_entropy = trainer_compress.soft_cross_entropy
+    rng = np.random.default_rng(0)
+    batches = []
+    for labels in ([[0, 3, 1, 0, 0], [0, 2, 2, 4, 0]], [[0, 1, 0, 0, 0], [0, 0, 0, 0, 0]]):
+        arrays = {"slots": rng.normal(size=(2, 5, 6)), "teacher_slots": rng.normal(size=(2, 5, 6)),
+                  "intent": rng.normal(size=(2, 4)), "teacher_intent": rng.normal(size=(2, 4))}
+        batches.append({"slot_labels": paddle.to_tensor(labels), **{k: paddle.to_tensor(v, "float32") for k, v in arrays.items()}})
+    with compression.slot_distillation_on_utterance_tokens(pad_slot_id=0):
+        trainer_compress._dynabert_training(None, None, None, None, batches, None, 2)
+    assert trainer_compress._dynabert_training is loop and trainer_compress.soft_cross_entropy is paddle_soft_cross_entropy
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    expected = []
+    for b in batches:
+        slots, teacher = b["slots"].numpy(), b["teacher_slots"].numpy()
+        per_token = -(np.exp(log_softmax(teacher)) * log_softmax(slots)).sum(-1)
+        mask = b["slot_labels"].numpy() != 0
+        intent = -(np.exp(log_softmax(b["teacher_intent"].numpy())) * log_softmax(b["intent"].numpy())).sum(-1).mean()
+        expected.append((2, per_token[mask].mean(), intent))
+    assert np.allclose(seen, expected * 2, atol=1e-5)
+    # over every position, as PaddleNLP averages, the first batch's slot term would differ
+    assert abs(float(paddle_soft_cross_entropy(batches[0]["slots"], batches[0]["teacher_slots"])) - expected[0][1]) > 1e-3
+
+
+def test_qat_distill_alpha_out_of_range_fails_clearly(trained, synthetic_dir, tmp_path):
+    with pytest.raises(ValueError, match="--qat_distill_alpha 0.0: must be in"):
+        run_train.main(["--model_name_or_path", trained, "--data_dir", synthetic_dir, "--output_dir", str(tmp_path),
+                        "--do_compress", "--strategy", "qat", "--qat_distill_alpha", "0"])
