@@ -173,14 +173,22 @@ mlm-report-nlpcc: setup
 MLM_RECIPE = K=2, CRF, fine-tuned from the masked-LM encoder ($(PRETRAIN_EPOCHS) epochs of pretraining)
 
 # The width-0.5 stage compression after compression (docs/compression.md): the shipped model compressed three
-# times with one and with two epochs (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_SEED=42, 43, 44 [COMPRESS_EPOCHS=2]
-# first), and its width-0.75 compression (make compress-nlpcc); compressions not there are left out.
+# times with the shipped recipe (make compress-nlpcc WIDTH_MULT=0.5 COMPRESS_SEED=42, 43, 44 first), then with
+# PaddleNLP's losses (QAT_DISTILL_ALPHA=1 DYNABERT_UTTERANCE_TOKENS=false) over one and two epochs (COMPRESS_EPOCHS=2),
+# and the width-0.75 compression of each recipe (make compress-nlpcc); compressions not there are left out. The
+# PaddleNLP-loss runs and the two output/exp-* steps between them (QAT's soft targets alone, then with slots on the
+# utterance's tokens) evaluated every 100 of 267 steps, before compression.py spaced its evaluations to the end.
+COMPRESSION_RUNS_05 = $(foreach s,42 43 44,--run "shipped recipe, compression seed $(s)=$(call compress_dir,$(NLPCC_RUN),0.5,2e-4,1,$(s),0.5,true)") \
+	--run "QAT with soft targets, evaluated every 100 steps, seed 42=output/exp-w05-kd-save100-s42" \
+	--run "+ slots on utterance tokens, evaluated every 100 steps, seed 42=output/exp-w05-kd-utt-save100-s42" \
+	$(foreach e,1 2,$(foreach s,42 43 44,--run "PaddleNLP's losses, $(e) + $(e) epochs, compression seed $(s)=$\
+	$(call compress_dir,$(NLPCC_RUN),0.5,2e-4,$(e),$(s))"))
 compression-runs-nlpcc: setup
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm \
-		--skip_missing $(foreach e,1 2,$(foreach s,42 43 44,--run "shipped model, $(e) + $(e) epochs, compression seed $(s)=$\
-		$(call compress_dir,$(NLPCC_RUN),0.5,2e-4,$(e),$(s))"))
+		--skip_missing $(COMPRESSION_RUNS_05)
 	$(PY) benchmarks/compression_runs.py --data_dir data/prepared/nlpcc2018 --output_dir benchmarks/results/toward86/mlm/width0.75 \
-		--skip_missing --run "shipped model, 1 + 1 epochs, compression seed 42=$(call compress_dir,$(NLPCC_RUN),0.75,2e-4,1,42)"
+		--skip_missing --run "shipped recipe, compression seed 42=$(call compress_dir,$(NLPCC_RUN),0.75,2e-4,1,42,0.5,true)" \
+		--run "PaddleNLP's losses, compression seed 42=$(call compress_dir,$(NLPCC_RUN),0.75,2e-4,1,42)"
 
 # The same for the candidates toward 86: the plain recipe's model at both learning rates and the distilled students
 # (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first), and the kd5 student's
@@ -231,8 +239,8 @@ WIDTH_MULT ?= 0.75
 COMPRESS_LR ?= 2e-4
 COMPRESS_SEED ?= 42
 COMPRESS_EPOCHS ?= 1
-QAT_DISTILL_ALPHA ?= 1
-DYNABERT_UTTERANCE_TOKENS ?= false
+QAT_DISTILL_ALPHA ?= 0.5
+DYNABERT_UTTERANCE_TOKENS ?= true
 # $(call compress_dir,MODEL,WIDTH,LR,EPOCHS,SEED[,QAT_DISTILL_ALPHA[,DYNABERT_UTTERANCE_TOKENS]]): the one place
 # compression directories are named
 compress_dir = $(1)-compress$(if $(filter-out 0.75,$(2)),-width$(2))$(if $(filter-out 5e-5,$(3)),-lr$(3))$(if $(filter-out 1,$(4)),-ep$(4))$\

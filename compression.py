@@ -244,13 +244,13 @@ def qat_with_soft_targets(quant, trainer):
 
 
 def compress(model, task: Task, train, dev, test, training_args, max_vocab_size: int, model_info: dict, threads: int,
-             qat_distill_alpha: float = 1.0, distill_temperature: float = 2.0,
-             teacher_cache_dir: str = os.path.join("output", "teacher-logits"), utterance_token_distillation: bool = False) -> dict:
+             qat_distill_alpha: float = 0.5, distill_temperature: float = 2.0, utterance_token_distillation: bool = True) -> dict:
     """Vocabulary pruning (--prune_embeddings), then trainer.compress with --strategy; returns the report.
     With `qat_distill_alpha` < 1, QAT's loss is that weight x the gold labels' + the rest x the soft
     targets (at `distill_temperature`) of the model as it entered DynaBERT and QAT (its last stage
-    before them: the pruned vocabulary's, else fp32), as run_train.py --teacher_dirs learns from an
-    ensemble (docs/compression.md)."""
+    before them: the pruned vocabulary's, else fp32; its logits cached in compress/teacher-logits/),
+    as run_train.py --teacher_dirs learns from an ensemble; with `utterance_token_distillation` DynaBERT distils the slot logits on the
+    utterance's tokens only (slot_distillation_on_utterance_tokens). docs/compression.md#the-compression-losses."""
     check_strategy(training_args.strategy)
     compress_dir = os.path.join(training_args.output_dir, "compress")
     stages_dir = os.path.join(compress_dir, "stages")
@@ -269,8 +269,9 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
     args = copy.copy(training_args)  # compress() rewrites fields of its arguments
     args.output_dir = compress_dir
     self_teacher = None
-    if qat_distill_alpha < 1.0:
-        self_teacher = Ensemble([stages[-1]], distill_temperature, qat_distill_alpha, teacher_cache_dir, threads)
+    if qat_distill_alpha < 1.0 and "qat" in args.strategy.split("+"):
+        # its logits on the training rows, cached with the run's other working files
+        self_teacher = Ensemble([stages[-1]], distill_temperature, qat_distill_alpha, os.path.join(compress_dir, "teacher-logits"), threads)
         logger.info(f"QAT learns from the gold labels (x {qat_distill_alpha}) and from {stages[-1]}'s soft targets "
                     f"at T={distill_temperature}")
     trainer = build_trainer(model, task, train, dev, args, ensemble=self_teacher)
@@ -294,14 +295,16 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
     trainer.quant = timed(qat_with_soft_targets(trainer.quant, trainer) if self_teacher else trainer.quant)
     original = copy.deepcopy(model)  # DynaBERT converts the model in place
     start = time.time()
-    with (slot_distillation_on_utterance_tokens(task.labels.pad_slot_id) if utterance_token_distillation else contextlib.nullcontext()):
+    utterance_tokens = utterance_token_distillation and "dynabert" in args.strategy.split("+")
+    with (slot_distillation_on_utterance_tokens(task.labels.pad_slot_id) if utterance_tokens else contextlib.nullcontext()):
         trainer.compress(custom_evaluate=make_custom_evaluate(dev, task))
     if "dynabert" in args.strategy:
         seconds["dynabert"] = time.time() - start - sum(v for k, v in seconds.items() if k != "pruned_vocab")
         export_dynabert_widths(original, args)
 
     stages += collect_stages(compress_dir, stages_dir, task, model_info, args.strategy, slot_transitions(original), dev, threads)
-    report = {"strategy": args.strategy, "prune_embeddings": training_args.prune_embeddings, "stages": []}
+    report = {"strategy": args.strategy, "prune_embeddings": training_args.prune_embeddings,
+              "dynabert_utterance_tokens": utterance_tokens, "stages": []}
     if self_teacher:
         report["qat_distill"] = {"alpha": qat_distill_alpha, "temperature": distill_temperature, "teacher": self_teacher.teacher_dirs[0]}
     for stage in stages:

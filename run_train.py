@@ -91,13 +91,14 @@ class ModelArguments:
                 "added to the training rows, labelled by the teachers alone."})
     teacher_cache_dir: str = field(default=os.path.join("output", "teacher-logits"), metadata={
         "help": "With --teacher_dirs: where each teacher's logits on the training rows are kept, keyed by its weights and the rows."})
-    qat_distill_alpha: float = field(default=1.0, metadata={
+    qat_distill_alpha: float = field(default=0.5, metadata={
         "help": "With --do_compress and QAT: weight of the gold labels' loss during QAT, in (0, 1]; the rest learns the "
                 "soft targets (at --distill_temperature) of the model being compressed. 1 = gold labels alone, as "
-                "PaddleNLP's QAT (docs/compression.md)."})
-    dynabert_utterance_tokens: bool = field(default=False, metadata={
+                "PaddleNLP's QAT (docs/compression.md#the-compression-losses)."})
+    dynabert_utterance_tokens: bool = field(default=True, metadata={
         "help": "With --do_compress and DynaBERT: distil the slot logits on the utterance's tokens only, not on padding, "
-                "[CLS], [SEP] and the context, where the model being compressed was never trained (docs/compression.md)."})
+                "[CLS], [SEP] and the context, where the model being compressed was never trained; false = over every "
+                "position, as PaddleNLP's DynaBERT (docs/compression.md#the-compression-losses)."})
     slot_crf: bool = field(
         default=False,
         metadata={"help": "Slot head as a linear-chain CRF (learned tag transitions, CRF likelihood) instead of "
@@ -313,8 +314,7 @@ def run(argv=None):
 
     if training_args.do_compress:
         compress(model, task, train_split, dev, test, training_args, model_args.max_vocab_size, model_info, threads,
-                 model_args.qat_distill_alpha, model_args.distill_temperature, model_args.teacher_cache_dir,
-                 model_args.dynabert_utterance_tokens)
+                 model_args.qat_distill_alpha, model_args.distill_temperature, model_args.dynabert_utterance_tokens)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def compressed(trained, tmp_path_factory):
             "--do_compress", "--strategy", "dynabert+qat+embeddings", "--prune_embeddings", "--max_vocab_size", "250",
             "--max_steps", "8", "--save_steps", "4", "--per_device_train_batch_size", "64", "--learning_rate", "5e-5",
             "--logging_steps", "4", "--seed", "42", "--qat_distill_alpha", "0.25", "--distill_temperature", "3",
-            "--teacher_cache_dir", os.path.join(out, "teacher-logits"), "--dynabert_utterance_tokens", "true",
+            "--dynabert_utterance_tokens", "true",
         ])
     return os.path.join(out, "compress")
 
@@ -195,6 +195,7 @@ def test_ptq_strategy_exports_an_int8_stage(trained, synthetic_dir, tmp_path):
     ])
     report = utils.load_json(os.path.join(out, "compress", "compress_report.json"))
     assert [s["stage"] for s in report["stages"]] == ["fp32", "hist8_2-int8"]
+    assert "qat_distill" not in report and report["dynabert_utterance_tokens"] is False  # neither QAT nor DynaBERT ran
     fp32, int8 = report["stages"]
     assert not utils.load_json(os.path.join(int8["dir"], export_format.CONFIG_FILE))["onednn_int8"]
     assert int8["size_mb"] < 0.5 * fp32["size_mb"] and int8["intent_acc"] > 0.9 * fp32["intent_acc"]
@@ -266,7 +267,8 @@ def test_qat_learns_the_compressed_models_soft_targets(compressed):
     DynaBERT and QAT (the pruned-vocabulary stage), and is the weighted sum JointLoss defines."""
     report = utils.load_json(os.path.join(compressed, "compress_report.json"))
     assert report["qat_distill"] == {"alpha": 0.25, "temperature": 3.0, "teacher": os.path.join(compressed, "stages", "pruned_vocab")}
-    cache = os.path.join(os.path.dirname(compressed), "teacher-logits")
+    assert report["dynabert_utterance_tokens"] is True
+    cache = os.path.join(compressed, "teacher-logits")
     [cached] = os.listdir(cache)
     with np.load(os.path.join(cache, cached)) as saved:  # the teacher's logits on the training rows
         teacher = saved["intent"] / 3.0
