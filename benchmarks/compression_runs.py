@@ -39,7 +39,9 @@ def main(argv=None):
         report = load_json(report_file)
         stages = {s["stage"]: s for s in report["stages"]}
         qat = next(s for s in stages if s.endswith("-int8"))
-        on_backend = open_predictor(stages[qat]["dir"], args.backend, args.cpu_threads).evaluate(test)["sentence_acc"]
+        # the stage where it is now: under the run's directory, which may have moved since the report was written
+        qat_dir = os.path.join(directory, "compress", "stages", qat)
+        on_backend = open_predictor(qat_dir, args.backend, args.cpu_threads).evaluate(test)["sentence_acc"]
         runs.append({"name": name, "dir": directory, "qat_stage": qat, "fp32": stages["fp32"]["sentence_acc"],
                      "stages": {k: s["sentence_acc"] for k, s in stages.items()}, "qat_on_backend": on_backend})
         print(f"{name}: fp32 {runs[-1]['fp32']:.4f}, {qat} {stages[qat]['sentence_acc']:.4f}, on {args.backend} {on_backend:.4f}",

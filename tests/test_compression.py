@@ -255,6 +255,19 @@ def test_compression_runs_sets_compressions_side_by_side(compressed, synthetic_d
     assert f"| this one | {100 * run['fp32']:.2f} |" in table and "not trained" not in table
     assert f"{100 * (run['qat_on_backend'] - run['fp32']):+.2f} |" in table
 
+    # a run moved since its report was written: its stages are read where they are now
+    import shutil
+
+    moved = str(tmp_path / "moved")
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("pruned_model", "width_mult_0.75", "teacher-logits"))
+    moved_report = utils.load_json(os.path.join(moved, "compress", "compress_report.json"))
+    for stage in moved_report["stages"]:
+        stage["dir"] = str(tmp_path / "gone" / stage["stage"])
+    utils.save_json(os.path.join(moved, "compress", "compress_report.json"), moved_report)
+    compression_runs.main(["--data_dir", synthetic_dir, "--output_dir", str(tmp_path / "moved-results"), "--run", f"moved={moved}"])
+    [moved_run] = utils.load_json(os.path.join(tmp_path, "moved-results", "compression_runs.json"))["runs"]
+    assert moved_run["qat_on_backend"] == run["qat_on_backend"]
+
     empty = str(tmp_path / "empty")
     with pytest.raises(SystemExit, match="no compress/compress_report.json under any of"):
         compression_runs.main(["--data_dir", synthetic_dir, "--output_dir", empty, "--skip_missing",
