@@ -249,8 +249,9 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
     With `qat_distill_alpha` < 1, QAT's loss is that weight x the gold labels' + the rest x the soft
     targets (at `distill_temperature`) of the model as it entered DynaBERT and QAT (its last stage
     before them: the pruned vocabulary's, else fp32; its logits cached in compress/teacher-logits/),
-    as run_train.py --teacher_dirs learns from an ensemble; with `utterance_token_distillation` DynaBERT distils the slot logits on the
-    utterance's tokens only (slot_distillation_on_utterance_tokens). docs/compression.md#the-compression-losses."""
+    as run_train.py --teacher_dirs learns from an ensemble. With `utterance_token_distillation`,
+    DynaBERT distils the slot logits on the utterance's tokens only
+    (slot_distillation_on_utterance_tokens). docs/compression.md#the-compression-losses."""
     check_strategy(training_args.strategy)
     compress_dir = os.path.join(training_args.output_dir, "compress")
     stages_dir = os.path.join(compress_dir, "stages")
