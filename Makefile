@@ -190,9 +190,9 @@ compression-runs-nlpcc: setup
 		--skip_missing --run "shipped recipe, compression seed 42=$(call compress_dir,$(NLPCC_RUN),0.75,2e-4,1,42,0.5,true)" \
 		--run "PaddleNLP's losses, compression seed 42=$(call compress_dir,$(NLPCC_RUN),0.75,2e-4,1,42)"
 
-# The same for the candidates toward 86: the plain recipe's model at both learning rates and the distilled students
-# (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN first), and the kd5 student's
-# width-0.75 compression.
+# The same for the candidates toward 86, compressed with PaddleNLP's losses: the plain recipe's model at both learning
+# rates and the distilled students (make compress-nlpcc WIDTH_MULT=0.5 NLPCC_MODEL=output/nlpcc2018-nano-scratch-kd5-sNN
+# QAT_DISTILL_ALPHA=1 DYNABERT_UTTERANCE_TOKENS=false first), and the kd5 student's width-0.75 compression.
 TOWARD86_COMPRESSION_RUNS = --run "plain recipe, seed 42, lr 5e-5=$(NLPCC_PLAIN)-compress-width0.5" \
 	--run "plain recipe, seed 42, lr 2e-4=$(NLPCC_PLAIN)-compress-width0.5-lr2e-4" \
 	$(foreach s,42 43 44,--run "kd5 student, seed $(s), lr 2e-4=$(NLPCC_PLAIN)-kd5-s$(s)-compress-width0.5-lr2e-4") \
