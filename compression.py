@@ -22,7 +22,7 @@ import export_format
 from backends import model_size_mb, open_predictor
 from decoding import Decoder
 from exporting import export, export_graph, save_static_graph
-from model import JointErnie, save_safe, slot_transitions
+from model import JointErnie, save_safe, slot_transitions, soft_cross_entropy as soft_cross_entropy_against
 from predictor import merge_windows, run_windows, score
 from task import SPECIAL_TOKENS, CharTokenizer, Task
 from teachers import Ensemble
@@ -211,7 +211,7 @@ def slot_distillation_on_utterance_tokens(pad_slot_id: int):
     def masked_soft_cross_entropy(logits, teacher_logits):
         if logits.ndim != 3:
             return soft_cross_entropy(logits, teacher_logits)
-        per_token = -(paddle.nn.functional.log_softmax(logits, axis=-1) * paddle.nn.functional.softmax(teacher_logits, axis=-1)).sum(-1)
+        per_token = soft_cross_entropy_against(logits, paddle.nn.functional.softmax(teacher_logits, axis=-1), 1.0)
         mask = current["mask"]
         return (per_token * mask).sum() / paddle.clip(mask.sum(), min=1.0)
 
