@@ -269,8 +269,9 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
 
     args = copy.copy(training_args)  # compress() rewrites fields of its arguments
     args.output_dir = compress_dir
+    steps_run = args.strategy.split("+")
     self_teacher = None
-    if qat_distill_alpha < 1.0 and "qat" in args.strategy.split("+"):
+    if qat_distill_alpha < 1.0 and "qat" in steps_run:
         # its logits on the training rows, cached with the run's other working files
         self_teacher = Ensemble([stages[-1]], distill_temperature, qat_distill_alpha, os.path.join(compress_dir, "teacher-logits"), threads)
         logger.info(f"QAT learns from the gold labels (x {qat_distill_alpha}) and from {stages[-1]}'s soft targets "
@@ -296,7 +297,7 @@ def compress(model, task: Task, train, dev, test, training_args, max_vocab_size:
     trainer.quant = timed(qat_with_soft_targets(trainer.quant, trainer) if self_teacher else trainer.quant)
     original = copy.deepcopy(model)  # DynaBERT converts the model in place
     start = time.time()
-    utterance_tokens = utterance_token_distillation and "dynabert" in args.strategy.split("+")
+    utterance_tokens = utterance_token_distillation and "dynabert" in steps_run
     with (slot_distillation_on_utterance_tokens(task.labels.pad_slot_id) if utterance_tokens else contextlib.nullcontext()):
         trainer.compress(custom_evaluate=make_custom_evaluate(dev, task))
     if "dynabert" in args.strategy:

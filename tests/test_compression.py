@@ -276,8 +276,9 @@ def test_compression_runs_sets_compressions_side_by_side(compressed, synthetic_d
 
 
 def test_qat_learns_the_compressed_models_soft_targets(compressed):
-    """--qat_distill_alpha: QAT's loss also learns the soft targets at T of the model as it entered
-    DynaBERT and QAT (the pruned-vocabulary stage), and is the weighted sum JointLoss defines."""
+    """--qat_distill_alpha: every QAT step's loss also learns the soft targets at T of the model as it
+    entered DynaBERT and QAT (the pruned-vocabulary stage), with JointLoss's alpha: it differs from
+    the gold labels' loss alone."""
     report = utils.load_json(os.path.join(compressed, "compress_report.json"))
     assert report["qat_distill"] == {"alpha": 0.25, "temperature": 3.0, "teacher": os.path.join(compressed, "stages", "pruned_vocab")}
     assert report["dynabert_utterance_tokens"] is True
